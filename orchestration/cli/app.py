@@ -1,0 +1,33 @@
+"""The `ctrflow` Typer application and its command groups; command modules register onto these."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(
+    name="ctrflow",
+    help="Streaming CTR feature pipeline and continual training.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+features_app = typer.Typer(help="Feature jobs, offline queries and online lookups.", no_args_is_help=True)
+dataset_app = typer.Typer(help="Point-in-time training sets.", no_args_is_help=True)
+app.add_typer(features_app, name="features")
+app.add_typer(dataset_app, name="dataset")
+
+
+@app.callback()
+def _global_options(
+    home: Path | None = typer.Option(None, "--home", help="State directory (env CTRFLOW_HOME)."),
+    bootstrap: str | None = typer.Option(
+        None, "--bootstrap", help="Kafka bootstrap host:port (env CTRFLOW_KAFKA_BOOTSTRAP); unset = embedded."
+    ),
+) -> None:
+    # Global flags become environment so every command's get_settings() sees the same values.
+    if home is not None:
+        os.environ["CTRFLOW_HOME"] = str(home)
+    if bootstrap is not None:
+        os.environ["CTRFLOW_KAFKA_BOOTSTRAP"] = bootstrap

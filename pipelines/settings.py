@@ -1,0 +1,80 @@
+"""The one typed settings object for ctrflow.
+
+Every package reads configuration from here (environment variables prefixed ``CTRFLOW_``), so a value
+is defined once. It lives in ``pipelines`` because every other package already depends on it.
+
+All state lives under ``home``: two runs with different homes never interfere.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CTRFLOW_", extra="ignore")
+
+    # --- state ---------------------------------------------------------------------------------------
+    home: Path = Field(default=Path(".ctrflow"), description="Root of all ctrflow state.")
+
+    # --- Kafka ---------------------------------------------------------------------------------------
+    kafka_bootstrap: str | None = Field(
+        default=None, description="host:port of a real Kafka; unset = start the embedded broker."
+    )
+    topic_prefix: str = "ctr"
+    topic_partitions: int = Field(default=4, ge=1, le=256)
+
+    # --- feature jobs --------------------------------------------------------------------------------
+    attribution_window_s: int = Field(default=30 * 60, ge=1, description="Click attribution window.")
+    sequence_length: int = Field(default=50, ge=1, le=1000, description="Last N clicked items kept.")
+
+    # --- serving -------------------------------------------------------------------------------------
+    serving_host: str = "127.0.0.1"
+    serving_port: int = Field(default=8000, ge=0, le=65535)
+
+    # --- derived paths (not configurable on their own: they follow `home`) ---------------------------
+    @cached_property
+    def home_dir(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    @property
+    def warehouse_dir(self) -> Path:
+        return self.home_dir / "warehouse"
+
+    @property
+    def warehouse_db(self) -> Path:
+        return self.home_dir / "warehouse.duckdb"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.home_dir / "checkpoints"
+
+    @property
+    def feast_dir(self) -> Path:
+        return self.home_dir / "feast"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.home_dir / "datasets"
+
+    @property
+    def registry_dir(self) -> Path:
+        return self.home_dir / "registry"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.home_dir / "runs"
+
+    def topic(self, name: str) -> str:
+        """Full topic name, e.g. ``topic("impressions") -> "ctr.impressions"``."""
+        return f"{self.topic_prefix}.{name}"
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Settings from the environment, with explicit overrides (CLI flags) on top."""
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    return Settings(**clean)

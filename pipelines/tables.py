@@ -1,0 +1,84 @@
+"""Warehouse table contracts: the offline Parquet tables the feature jobs write, defined once.
+
+Feast feature views (``features``) and the training-set builder read these names; the Beam jobs
+(``pipelines``) write them. Every table carries ``event_time`` (the time the row is valid as of) and a
+strictly increasing ``created`` timestamp (Feast breaks ties on event_time arbitrarily otherwise).
+
+Point-in-time rule: every feature in a row at ``event_time = t`` is computed from events strictly
+before ``t`` only (clicks count from their own click time).
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+TS = pa.timestamp("ms", tz="UTC")
+
+# Sliding windows for user/item statistics: name suffix -> length in seconds.
+STAT_WINDOWS: dict[str, int] = {"1h": 3600, "24h": 86_400, "7d": 7 * 86_400}
+# CTR smoothing: (clicks + PRIOR_CLICKS) / (impressions + PRIOR_IMPRESSIONS)
+CTR_PRIOR_CLICKS = 1.0
+CTR_PRIOR_IMPRESSIONS = 20.0
+
+
+def _stat_fields() -> list[pa.Field]:
+    fields = []
+    for w in STAT_WINDOWS:
+        fields += [
+            pa.field(f"impressions_{w}", pa.int64()),
+            pa.field(f"clicks_{w}", pa.int64()),
+            pa.field(f"ctr_{w}", pa.float64()),
+        ]
+    return fields
+
+
+LABELLED_SAMPLES = pa.schema(
+    [
+        pa.field("impression_id", pa.string(), nullable=False),
+        pa.field("request_id", pa.string()),
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("category", pa.string()),
+        pa.field("position", pa.int32()),
+        pa.field("hour", pa.int8()),
+        pa.field("device", pa.string()),
+        pa.field("page", pa.string()),
+        pa.field("event_time", TS, nullable=False),
+        pa.field("label", pa.int8(), nullable=False),
+        pa.field("click_time", TS),
+        pa.field("p_click", pa.float64()),
+        pa.field("created", TS, nullable=False),
+    ]
+)
+
+USER_STATS = pa.schema(
+    [pa.field("user_id", pa.string(), nullable=False), pa.field("event_time", TS, nullable=False)]
+    + _stat_fields()
+    + [pa.field("created", TS, nullable=False)]
+)
+
+ITEM_STATS = pa.schema(
+    [pa.field("item_id", pa.string(), nullable=False), pa.field("event_time", TS, nullable=False)]
+    + _stat_fields()
+    + [pa.field("created", TS, nullable=False)]
+)
+
+# The user's last N clicked items as of event_time, oldest -> newest (ids via events.stable_int_id).
+USER_SEQUENCES = pa.schema(
+    [
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("event_time", TS, nullable=False),
+        pa.field("seq_item_ids", pa.list_(pa.int64())),
+        pa.field("seq_category_ids", pa.list_(pa.int64())),
+        pa.field("seq_event_times", pa.list_(pa.int64())),  # ms UTC
+        pa.field("seq_length", pa.int32()),
+        pa.field("created", TS, nullable=False),
+    ]
+)
+
+TABLES: dict[str, pa.Schema] = {
+    "labelled_samples": LABELLED_SAMPLES,
+    "user_stats": USER_STATS,
+    "item_stats": ITEM_STATS,
+    "user_sequences": USER_SEQUENCES,
+}
