@@ -1,0 +1,33 @@
+"""The one settings object: env prefix, derived paths, bounds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from pipelines.settings import Settings, get_settings
+
+
+def test_env_prefix_and_home_derived_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CTRFLOW_HOME", str(tmp_path / "h"))
+    monkeypatch.setenv("CTRFLOW_TOPIC_PREFIX", "x")
+    s = get_settings()
+    assert s.home_dir == (tmp_path / "h").resolve()
+    assert s.warehouse_dir.parent == s.home_dir
+    assert s.topic("clicks") == "x.clicks"
+    assert s.serving_host == "127.0.0.1"  # services bind to loopback unless told otherwise
+
+
+def test_overrides_beat_env_and_none_is_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CTRFLOW_KAFKA_BOOTSTRAP", "env:9092")
+    assert get_settings(kafka_bootstrap=None).kafka_bootstrap == "env:9092"
+    assert get_settings(kafka_bootstrap="cli:9092").kafka_bootstrap == "cli:9092"
+
+
+def test_out_of_bounds_values_are_rejected() -> None:
+    with pytest.raises(ValidationError):
+        Settings(topic_partitions=0)
+    with pytest.raises(ValidationError):
+        Settings(sequence_length=100_000)
