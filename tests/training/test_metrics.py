@@ -1,0 +1,83 @@
+"""Metrics against brute-force definitions on random data with ties."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from training import metrics
+
+
+def _brute_auc(y: np.ndarray, s: np.ndarray) -> float:
+    pos, neg = s[y == 1], s[y == 0]
+    wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in itertools.product(pos, neg))
+    return wins / (len(pos) * len(neg))
+
+
+@pytest.fixture
+def sample() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, 2, 300)
+    # Rounded scores force many ties, the case a naive sort-based AUC gets wrong.
+    s = np.round(np.clip(0.3 * y + rng.random(300) * 0.7, 0, 1), 1)
+    users = rng.integers(0, 12, 300).astype(str)
+    return y, s, users
+
+
+def test_auc_matches_pairwise_count_with_ties(sample) -> None:
+    y, s, _ = sample
+    assert metrics.auc(y, s) == pytest.approx(_brute_auc(y, s), abs=1e-12)
+    assert metrics.auc(y, -s) == pytest.approx(1 - _brute_auc(y, s), abs=1e-12)
+
+
+def test_auc_single_class_is_nan() -> None:
+    assert np.isnan(metrics.auc(np.ones(5), np.arange(5.0)))
+
+
+def test_gauc_is_impression_weighted_mean_of_user_aucs(sample) -> None:
+    y, s, users = sample
+    total = weight = 0.0
+    for u in np.unique(users):
+        m = users == u
+        if 0 < y[m].sum() < m.sum():
+            total += _brute_auc(y[m], s[m]) * m.sum()
+            weight += m.sum()
+    assert metrics.gauc(y, s, users) == pytest.approx(total / weight, abs=1e-12)
+
+
+def test_logloss_pcoc_ece_against_definitions(sample) -> None:
+    y, s, _ = sample
+    # Shifted off the bin edges so the hand-binned ECE is not at the mercy of float rounding.
+    p = np.clip(s, 0.05, 0.95) + 0.013
+    expected_ll = -np.mean([np.log(pi) if yi else np.log(1 - pi) for yi, pi in zip(y, p, strict=True)])
+    assert metrics.logloss(y, p) == pytest.approx(expected_ll, rel=1e-9)
+    assert metrics.pcoc(y, p) == pytest.approx(p.sum() / y.sum())
+    # ECE by hand: bins of width 0.1, |mean p - mean y| weighted by count.
+    ece = 0.0
+    for b in range(10):
+        lo, hi = b / 10, (b + 1) / 10
+        m = (p >= lo) & ((p < hi) if b < 9 else (p <= hi))
+        if m.any():
+            ece += m.sum() / len(p) * abs(p[m].mean() - y[m].mean())
+    assert metrics.ece(y, p) == pytest.approx(ece, abs=1e-12)
+
+
+def test_perfectly_calibrated_predictions_have_zero_ece() -> None:
+    y = np.array([1, 0, 0, 0, 1, 1, 1, 0])
+    p = np.array([0.25, 0.25, 0.25, 0.25, 0.75, 0.75, 0.75, 0.75])
+    assert metrics.ece(y, p) == pytest.approx(0.0)
+    assert metrics.pcoc(y, p) == pytest.approx(1.0)
+
+
+def test_evaluate_predictions_reports_oracle_gap_and_rejects_bad_input(sample) -> None:
+    y, s, users = sample
+    p_click = np.clip(0.1 + 0.8 * y * 0.5 + 0.01 * s, 0, 1)
+    out = metrics.evaluate_predictions(y, np.clip(s, 0.01, 0.99), users, p_click)
+    assert out["oracle_gap"] == pytest.approx(out["oracle_auc"] - out["auc"])
+    assert {"auc", "gauc", "logloss", "pcoc", "ece"} <= out.keys()
+    with pytest.raises(ValueError, match="NaN"):
+        metrics.evaluate_predictions(y, np.full(len(y), np.nan))
+    with pytest.raises(ValueError, match="1-D"):
+        metrics.evaluate_predictions(y, s[:10])

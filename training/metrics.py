@@ -1,0 +1,127 @@
+"""Offline CTR metrics: AUC, per-user gAUC, logloss, calibration (PCOC, ECE) and the gap to the oracle.
+
+Pure numpy functions over 1-D arrays of labels (0/1), predicted probabilities and user keys, so the
+trainer, the benchmarks and the promotion gates all compute a metric the same way.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_EPS = 1e-7
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks with ties sharing their mean rank (what the Mann-Whitney statistic needs)."""
+    order = np.argsort(values, kind="mergesort")
+    sorted_vals = values[order]
+    # Boundaries of runs of equal values in sorted order.
+    starts = np.flatnonzero(np.r_[True, sorted_vals[1:] != sorted_vals[:-1]])
+    ends = np.r_[starts[1:], len(values)]
+    mean_rank = (starts + ends + 1) / 2.0  # mean of the 1-based ranks starts+1 .. ends
+    ranks = np.empty(len(values), dtype=np.float64)
+    ranks[order] = np.repeat(mean_rank, ends - starts)
+    return ranks
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve (ties count one half); NaN when only one class is present."""
+    y = np.asarray(labels).astype(bool)
+    s = np.asarray(scores, dtype=np.float64)
+    n_pos = int(y.sum())
+    n_neg = len(y) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    rank_sum = _average_ranks(s)[y].sum()
+    return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def gauc(labels: np.ndarray, scores: np.ndarray, users: np.ndarray) -> float:
+    """Impression-weighted mean of per-user AUC over users that have both a click and a non-click."""
+    y = np.asarray(labels).astype(bool)
+    s = np.asarray(scores, dtype=np.float64)
+    u = np.asarray(users)
+    order = np.argsort(u, kind="mergesort")
+    u_sorted = u[order]
+    starts = np.flatnonzero(np.r_[True, u_sorted[1:] != u_sorted[:-1]])
+    ends = np.r_[starts[1:], len(u)]
+    total, weight = 0.0, 0
+    for a, b in zip(starts, ends, strict=True):
+        idx = order[a:b]
+        yy = y[idx]
+        if yy.all() or not yy.any():
+            continue
+        total += auc(yy, s[idx]) * len(idx)
+        weight += len(idx)
+    return float(total / weight) if weight else float("nan")
+
+
+def logloss(labels: np.ndarray, probs: np.ndarray) -> float:
+    y = np.asarray(labels, dtype=np.float64)
+    p = np.clip(np.asarray(probs, dtype=np.float64), _EPS, 1 - _EPS)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
+
+
+def pcoc(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Predicted over observed clicks (1.0 = calibrated on average); NaN when nothing was clicked."""
+    clicks = float(np.sum(labels))
+    return float(np.sum(probs) / clicks) if clicks > 0 else float("nan")
+
+
+def ece(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error over equal-width probability bins, weighted by bin size."""
+    y = np.asarray(labels, dtype=np.float64)
+    p = np.asarray(probs, dtype=np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(p, edges[1:-1], right=False), 0, bins - 1)
+    err = 0.0
+    for b in range(bins):
+        in_bin = which == b
+        if in_bin.any():
+            err += in_bin.sum() * abs(p[in_bin].mean() - y[in_bin].mean())
+    return float(err / len(p)) if len(p) else float("nan")
+
+
+def reliability_curve(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> dict[str, list[float]]:
+    """Mean prediction, observed rate and count per non-empty bin (the calibration plot's points)."""
+    y = np.asarray(labels, dtype=np.float64)
+    p = np.asarray(probs, dtype=np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(p, edges[1:-1], right=False), 0, bins - 1)
+    out: dict[str, list[float]] = {"predicted": [], "observed": [], "count": []}
+    for b in range(bins):
+        in_bin = which == b
+        if in_bin.any():
+            out["predicted"].append(float(p[in_bin].mean()))
+            out["observed"].append(float(y[in_bin].mean()))
+            out["count"].append(float(in_bin.sum()))
+    return out
+
+
+def evaluate_predictions(
+    labels: np.ndarray,
+    probs: np.ndarray,
+    users: np.ndarray | None = None,
+    p_click: np.ndarray | None = None,
+) -> dict[str, float]:
+    """Every metric of one model on one holdout; `oracle_*` only when the log carries true p_click."""
+    labels = np.asarray(labels)
+    probs = np.asarray(probs, dtype=np.float64)
+    if labels.shape != probs.shape or labels.ndim != 1:
+        raise ValueError(f"labels {labels.shape} and predictions {probs.shape} must be equal 1-D arrays")
+    if not np.isfinite(probs).all():
+        raise ValueError("predictions contain NaN or infinity")
+    out = {
+        "rows": float(len(labels)),
+        "auc": auc(labels, probs),
+        "logloss": logloss(labels, probs),
+        "pcoc": pcoc(labels, probs),
+        "ece": ece(labels, probs),
+    }
+    if users is not None:
+        out["gauc"] = gauc(labels, probs, users)
+    if p_click is not None:
+        oracle = auc(labels, np.asarray(p_click, dtype=np.float64))
+        out["oracle_auc"] = oracle
+        out["oracle_gap"] = oracle - out["auc"]
+    return out
