@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,6 +32,14 @@ class Settings(BaseSettings):
     # --- feature jobs --------------------------------------------------------------------------------
     attribution_window_s: int = Field(default=30 * 60, ge=1, description="Click attribution window.")
     sequence_length: int = Field(default=50, ge=1, le=1000, description="Last N clicked items kept.")
+
+    # --- feature store (Feast) ------------------------------------------------------------------------
+    feast_profile: Literal["local", "compose"] = Field(
+        default="local", description="local: SQLite online store; compose: Redis online store."
+    )
+    redis_connection: str = Field(
+        default="localhost:6379", description="Feast Redis connection string (compose profile)."
+    )
 
     # --- serving -------------------------------------------------------------------------------------
     serving_host: str = "127.0.0.1"
