@@ -1,0 +1,175 @@
+"""Run report: Markdown + HTML with PNG plots (learning curves, AUC by model, calibration) and a cost table.
+
+Input is plain data (one dict per model) so any run — the trainer, a benchmark — can produce a report:
+``{"family", "metrics": {...}, "loss_history": [float per step], "reliability": {"predicted",
+"observed", "count"}, "params", "train_samples_per_s"}`` (missing keys are skipped).
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: the report is written to files, never shown
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+METRIC_COLUMNS = ("auc", "gauc", "logloss", "pcoc", "ece", "oracle_gap")
+
+
+def _smooth(values: Sequence[float], window: int) -> np.ndarray:
+    v = np.asarray(values, dtype=np.float64)
+    if window <= 1 or len(v) < window:
+        return v
+    return np.convolve(v, np.ones(window) / window, mode="valid")
+
+
+def plot_learning_curves(results: Mapping[str, Mapping[str, Any]], path: Path) -> Path | None:
+    curves = {n: r["loss_history"] for n, r in results.items() if r.get("loss_history")}
+    if not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, hist in curves.items():
+        window = max(1, len(hist) // 50)
+        ax.plot(np.arange(len(_smooth(hist, window))) + window, _smooth(hist, window), label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (moving average)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_auc_by_model(
+    results: Mapping[str, Mapping[str, Any]], path: Path, oracle: float | None = None
+) -> Path | None:
+    names = [n for n, r in results.items() if _finite(r.get("metrics", {}).get("auc"))]
+    if not names:
+        return None
+    aucs = [results[n]["metrics"]["auc"] for n in names]
+    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(names) + 2), 4))
+    ax.bar(names, aucs, color="tab:blue")
+    if oracle is not None and _finite(oracle):
+        ax.axhline(oracle, color="tab:red", ls="--", label=f"oracle {oracle:.4f}")
+        ax.legend()
+    lo = min(aucs + ([oracle] if _finite(oracle) else []))
+    hi = max(aucs + ([oracle] if _finite(oracle) else []))
+    ax.set_ylim(max(0.0, lo - 0.02), min(1.0, hi + 0.01))
+    ax.set_ylabel("holdout AUC")
+    ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_calibration(results: Mapping[str, Mapping[str, Any]], path: Path) -> Path | None:
+    curves = {n: r["reliability"] for n, r in results.items() if r.get("reliability", {}).get("predicted")}
+    if not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 5))
+    top = max(max(c["predicted"] + c["observed"]) for c in curves.values())
+    ax.plot([0, top], [0, top], color="grey", ls=":", label="perfect")
+    for name, c in curves.items():
+        ax.plot(c["predicted"], c["observed"], marker="o", ms=3, label=name)
+    ax.set_xlabel("mean predicted CTR (bin)")
+    ax.set_ylabel("observed CTR (bin)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x)
+
+
+def _fmt(x: Any, digits: int = 4) -> str:
+    if _finite(x):
+        return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+    return "–"
+
+
+def metrics_table(results: Mapping[str, Mapping[str, Any]]) -> str:
+    cols = [c for c in METRIC_COLUMNS if any(c in r.get("metrics", {}) for r in results.values())]
+    lines = ["| model | family | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for name, r in results.items():
+        m = r.get("metrics", {})
+        lines.append(f"| {name} | {r.get('family', '')} | " + " | ".join(_fmt(m.get(c)) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def cost_table(results: Mapping[str, Mapping[str, Any]]) -> str:
+    lines = [
+        "| model | parameters | train samples/s | inference ms / 100 candidates |",
+        "|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        lines.append(
+            f"| {name} | {_fmt(r.get('params'))} | {_fmt(r.get('train_samples_per_s'), 0)} "
+            f"| {_fmt(r.get('infer_ms_100'), 2)} |"
+        )
+    return "\n".join(lines)
+
+
+def write_report(
+    run_dir: Path,
+    title: str,
+    results: Mapping[str, Mapping[str, Any]],
+    notes: Sequence[str] = (),
+    oracle_auc: float | None = None,
+) -> Path:
+    """Write report.md, report.html and the PNGs into run_dir; returns the Markdown path."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    plots = [
+        ("Learning curves", plot_learning_curves(results, run_dir / "learning_curves.png")),
+        ("AUC by model", plot_auc_by_model(results, run_dir / "auc_by_model.png", oracle_auc)),
+        ("Calibration", plot_calibration(results, run_dir / "calibration.png")),
+    ]
+    md = [f"# {title}", "", "## Holdout metrics", "", metrics_table(results), "", "## Cost", ""]
+    md += [cost_table(results), ""]
+    if notes:
+        md += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    for caption, path in plots:
+        if path is not None:
+            md += [f"## {caption}", "", f"![{caption}]({path.name})", ""]
+    md_path = run_dir / "report.md"
+    md_path.write_text("\n".join(md))
+    (run_dir / "report.html").write_text(_to_html(title, results, notes, plots))
+    return md_path
+
+
+def _table_html(markdown_table: str) -> str:
+    rows = [r.strip("|").split("|") for r in markdown_table.splitlines() if not r.startswith("|---")]
+    head, body = rows[0], rows[1:]
+    out = ["<table><tr>" + "".join(f"<th>{html.escape(c.strip())}</th>" for c in head) + "</tr>"]
+    out += ["<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in r) + "</tr>" for r in body]
+    return "\n".join(out) + "</table>"
+
+
+def _to_html(title: str, results, notes, plots) -> str:
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;max-width:960px;margin:2em auto}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1><h2>Holdout metrics</h2>",
+        _table_html(metrics_table(results)),
+        "<h2>Cost</h2>",
+        _table_html(cost_table(results)),
+    ]
+    if notes:
+        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
+    for caption, path in plots:
+        if path is not None:
+            parts.append(f"<h2>{html.escape(caption)}</h2><img src='{html.escape(path.name)}'>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
