@@ -1,0 +1,149 @@
+"""Small training sets that follow the dataset contract (data.parquet + manifest.json) with learnable signal.
+
+Each user has a favourite category; the click probability rises when the candidate is in it, when the
+candidate's category appears in the user's recent clicks, and falls with the position. The true click
+probability is written to ``p_click`` so oracle metrics can be checked. Sequences and statistics are built
+strictly from events before each impression, like the real builder does.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict, deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from pipelines.events import stable_int_id
+from pipelines.settings import Settings
+from pipelines.tables import CTR_PRIOR_CLICKS, CTR_PRIOR_IMPRESSIONS, STAT_WINDOWS, TS
+
+CATEGORICAL = ["user_id", "item_id", "category", "position", "hour", "device", "page"]
+SEQ_ITEMS = "user_sequence__seq_item_ids"
+SEQ_CATS = "user_sequence__seq_category_ids"
+SEQ_TIMES = "user_sequence__seq_event_times"
+SEQ_LEN_COL = "user_sequence__seq_length"
+
+
+def _dense_columns() -> list[str]:
+    cols = []
+    for view in ("user_stats", "item_stats"):
+        for w in STAT_WINDOWS:
+            cols += [f"{view}__impressions_{w}", f"{view}__clicks_{w}", f"{view}__ctr_{w}"]
+    return cols
+
+
+DENSE = _dense_columns()
+
+
+def make_manifest(name: str, rows: int, label_rate: float, has_p_click: bool = True) -> dict[str, Any]:
+    return {
+        "name": name,
+        "feature_service": "ctr_model_v1",
+        "window": {"start": "2026-01-01T00:00:00Z", "end": "2026-01-02T00:00:00Z"},
+        "rows": rows,
+        "label_rate": label_rate,
+        "content_hash": f"synthetic-{name}",
+        "columns": {
+            "label": "label",
+            "time": "event_time",
+            "user": "user_id",
+            "item": "item_id",
+            "categorical": CATEGORICAL,
+            "dense": DENSE + [SEQ_LEN_COL],
+            "sequence": {"item_ids": SEQ_ITEMS, "category_ids": SEQ_CATS, "event_times": SEQ_TIMES},
+        },
+        "has_p_click": has_p_click,
+    }
+
+
+def make_table(
+    n_rows: int = 512,
+    n_users: int = 24,
+    n_items: int = 60,
+    n_categories: int = 6,
+    seq_len: int = 8,
+    seed: int = 0,
+    start_ms: int = 1_767_225_600_000,  # 2026-01-01 UTC
+) -> pa.Table:
+    """A contract-conforming training table, rows in event-time order."""
+    rng = np.random.default_rng(seed)
+    item_cat = rng.integers(0, n_categories, size=n_items)
+    fav = rng.integers(0, n_categories, size=n_users)
+    times = start_ms + np.sort(rng.integers(0, 86_400_000, size=n_rows))
+    users = rng.integers(0, n_users, size=n_rows)
+    items = rng.integers(0, n_items, size=n_rows)
+    positions = rng.integers(0, 10, size=n_rows)
+
+    history: dict[int, deque] = defaultdict(lambda: deque(maxlen=seq_len))
+    user_events: dict[int, list[tuple[int, int]]] = defaultdict(list)  # (time, clicked)
+    item_events: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    rows: dict[str, list] = defaultdict(list)
+    for n in range(n_rows):
+        u, i, t, pos = int(users[n]), int(items[n]), int(times[n]), int(positions[n])
+        cat = int(item_cat[i])
+        seq = list(history[u])
+        recent_cats = {c for _, c, _ in seq}
+        logit = -2.2 + 1.8 * (cat == fav[u]) + 1.0 * (cat in recent_cats) - 0.12 * pos
+        p = float(1.0 / (1.0 + np.exp(-logit)))
+        label = int(rng.random() < p)
+        rows["impression_id"].append(f"imp-{seed}-{n}")
+        rows["request_id"].append(f"req-{seed}-{n}")
+        rows["user_id"].append(f"u{u}")
+        rows["item_id"].append(f"i{i}")
+        rows["category"].append(f"c{cat}")
+        rows["position"].append(pos)
+        rows["hour"].append((t // 3_600_000) % 24)
+        rows["device"].append("mobile" if u % 3 else "desktop")
+        rows["page"].append("home" if n % 2 else "search")
+        rows["event_time"].append(t)
+        rows["label"].append(label)
+        rows["click_time"].append(t + 5_000 if label else None)
+        rows["p_click"].append(p)
+        rows["created"].append(t)
+        rows[SEQ_ITEMS].append([stable_int_id(f"i{s}") for s, _, _ in seq])
+        rows[SEQ_CATS].append([stable_int_id(f"c{c}") for _, c, _ in seq])
+        rows[SEQ_TIMES].append([st for _, _, st in seq])
+        rows[SEQ_LEN_COL].append(len(seq))
+        for view, key, events in (("user_stats", u, user_events), ("item_stats", i, item_events)):
+            for w, secs in STAT_WINDOWS.items():
+                past = [c for et, c in events[key] if t - secs * 1000 <= et < t]
+                imps, clicks = len(past), sum(past)
+                rows[f"{view}__impressions_{w}"].append(imps)
+                rows[f"{view}__clicks_{w}"].append(clicks)
+                rows[f"{view}__ctr_{w}"].append((clicks + CTR_PRIOR_CLICKS) / (imps + CTR_PRIOR_IMPRESSIONS))
+        user_events[u].append((t, label))
+        item_events[i].append((t, label))
+        if label:
+            history[u].append((i, cat, t + 5_000))
+
+    types = {
+        "position": pa.int32(), "hour": pa.int8(), "label": pa.int8(), "p_click": pa.float64(),
+        "event_time": TS, "click_time": TS, "created": TS, SEQ_LEN_COL: pa.int32(),
+        SEQ_ITEMS: pa.list_(pa.int64()), SEQ_CATS: pa.list_(pa.int64()), SEQ_TIMES: pa.list_(pa.int64()),
+    }
+    for col in DENSE:
+        types[col] = pa.float64() if "__ctr_" in col else pa.int64()
+    return pa.table({k: pa.array(v, type=types.get(k, pa.string())) for k, v in rows.items()})
+
+
+def make_dataset(
+    n_rows: int = 512, seed: int = 0, name: str = "synthetic", **kwargs: Any
+) -> tuple[pa.Table, dict[str, Any]]:
+    table = make_table(n_rows=n_rows, seed=seed, **kwargs)
+    labels = np.asarray(table.column("label").to_numpy(), dtype=np.float64)
+    return table, make_manifest(name, table.num_rows, float(labels.mean()))
+
+
+def write_dataset(settings: Settings, table: pa.Table, manifest: dict[str, Any]) -> Path:
+    """Write ``datasets_dir/<name>/{data.parquet,manifest.json}`` and point LATEST at it."""
+    import pyarrow.parquet as pq
+
+    folder = settings.datasets_dir / manifest["name"]
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, folder / "data.parquet")
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    (settings.datasets_dir / "LATEST").write_text(manifest["name"])
+    return folder
