@@ -1,0 +1,258 @@
+"""Reading and writing canonical event logs (JSON Lines or Parquet, chosen by extension), in chunks.
+
+Public API (used by the simulator, the adapters' ``convert``, replay and the Beam file backfill):
+
+- ``LogWriter(path)``: context manager; ``write(table)`` appends a ``pyarrow.Table`` whose columns are
+  a subset of ``events.EVENT_SCHEMA`` (missing columns become null); ``write_records(records)`` appends
+  canonical dicts. Nulls are left out of JSON lines, exactly like ``events.encode_event``.
+- ``iter_lines(path)``: ``(line_number, raw_bytes)`` of a JSONL log, 1-based, newline stripped.
+- ``iter_events(path)``: every record of a log, validated once: a dict for a good record, a
+  ``DeadLetter`` (source = path, partition = -1, offset = 1-based line/row number) for a bad one.
+- ``iter_log(path, chunk_rows)``: ``pyarrow.Table`` chunks in ``EVENT_SCHEMA`` (at most ``chunk_rows``
+  rows each). Malformed records go to ``on_dead_letter`` if given, else raise ``MalformedEvent`` naming
+  the line: a bad record is never skipped silently.
+- ``sort_by_event_time(records, chunk_rows)``: a stable external sort (bounded memory) for sources that
+  are not already in event-time order.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipelines.events import (
+    EVENT_COLUMNS,
+    EVENT_SCHEMA,
+    DeadLetter,
+    MalformedEvent,
+    decode_event,
+    encode_event,
+    validate_event,
+)
+
+JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+_READ_BLOCK_BYTES = 4 * 1024 * 1024
+_STRING_COLUMNS = tuple(f.name for f in EVENT_SCHEMA if pa.types.is_string(f.type))
+# Characters that need JSON escaping; string columns free of them take the vectorised fast path.
+_NEEDS_ESCAPE = r'["\\\x00-\x1f]'
+
+
+def log_format(path: Path | str) -> str:
+    """``"jsonl"`` or ``"parquet"`` from the file extension; anything else is an error."""
+    suffix = Path(path).suffix.lower()
+    if suffix in JSONL_SUFFIXES:
+        return "jsonl"
+    if suffix in PARQUET_SUFFIXES:
+        return "parquet"
+    raise ValueError(
+        f"cannot tell the log format of {path}: use one of {JSONL_SUFFIXES + PARQUET_SUFFIXES}"
+    )
+
+
+def conform(table: pa.Table) -> pa.Table:
+    """The table with exactly the EVENT_SCHEMA columns, in order, cast to their types."""
+    unknown = set(table.column_names) - set(EVENT_COLUMNS)
+    if unknown:
+        raise ValueError(f"columns not in the canonical event schema: {sorted(unknown)}")
+    columns = [
+        table[f.name].cast(f.type) if f.name in table.column_names else pa.nulls(len(table), f.type)
+        for f in EVENT_SCHEMA
+    ]
+    return pa.Table.from_arrays(columns, schema=EVENT_SCHEMA)
+
+
+def _json_fragment(name: str, column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """``"name":value`` per row (null where the value is null) for a column that needs no escaping."""
+    if pa.types.is_string(column.type):
+        return pc.binary_join_element_wise(f'"{name}":"', column, '"', "")
+    return pc.binary_join_element_wise(f'"{name}":', column.cast(pa.string()), "")
+
+
+def table_to_jsonl(table: pa.Table) -> bytes:
+    """JSON Lines for an EVENT_SCHEMA table; vectorised in Arrow unless some string needs escaping."""
+    if len(table) == 0:
+        return b""
+    needs_escape = any(
+        pc.any(pc.match_substring_regex(table[name], _NEEDS_ESCAPE)).as_py() for name in _STRING_COLUMNS
+    )
+    if needs_escape:
+        return b"".join(encode_event(r) + b"\n" for r in table.to_pylist())
+    fragments = [_json_fragment(name, table[name]) for name in table.column_names]
+    body = pc.binary_join_element_wise(*fragments, ",", null_handling="skip")
+    lines = pc.binary_join_element_wise("{", body, "}\n", "")
+    return b"".join(_string_data(chunk) for chunk in lines.chunks)
+
+
+def _string_data(chunk: pa.StringArray) -> bytes:
+    """The concatenated values of a null-free string array, straight from its data buffer."""
+    offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int32)[chunk.offset : chunk.offset + len(chunk) + 1]
+    return chunk.buffers()[2].to_pybytes()[int(offsets[0]) : int(offsets[-1])]
+
+
+class LogWriter:
+    """Appends event chunks to a canonical log; the format follows the extension."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.format = log_format(self.path)
+        self.rows = 0
+        self._jsonl = None
+        self._parquet: pq.ParquetWriter | None = None
+
+    def __enter__(self) -> LogWriter:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.format == "jsonl":
+            self._jsonl = open(self.path, "wb")  # noqa: SIM115 - closed in __exit__
+        else:
+            self._parquet = pq.ParquetWriter(self.path, EVENT_SCHEMA, compression="zstd")
+        return self
+
+    def write(self, table: pa.Table) -> None:
+        table = conform(table)
+        if self._jsonl is not None:
+            self._jsonl.write(table_to_jsonl(table))
+        elif self._parquet is not None:
+            self._parquet.write_table(table)
+        else:
+            raise RuntimeError("LogWriter used outside its `with` block")
+        self.rows += len(table)
+
+    def write_records(self, records: Iterable[dict[str, Any]]) -> None:
+        records = list(records)
+        if not records:
+            return
+        if self._jsonl is not None:
+            # Records may carry extra context fields: JSON keeps them all.
+            self._jsonl.write(b"".join(encode_event(r) + b"\n" for r in records))
+            self.rows += len(records)
+        else:
+            self.write(pa.Table.from_pylist(records, schema=EVENT_SCHEMA))
+
+    def __exit__(self, *exc: object) -> None:
+        if self._jsonl is not None:
+            self._jsonl.close()
+        if self._parquet is not None:
+            self._parquet.close()
+
+
+def iter_lines(path: Path | str) -> Iterator[tuple[int, bytes]]:
+    """``(line_number, raw)`` for every line of a text file, 1-based, newline stripped, read in blocks.
+
+    A final line without a newline is still yielded (it is often a truncated record)."""
+    line_no = 0
+    with open(path, "rb") as f:
+        while True:
+            block = f.readlines(_READ_BLOCK_BYTES)
+            if not block:
+                return
+            for raw in block:
+                line_no += 1
+                yield line_no, raw.rstrip(b"\r\n")
+
+
+def _dead_letter(path: Path | str, line_no: int, error: str, raw: bytes) -> DeadLetter:
+    return DeadLetter(source=str(path), partition=-1, offset=line_no, error=error, raw=raw)
+
+
+def iter_events(path: Path | str) -> Iterator[dict[str, Any] | DeadLetter]:
+    """Every record of a canonical log, validated once: dicts for good records, DeadLetters for bad."""
+    if log_format(path) == "jsonl":
+        for line_no, raw in iter_lines(path):
+            try:
+                yield decode_event(raw)
+            except MalformedEvent as exc:
+                yield _dead_letter(path, line_no, str(exc), raw)
+        return
+    row_no = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=65_536):
+        for record in batch.to_pylist():
+            row_no += 1
+            clean = {k: v for k, v in record.items() if v is not None}
+            try:
+                yield validate_event(clean)
+            except MalformedEvent as exc:
+                yield _dead_letter(path, row_no, str(exc), encode_event(clean))
+
+
+def iter_log(
+    path: Path | str,
+    chunk_rows: int = 100_000,
+    on_dead_letter: Callable[[DeadLetter], None] | None = None,
+) -> Iterator[pa.Table]:
+    """The log as EVENT_SCHEMA tables of at most ``chunk_rows`` rows (extra JSON fields are dropped)."""
+    if chunk_rows < 1:
+        raise ValueError("chunk_rows must be >= 1")
+    buffer: list[dict[str, Any]] = []
+    for item in iter_events(path):
+        if isinstance(item, DeadLetter):
+            if on_dead_letter is None:
+                raise MalformedEvent(f"{item.source}:{item.offset}: {item.error}")
+            on_dead_letter(item)
+            continue
+        buffer.append(item)
+        if len(buffer) >= chunk_rows:
+            yield _records_table(buffer)
+            buffer = []
+    if buffer:
+        yield _records_table(buffer)
+
+
+def _records_table(records: list[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist([{c: r.get(c) for c in EVENT_COLUMNS} for r in records], schema=EVENT_SCHEMA)
+
+
+def iter_records(path: Path | str) -> Iterator[dict[str, Any]]:
+    """The good records of a log; raises MalformedEvent (with the line) on the first bad one."""
+    for item in iter_events(path):
+        if isinstance(item, DeadLetter):
+            raise MalformedEvent(f"{item.source}:{item.offset}: {item.error}")
+        yield item
+
+
+def _event_order_key(record: dict[str, Any]) -> tuple[int, int]:
+    # At equal times an impression sorts before clicks, so a click never precedes its impression.
+    return record["event_time"], 0 if record.get("type") == "impression" else 1
+
+
+def sort_by_event_time(
+    records: Iterable[dict[str, Any]], chunk_rows: int = 500_000
+) -> Iterator[dict[str, Any]]:
+    """Records in event-time order (stable), holding at most ``chunk_rows`` records in memory.
+
+    Inputs that fit in one chunk are sorted in memory; larger ones spill sorted runs to temporary
+    JSONL files that are merged lazily and deleted afterwards."""
+    if chunk_rows < 1:
+        raise ValueError("chunk_rows must be >= 1")
+    with tempfile.TemporaryDirectory(prefix="ctrflow-sort-") as tmp:
+        runs: list[Path] = []
+        buffer: list[dict[str, Any]] = []
+        for record in records:
+            buffer.append(record)
+            if len(buffer) >= chunk_rows:
+                runs.append(_spill_run(buffer, Path(tmp) / f"run{len(runs)}.jsonl"))
+                buffer = []
+        buffer.sort(key=_event_order_key)
+        if not runs:
+            yield from buffer
+            return
+        if buffer:
+            runs.append(_spill_run(buffer, Path(tmp) / f"run{len(runs)}.jsonl"))
+        streams = [(json.loads(raw) for _, raw in iter_lines(run)) for run in runs]
+        yield from heapq.merge(*streams, key=_event_order_key)
+
+
+def _spill_run(buffer: list[dict[str, Any]], path: Path) -> Path:
+    buffer.sort(key=_event_order_key)
+    with open(path, "wb") as f:
+        f.write(b"".join(encode_event(r) + b"\n" for r in buffer))
+    return path
