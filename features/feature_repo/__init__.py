@@ -1,0 +1,1 @@
+"""The Feast feature repository (usable with the `feast` CLI) and its builder."""

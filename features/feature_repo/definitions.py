@@ -1,0 +1,158 @@
+"""Feast objects for ctrflow, built from the one settings object.
+
+``build_definitions(settings)`` returns fresh objects whose FileSources point at absolute warehouse paths
+(Feast resolves relative paths against the current directory, not the repository), so the same
+definitions work from any directory and for any ``CTRFLOW_HOME``. ``repo.py`` in this folder exposes
+them at module level for the ``feast`` CLI.
+
+Feature names, sources and types follow ``pipelines.tables`` exactly (the Beam job writes those tables).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
+from feast.data_format import ParquetFormat
+from feast.types import Array, FeastType, Float64, Int32, Int64
+
+from pipelines import tables
+from pipelines.settings import Settings
+
+PROJECT = "ctrflow"
+
+# Stats rows are recomputed at every event of the entity; the longest window bounds how stale a row may
+# be before its numbers stop meaning anything.
+STATS_TTL = timedelta(seconds=max(tables.STAT_WINDOWS.values()))
+# The behaviour sequence stays meaningful longer than the stats: a user's clicks from last month still
+# describe their interests.
+SEQUENCE_TTL = timedelta(days=30)
+
+# Feature view name -> warehouse table it reads (the view of user_sequences is called user_sequence).
+VIEW_TABLES: dict[str, str] = {
+    "user_stats": "user_stats",
+    "item_stats": "item_stats",
+    "user_sequence": "user_sequences",
+}
+# Feature service per model family: sequence models (teacher, student, DIN) and tabular baselines.
+SERVICE_VIEWS: dict[str, tuple[str, ...]] = {
+    "sequence_ctr": ("user_stats", "item_stats", "user_sequence"),
+    "tabular_ctr": ("user_stats", "item_stats"),
+}
+DEFAULT_SERVICE = "sequence_ctr"
+
+
+def _stat_schema() -> list[Field]:
+    arrow_to_feast: dict[str, FeastType] = {"int64": Int64, "double": Float64}
+    return [
+        Field(name=f.name, dtype=arrow_to_feast[str(f.type)])
+        for f in tables.USER_STATS
+        if f.name.startswith(("impressions_", "clicks_", "ctr_"))
+    ]
+
+
+SEQUENCE_SCHEMA: list[Field] = [
+    Field(name="seq_item_ids", dtype=Array(Int64)),
+    Field(name="seq_category_ids", dtype=Array(Int64)),
+    Field(name="seq_event_times", dtype=Array(Int64)),
+    Field(name="seq_length", dtype=Int32),
+]
+
+
+def view_features(view: str) -> list[str]:
+    """Feature names of one view, in schema order."""
+    return [f.name for f in (SEQUENCE_SCHEMA if view == "user_sequence" else _stat_schema())]
+
+
+@dataclass
+class Definitions:
+    """Every Feast object of the repository, ready for ``FeatureStore.apply``."""
+
+    entities: dict[str, Entity]
+    push_sources: dict[str, PushSource]
+    views: dict[str, FeatureView]
+    services: dict[str, FeatureService] = field(default_factory=dict)
+
+    def all(self) -> list[object]:
+        return [*self.entities.values(), *self.push_sources.values(), *self.views.values(),
+                *self.services.values()]
+
+
+def push_source_name(table: str) -> str:
+    """Name of the PushSource the streaming job pushes a warehouse table's rows to."""
+    return f"{table}_push"
+
+
+def _file_source(settings: Settings, table: str) -> FileSource:
+    return FileSource(
+        name=f"{table}_parquet",
+        # A directory of date=YYYY-MM-DD partitions; absolute so the cwd does not matter.
+        path=str(settings.warehouse_dir / table),
+        file_format=ParquetFormat(),
+        timestamp_field="event_time",
+        created_timestamp_column="created",
+        description=f"Warehouse table {table} written by the Beam feature job.",
+    )
+
+
+def build_definitions(settings: Settings) -> Definitions:
+    """Entities, sources, feature views and services over ``settings.warehouse_dir``."""
+    user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING,
+                  description="A user (canonical string id).")
+    item = Entity(name="item", join_keys=["item_id"], value_type=ValueType.STRING,
+                  description="An item (canonical string id).")
+    push_sources = {
+        table: PushSource(name=push_source_name(table), batch_source=_file_source(settings, table))
+        for table in VIEW_TABLES.values()
+    }
+    views = {
+        "user_stats": FeatureView(
+            name="user_stats", entities=[user], ttl=STATS_TTL, schema=_stat_schema(),
+            source=push_sources["user_stats"], online=True,
+            description="User impressions, clicks and smoothed CTR over sliding windows, as of each event.",
+        ),
+        "item_stats": FeatureView(
+            name="item_stats", entities=[item], ttl=STATS_TTL, schema=_stat_schema(),
+            source=push_sources["item_stats"], online=True,
+            description="Item impressions, clicks and smoothed CTR over sliding windows, as of each event.",
+        ),
+        "user_sequence": FeatureView(
+            name="user_sequence", entities=[user], ttl=SEQUENCE_TTL, schema=SEQUENCE_SCHEMA,
+            source=push_sources["user_sequences"], online=True,
+            description="The user's last N clicked items (ids, categories, times in ms), oldest first.",
+        ),
+    }
+    services = {
+        name: FeatureService(name=name, features=[views[v] for v in view_names])
+        for name, view_names in SERVICE_VIEWS.items()
+    }
+    return Definitions(entities={"user": user, "item": item}, push_sources=push_sources, views=views,
+                       services=services)
+
+
+# Value for a feature whose entity has no row in the view's TTL (never seen, or stale). Feast returns
+# nulls (and Int64 as float64 when any is null); ctrflow fills them so the offline and online paths give
+# identical types and values: counts 0 (int64), CTR the smoothing prior (float64), sequences empty lists
+# and length 0 (int32).
+CTR_PRIOR = tables.CTR_PRIOR_CLICKS / tables.CTR_PRIOR_IMPRESSIONS
+
+
+def feature_default(feature: str) -> object:
+    """Fill value for a missing feature (bare name, e.g. ``ctr_24h`` or ``seq_item_ids``)."""
+    if feature.startswith("ctr_"):
+        return CTR_PRIOR
+    if feature.startswith("seq_") and feature != "seq_length":
+        return []
+    return 0
+
+
+def full_feature_names(service: str) -> list[str]:
+    """``<view>__<feature>`` column names a service produces, in order."""
+    return [f"{view}__{feature}" for view in SERVICE_VIEWS[service] for feature in view_features(view)]
+
+
+def feature_arrow_type(full_name: str) -> object:
+    """Arrow type of a feature column in training sets and online lookups."""
+    view, feature = full_name.split("__", 1)
+    return tables.TABLES[VIEW_TABLES[view]].field(feature).type
