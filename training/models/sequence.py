@@ -1,0 +1,137 @@
+"""The target-aware token sequence both SUAN-style models read, and their common scoring paths.
+
+Tokens are ``[b_1 .. b_L, c_1 .. c_m]``: the newest L behaviours (oldest -> newest) followed by m
+candidates. A token is Linear(item ++ category embedding) + an age embedding + a learned absolute position;
+every candidate sits at position L, so one candidate sees exactly the same biases whether it is scored
+alone or among many. Behaviour ages are measured from the newest behaviour (never from a candidate), and
+the user profile (cross-attention keys/values) is user-level only, so behaviour states are shared by all
+candidates of a request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from training.inputs import Batch, InputSchema
+from training.models.base import CTRModel, ModelOutput, mlp_head
+from training.models.embedding import FeatureEmbedding, fit_length
+from training.models.layers import RelativeBias, RMSNorm, additive_mask, sequence_mask, time_bucket
+
+
+@dataclass
+class Tokens:
+    x: torch.Tensor  # [B', L+m, D]
+    mask: torch.Tensor  # [B', 1, N, N] float (bias, -inf where not allowed)
+    behaviour_weight: torch.Tensor  # [B', N, 1] 1 on real behaviours
+    profile: torch.Tensor  # [B', P, D] cross-attention keys/values
+    head_features: torch.Tensor  # [B', m, F] per-candidate features read by the head
+    seq_len: int
+
+
+class SequenceInput(nn.Module):
+    def __init__(
+        self,
+        schema: InputSchema,
+        embedding: FeatureEmbedding,
+        d_model: int,
+        seq_len: int,
+        time_buckets: int,
+        local_window: int | None = None,
+        dilation: int | None = None,
+    ) -> None:
+        super().__init__()
+        d_e = embedding.d_embed
+        self.embedding = embedding
+        self.seq_len, self.time_buckets = seq_len, time_buckets
+        self.local_window, self.dilation = local_window, dilation
+        self.token = nn.Linear(2 * d_e, d_model)
+        self.age = nn.Embedding(time_buckets + 1, d_model)
+        self.position = nn.Embedding(seq_len + 1, d_model)
+        nn.init.normal_(self.age.weight, std=0.02)
+        nn.init.normal_(self.position.weight, std=0.02)
+        self.user = nn.Linear(d_e, d_model)
+        self.profile_index = list(schema.profile_dense_index)
+        self.profile_dense = nn.Linear(len(self.profile_index), d_model) if self.profile_index else None
+        self.candidate_slots = list(schema.candidate_slots)
+        self.user_slot = schema.slot(schema.user)
+        self.rab = RelativeBias(seq_len, time_buckets)
+        self.head_features_dim = (len(self.candidate_slots) + 1) * d_e + len(schema.dense)
+
+    def forward(self, batch: Batch, one_user: bool = False) -> Tokens:
+        """Rows mode: B sequences with one candidate each. One-user mode: row 0's behaviours, every row a
+        candidate (m = B) scored in one pass."""
+        L = self.seq_len
+        beh, valid = self.embedding.behaviour(batch, L)
+        times = fit_length(batch.seq_times, L)
+        cand = self.embedding.candidate(batch)
+        fields = self.embedding.categorical(batch.categorical)  # [B, C, d_e]
+        user = fields[:, self.user_slot]
+        head = torch.cat([fields[:, self.candidate_slots].flatten(1), user, batch.dense], 1)
+        profile_dense = batch.dense[:, self.profile_index]
+        cand_time = batch.cand_time
+        if one_user:
+            beh, valid, times = beh[:1], valid[:1], times[:1]
+            user, profile_dense = user[:1], profile_dense[:1]
+            cand, cand_time, head = cand[None], cand_time[None], head[None]
+        else:
+            cand, cand_time, head = cand[:, None], cand_time[:, None], head[:, None]
+        m = cand.shape[1]
+
+        newest = (times * valid).amax(1, keepdim=True)  # [B', 1]
+        beh_age = time_bucket((newest - times).clamp(min=0), self.time_buckets)
+        cand_age = time_bucket((cand_time - newest).clamp(min=0), self.time_buckets)
+        positions = torch.cat([torch.arange(L, device=times.device), times.new_full((m,), L)])
+        x = torch.cat([self.token(beh) + self.age(beh_age), self.token(cand) + self.age(cand_age)], 1)
+        x = x + self.position(positions)
+        token_times = torch.cat([times, cand_time], 1)
+        allow = sequence_mask(L, m, valid, self.local_window, self.dilation)
+        mask = additive_mask(allow, self.rab(positions, token_times))
+        weight = torch.cat([valid.to(x.dtype), x.new_zeros((x.shape[0], m))], 1).unsqueeze(-1)
+        profile = [self.user(user)[:, None]]
+        if self.profile_dense is not None:
+            profile.append(self.profile_dense(profile_dense)[:, None])
+        return Tokens(x, mask, weight, torch.cat(profile, 1), head, L)
+
+
+class SequenceModel(CTRModel):
+    """Shared scoring paths of the teacher and the student; subclasses implement ``encode_depths``."""
+
+    inputs: SequenceInput
+
+    def _init_head(self, d_model: int, hidden: tuple[int, ...], dropout: float) -> None:
+        self.final_norm = RMSNorm(d_model)
+        self.head = mlp_head(d_model + self.inputs.head_features_dim, hidden, dropout)
+
+    def candidate_logits(self, x: torch.Tensor, tokens: Tokens) -> torch.Tensor:
+        """Final states -> [B', m] logits, read at the candidate positions."""
+        states = self.final_norm(x[:, tokens.seq_len:])
+        return self.head(torch.cat([states, tokens.head_features.to(states.dtype)], -1)).squeeze(-1)
+
+    def encode_depths(self, tokens: Tokens, depths: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        logits, _ = self.encode_depths(self.inputs(batch), 1)
+        return logits[-1].reshape(-1)
+
+    def forward_train(self, batch: Batch) -> ModelOutput:
+        logits, aux = self.encode_depths(self.inputs(batch), self.train_depths)
+        return ModelOutput([z.reshape(-1) for z in logits], aux)
+
+    @property
+    def train_depths(self) -> int:
+        return 1
+
+    def score_candidates(self, batch: Batch) -> torch.Tensor:
+        """Score every row of ``batch`` as a candidate of ONE user in one pass (zero-loop path).
+
+        The behaviour sequence and profile come from row 0 and are encoded once; the candidate-isolation
+        mask keeps each candidate's score equal to scoring it alone.
+        """
+        if len(batch) and not bool((batch.user == batch.user[0]).all()):
+            raise ValueError("score_candidates takes the candidates of one user; got several user keys")
+        logits, _ = self.encode_depths(self.inputs(batch, one_user=True), 1)
+        return logits[-1].reshape(-1)

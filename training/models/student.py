@@ -1,0 +1,45 @@
+"""LightSUAN, the served student (MODELS.md §1.5, §6.3): UABs with local + dilated sparse self-attention
+and plain residual joins. Optional loop training repeats the last UAB (a loss at every depth) and serves
+the zero-loop path, so loops cost nothing at serving time."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from training.config import StudentConfig
+from training.inputs import InputSchema
+from training.models.embedding import FeatureEmbedding
+from training.models.sequence import SequenceInput, SequenceModel, Tokens
+from training.models.uab import UAB
+
+
+class Student(SequenceModel):
+    family = "student"
+
+    def __init__(self, config: StudentConfig, schema: InputSchema, embedding: FeatureEmbedding) -> None:
+        super().__init__(config, schema)
+        c = config
+        self.inputs = SequenceInput(
+            schema, embedding, c.d_model, c.seq_len, c.time_buckets, c.local_window, c.dilation
+        )
+        self.blocks = nn.ModuleList(
+            UAB(c.d_model, c.n_heads, c.ffn_mult, dropout=c.dropout) for _ in range(c.n_layers)
+        )
+        self._init_head(c.d_model, c.head_hidden, c.dropout)
+
+    @property
+    def train_depths(self) -> int:
+        return self.config.loops + 1
+
+    def encode_depths(self, tokens: Tokens, depths: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+        x, aux = tokens.x, []
+        for block in self.blocks:
+            x, a = block(x, tokens.profile, tokens.mask, tokens.behaviour_weight)
+            aux.append(a)
+        logits = [self.candidate_logits(x, tokens)]
+        for _ in range(depths - 1):
+            x, a = self.blocks[-1](x, tokens.profile, tokens.mask, tokens.behaviour_weight)
+            aux.append(a)
+            logits.append(self.candidate_logits(x, tokens))
+        return logits, torch.stack(aux).mean()
