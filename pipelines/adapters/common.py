@@ -1,0 +1,78 @@
+"""What every format adapter shares: the record kinds it yields and small parsing helpers.
+
+An adapter is a pure generator from ``(line_number, raw_bytes)`` pairs (see ``logfile.iter_lines``) to
+canonical event dicts, ``DeadLetter`` records for malformed lines and ``Skipped`` markers for valid lines
+that deliberately produce no event (a header, a Taobao ``cart``): nothing vanishes without a count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pipelines.events import DeadLetter
+
+# Formats without click times get the click this long after its impression.
+CLICK_DELAY_MS = 1_000
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A well-formed source line that maps to no event, and why."""
+
+    line: int
+    reason: str
+
+
+AdapterOutput = dict[str, Any] | DeadLetter | Skipped
+AdapterStream = Iterator[AdapterOutput]
+
+
+class BadLine(ValueError):
+    """Raised inside an adapter's line parser; becomes a DeadLetter with this message."""
+
+
+def dead_letter(source: str, line_no: int, error: str, raw: bytes) -> DeadLetter:
+    return DeadLetter(source=source, partition=-1, offset=line_no, error=error, raw=raw)
+
+
+def decode_line(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadLine(f"not UTF-8: {exc.reason} at byte {exc.start}") from None
+
+
+def split_fields(text: str, sep: str, expected: int) -> list[str]:
+    fields = text.split(sep)
+    if len(fields) != expected:
+        raise BadLine(f"expected {expected} fields separated by {sep!r}, got {len(fields)}")
+    return fields
+
+
+def parse_int(value: str, name: str, low: int | None = None, high: int | None = None) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise BadLine(f"field '{name}' is not an integer: {value!r:.40}") from None
+    if (low is not None and number < low) or (high is not None and number > high):
+        raise BadLine(f"field '{name}' = {number} is outside [{low}, {high}]")
+    return number
+
+
+def require_id(value: str, name: str) -> str:
+    if not value or len(value) > 256:
+        raise BadLine(f"field '{name}' must be 1..256 characters")
+    return value
+
+
+def click_for(impression: dict[str, Any], delay_ms: int = CLICK_DELAY_MS) -> dict[str, Any]:
+    """The click event of an impression, ``delay_ms`` later."""
+    return {
+        "type": "click",
+        "impression_id": impression["impression_id"],
+        "user_id": impression["user_id"],
+        "item_id": impression["item_id"],
+        "event_time": impression["event_time"] + delay_ms,
+    }
