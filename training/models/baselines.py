@@ -22,9 +22,12 @@ def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class _Baseline(CTRModel):
+    uses_embedding = True
+
     def __init__(self, config: BaselineConfig, schema: InputSchema, embedding: FeatureEmbedding) -> None:
         super().__init__(config, schema)
-        self.embedding = embedding
+        if self.uses_embedding:
+            self.embedding = embedding
         d = embedding.d_embed
         self.n_fields = len(schema.categorical) + 2  # + pooled behaviour item and category
         self.flat_dim = self.n_fields * d + len(schema.dense)
@@ -43,6 +46,7 @@ class LogisticRegression(_Baseline):
     """One weight per hashed id (its own 1-d table) and per dense feature."""
 
     family = "lr"
+    uses_embedding = False  # its own 1-d weights; a shared table would sit unused in its state
 
     def __init__(self, config: BaselineConfig, schema: InputSchema, embedding: FeatureEmbedding) -> None:
         super().__init__(config, schema, embedding)

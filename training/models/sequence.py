@@ -133,5 +133,9 @@ class SequenceModel(CTRModel):
         """
         if len(batch) and not bool((batch.user == batch.user[0]).all()):
             raise ValueError("score_candidates takes the candidates of one user; got several user keys")
+        return self.score_request(batch)
+
+    def score_request(self, batch: Batch) -> torch.Tensor:
+        """``score_candidates`` without the one-user check (no data-dependent branch: torch.export-able)."""
         logits, _ = self.encode_depths(self.inputs(batch, one_user=True), 1)
         return logits[-1].reshape(-1)

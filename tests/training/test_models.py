@@ -1,0 +1,264 @@
+"""Models: candidate-parallel exactness, loop paths, gradient reach, layout flags, presets, masks."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from synthetic import make_dataset
+
+from training.config import GRADES, BaselineConfig, StudentConfig, TeacherConfig
+from training.inputs import Batch, InputSchema, encode
+from training.models import FeatureEmbedding, Student, Teacher, build_model
+from training.models.layers import sequence_mask
+from training.models.uab import UAB
+
+L = 8
+TINY_TEACHER = {"d_model": 16, "n_heads": 2, "seq_len": L, "n_entry": 1, "n_shared": 1, "n_exit": 1,
+                "loops": 2, "head_hidden": [16]}
+TINY_STUDENT = {"d_model": 16, "n_heads": 2, "seq_len": L, "local_window": 2, "dilation": 3,
+                "head_hidden": [16]}
+BASELINE = {"hidden": [16], "seq_len": L}
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[InputSchema, Batch]:
+    table, manifest = make_dataset(n_rows=240, seed=4, seq_len=L, n_users=6)
+    schema = InputSchema.from_manifest(manifest, max_seq_len=L)
+    return schema, encode(table, schema)
+
+
+def one_user_request(batch: Batch, schema: InputSchema, m: int, seq_from: int) -> Batch:
+    """m candidates sharing one user's behaviours and profile (row ``seq_from``), as a serving request."""
+    req = batch.slice(0, m)
+    req = dataclasses.replace(req, **{f: getattr(req, f).clone() for f in
+                                      ("seq_items", "seq_categories", "seq_times", "seq_mask", "dense",
+                                       "categorical", "user")})
+    for f in ("seq_items", "seq_categories", "seq_times", "seq_mask"):
+        getattr(req, f)[:] = getattr(batch, f)[seq_from]
+    profile = list(schema.profile_dense_index)
+    req.dense[:, profile] = batch.dense[seq_from, profile]
+    req.categorical[:, schema.slot(schema.user)] = batch.categorical[seq_from, schema.slot(schema.user)]
+    req.user[:] = batch.user[seq_from]
+    return req
+
+
+def row_with_sequence(batch: Batch, min_len: int, max_len: int) -> int:
+    lengths = batch.seq_mask.sum(1)
+    return int(torch.nonzero((lengths >= min_len) & (lengths <= max_len))[0])
+
+
+@pytest.mark.parametrize("family,config", [("student", TINY_STUDENT), ("teacher", TINY_TEACHER)])
+@pytest.mark.parametrize("seq_fill", ["full", "padded"])
+def test_m_candidates_in_one_pass_equal_one_by_one(data, family, config, seq_fill):
+    schema, batch = data
+    torch.manual_seed(0)
+    model = build_model(family, config, schema).eval()
+    src = row_with_sequence(batch, L, L) if seq_fill == "full" else row_with_sequence(batch, 1, L - 3)
+    request = one_user_request(batch, schema, m=24, seq_from=src)
+    with torch.no_grad():
+        together = model.score_candidates(request)
+        alone = torch.cat([model.score_candidates(request.slice(i, i + 1)) for i in range(len(request))])
+        rows = model(request)  # the row-wise training/inference path, one sequence per row
+    assert together.shape == (24,)
+    assert (together - alone).abs().max() < 1e-5
+    assert (together - rows).abs().max() < 1e-5
+    assert together.std() > 0  # candidates really differ: the test is not comparing constants
+
+
+def test_score_candidates_refuses_several_users(data):
+    schema, batch = data
+    model = build_model("student", TINY_STUDENT, schema)
+    with pytest.raises(ValueError, match="one user"):
+        model.score_candidates(batch.slice(0, 10))
+
+
+def test_sparse_mask_matches_local_dilated_rule_with_isolation_and_padding():
+    seq_len, m, k, r = 7, 3, 2, 3
+    valid = torch.tensor([[False, True, True, True, True, True, True]])
+    allow = sequence_mask(seq_len, m, valid, local_window=k, dilation=r)[0, 0]
+    for q in range(seq_len + m):
+        for key in range(seq_len + m):
+            if q == key:
+                expected = True
+            elif q < seq_len:
+                in_pattern = (q - key) < k or (q - key) % r == 0
+                expected = key < seq_len and key <= q and in_pattern and bool(valid[0, key])
+            else:
+                expected = key < seq_len and bool(valid[0, key])
+            assert bool(allow[q, key]) == expected, (q, key)
+    dense = sequence_mask(seq_len, 1, valid)[0, 0]
+    assert bool(dense[6, 1]) and not bool(dense[1, 6]) and not bool(dense[3, 0])
+
+
+def test_zero_loop_inference_is_the_first_supervised_depth_and_k_loops_run(data):
+    schema, batch = data
+    torch.manual_seed(0)
+    for family, config, depths in [
+        ("teacher", TINY_TEACHER, 3),
+        ("student", {**TINY_STUDENT, "loops": 2}, 3),
+        ("teacher", {**TINY_TEACHER, "loops": 0}, 1),
+    ]:
+        model = build_model(family, config, schema).eval()
+        with torch.no_grad():
+            out = model.forward_train(batch)
+            served = model(batch)
+        assert len(out.logits) == depths
+        assert all(z.shape == (len(batch),) and torch.isfinite(z).all() for z in out.logits)
+        assert torch.allclose(served, out.logits[0], atol=1e-6)
+        if depths > 1:  # deeper loops compute something different from the zero-loop pass
+            assert (out.logits[-1] - out.logits[0]).abs().max() > 1e-6
+
+
+def _all_grads_reached(model: torch.nn.Module, batch: Batch) -> list[str]:
+    """Names of parameters without gradient on the second step (the first moves zero-initialised gates,
+    e.g. DeRes's pseudo-query, whose keys only get gradient once the query is non-zero)."""
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(2):
+        opt.zero_grad()
+        out = model.forward_train(batch)
+        loss = sum(F.binary_cross_entropy_with_logits(z, batch.label) for z in out.logits) + out.aux_loss
+        loss.backward()
+        opt.step()
+    return [n for n, p in model.named_parameters()
+            if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
+
+
+@pytest.mark.parametrize("family,config", [
+    ("teacher", {**TINY_TEACHER, "connector": "deres"}),
+    ("teacher", {**TINY_TEACHER, "connector": "deres_softmax"}),
+    ("teacher", {**TINY_TEACHER, "connector": "residual"}),
+    ("teacher", {**TINY_TEACHER, "moe": True, "n_experts": 3, "top_k": 2}),
+    ("teacher", {**TINY_TEACHER, "faithful": True}),
+    ("student", TINY_STUDENT),
+    ("student", {**TINY_STUDENT, "loops": 1}),
+    *[(kind, BASELINE) for kind in ("lr", "dnn", "deepfm", "dcnv2", "din")],
+])
+def test_gradients_reach_every_parameter(data, family, config):
+    schema, batch = data
+    torch.manual_seed(0)
+    model = build_model(family, config, schema)
+    dead = set(_all_grads_reached(model, batch))
+    if config.get("connector") == "deres_softmax":
+        # The first connector sees one source, the token embeddings, which are also its identity input:
+        # a softmax over one source is the constant 1, so both paths are the same tensor and its query,
+        # key norm and gate cannot matter, mathematically. (With SiLU they do, and are checked.)
+        dead -= {"entry_conn.0.query", "entry_conn.0.key_norm.weight", "entry_conn.0.gate_bias"}
+    assert dead == set()
+
+
+def test_teacher_and_students_share_one_embedding_table(data):
+    schema, batch = data
+    shared = FeatureEmbedding(schema, 16)
+    teacher = build_model("teacher", TINY_TEACHER, schema, embedding=shared)
+    students = [build_model("student", TINY_STUDENT, schema, embedding=shared) for _ in range(2)]
+    table = shared.table.weight
+    assert all(m.inputs.embedding.table.weight is table for m in (teacher, *students))
+    loss = F.binary_cross_entropy_with_logits(students[1](batch), batch.label)
+    loss.backward()
+    assert table.grad is not None and table.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="d_embed"):
+        build_model("student", {**TINY_STUDENT, "d_embed": 8}, schema, embedding=shared)
+
+
+def test_faithful_flag_reproduces_the_released_block_layout():
+    torch.manual_seed(0)
+    block = UAB(16, 2, faithful=True).eval()
+    x, profile = torch.randn(3, 5, 16), torch.randn(3, 2, 16)
+    mask = torch.zeros(3, 1, 5, 5)
+    weight = torch.ones(3, 5, 1)
+    with torch.no_grad():
+        got, _ = block(x, profile, mask, weight)
+        h = block.norm1(x)  # the input is replaced by its norm: no raw residual stream
+        h = block.norm2(block.self_attn(h, h, mask) + h)
+        h = block.norm3(block.align(h, block.cross_attn(h, profile), weight) + h)
+        expected = block.ffn(h)[0] + h
+        block.faithful = False
+        clean, _ = block(x, profile, mask, weight)
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert (clean - got).abs().max() > 1e-3
+
+
+def test_grade_presets_build_and_grow():
+    sizes = []
+    schema = InputSchema.from_manifest(make_dataset(n_rows=20, seed=0)[1], max_seq_len=4)
+    for grade in GRADES:
+        config = TeacherConfig.grade(grade)
+        layers, width, heads, seq_len = GRADES[grade]
+        assert (config.d_model, config.n_heads, config.seq_len) == (width, heads, seq_len)
+        assert config.n_entry + config.n_shared + config.n_exit == layers and config.grade_name == grade
+        model = build_model("teacher", config.to_dict(), schema)
+        sizes.append(model.num_parameters() - model.inputs.embedding.table.weight.numel())
+    assert sizes == sorted(sizes) and len(set(sizes)) == len(sizes)
+    with pytest.raises(ValueError, match="grade"):
+        TeacherConfig.grade("G9")
+
+
+def test_configs_round_trip_and_validate():
+    for config in (TeacherConfig.grade("G2", moe=True), StudentConfig(loops=2), BaselineConfig(kind="din")):
+        assert type(config).from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="connector"):
+        TeacherConfig(connector="hyper")
+    with pytest.raises(ValueError, match="divisible"):
+        StudentConfig(d_model=30, n_heads=4)
+    with pytest.raises(ValueError, match="family"):
+        build_model("gbdt", {}, InputSchema.from_manifest(make_dataset(n_rows=20)[1], 4))
+
+
+def test_models_run_under_cpu_bf16_autocast(data):
+    schema, batch = data
+    torch.manual_seed(0)
+    for family, config in [("teacher", {**TINY_TEACHER, "moe": True}), ("student", TINY_STUDENT),
+                           ("din", BASELINE)]:
+        model = build_model(family, config, schema).eval()
+        with torch.no_grad():
+            full = model(batch)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                half = model(batch)
+        assert torch.isfinite(half).all()
+        assert (half.float() - full).abs().max() < 0.1  # bf16 keeps ~3 significant digits
+
+
+def test_every_family_learns_the_synthetic_signal(data):
+    schema, batch = data
+    for family, config in [("teacher", TINY_TEACHER), ("student", TINY_STUDENT),
+                           *[(kind, BASELINE) for kind in ("lr", "dnn", "deepfm", "dcnv2", "din")]]:
+        torch.manual_seed(0)
+        model = build_model(family, config, schema)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        losses = []
+        for _ in range(25):
+            opt.zero_grad()
+            out = model.forward_train(batch)
+            loss = sum(F.binary_cross_entropy_with_logits(z, batch.label) for z in out.logits)
+            loss = loss / len(out.logits)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        assert math.isfinite(losses[-1]) and losses[-1] < 0.8 * losses[0], (family, losses[0], losses[-1])
+
+
+def test_student_is_exportable(data):
+    schema, batch = data
+    torch.manual_seed(0)
+    model = build_model("student", TINY_STUDENT, schema).eval()
+    assert isinstance(model, Student) and not isinstance(model, Teacher)
+
+    class Serving(torch.nn.Module):
+        def __init__(self, inner: Student) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+            return self.inner.score_request(Batch(*tensors))
+
+    names = [f.name for f in dataclasses.fields(Batch) if f.name != "p_click"]
+    request = one_user_request(batch, schema, 6, seq_from=row_with_sequence(batch, 3, L))
+    with torch.no_grad():
+        args = tuple(getattr(request, n) for n in names)
+        exported = torch.export.export(Serving(model), args).module()
+        assert torch.allclose(exported(*args), model.score_candidates(request), atol=1e-6)
