@@ -1,0 +1,197 @@
+"""`ctrflow broker | simulate | convert | replay`: getting click logs into files and into Kafka."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from dataclasses import asdict
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from orchestration.cli.app import app
+from pipelines.adapters import FORMATS as ADAPTER_FORMATS
+from pipelines.adapters import adapt_file
+from pipelines.events import DeadLetter
+from pipelines.kafka import EmbeddedBroker, kafka_bootstrap
+from pipelines.logfile import LogWriter, sort_by_event_time
+from pipelines.replay import FORMATS, ReplayError, replay
+from pipelines.settings import get_settings
+from pipelines.simulator import SimulatorConfig, simulate
+
+console = Console(stderr=True)
+
+
+def _fail(message: str) -> typer.Exit:
+    console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code=2)
+
+
+def _progress(total: int | None = None) -> Progress:
+    columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()]
+    if total is None:
+        columns = [
+            SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.completed:,} records")
+        ]
+    return Progress(*columns, TimeElapsedColumn(), console=console, transient=True)
+
+
+def parse_speed(value: str) -> float | None:
+    """``max`` = as fast as possible (None); otherwise a positive multiple of the recorded pace."""
+    if value.lower() == "max":
+        return None
+    try:
+        speed = float(value)
+    except ValueError:
+        raise typer.BadParameter(f"speed must be a positive number or 'max', got {value!r}") from None
+    if not 0 < speed <= 1e9:
+        raise typer.BadParameter(f"speed must be in (0, 1e9] or 'max', got {value!r}")
+    return speed
+
+
+@app.command("broker")
+def broker(
+    port: int | None = typer.Option(None, "--port", min=1, max=65535, help="Default: a free port."),
+) -> None:
+    """Run the embedded Kafka-protocol broker (in memory, loopback) in the foreground; Ctrl-C stops it."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with EmbeddedBroker(port=port) as embedded:
+        print(embedded.bootstrap, flush=True)
+        console.print(f"embedded broker listening on {embedded.bootstrap} (in memory); Ctrl-C stops it")
+        try:
+            while not stop.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            pass
+    console.print("broker stopped")
+
+
+@app.command("simulate")
+def simulate_cmd(
+    out: Path = typer.Option(..., "--out", help="Output log: .jsonl or .parquet."),
+    days: int = typer.Option(7, "--days", min=1, max=3650),
+    users: int = typer.Option(10_000, "--users", min=1, max=100_000_000),
+    items: int = typer.Option(5_000, "--items", min=1, max=100_000_000),
+    impressions: int = typer.Option(1_000_000, "--impressions", min=1, max=10_000_000_000),
+    seed: int = typer.Option(0, "--seed"),
+    categories: int = typer.Option(40, "--categories", min=1, max=100_000),
+    chunk_rows: int = typer.Option(100_000, "--chunk-rows", min=100, max=10_000_000),
+    start: str = typer.Option("2026-01-05", "--start", help="First day (UTC ISO date)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object (last line)."),
+) -> None:
+    """Write a simulated click log whose impressions carry their true click probability."""
+    try:
+        config = SimulatorConfig(days=days, users=users, items=items, impressions=impressions, seed=seed,
+                                 categories=min(categories, items), chunk_rows=chunk_rows, start=start)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    with _progress(impressions) as progress:
+        task = progress.add_task("simulating", total=impressions)
+        summary = simulate(config, out, on_chunk=lambda n: progress.advance(task, n))
+    console.print(
+        f"wrote {summary.impressions:,} impressions and {summary.clicks:,} clicks to {out} "
+        f"(CTR {summary.ctr:.2%}); oracle AUC {summary.oracle_auc:.4f}, "
+        f"oracle logloss {summary.oracle_logloss:.4f}"
+    )
+    if as_json:
+        print(json.dumps(asdict(summary)))
+
+
+@app.command("convert")
+def convert_cmd(
+    fmt: str = typer.Argument(..., metavar="FORMAT", help=f"One of: {', '.join(ADAPTER_FORMATS)}."),
+    source: Path = typer.Argument(..., exists=True, dir_okay=False, help="Input file in that format."),
+    out: Path = typer.Argument(..., help="Canonical log to write: .jsonl or .parquet."),
+    negatives: int = typer.Option(4, "--negatives", min=0, max=99, help="Taobao: sampled negatives per pv."),
+    seed: int = typer.Option(0, "--seed", help="Taobao: negative-sampling seed."),
+    as_json: bool = typer.Option(False, "--json", help="Print the counts as one JSON object (last line)."),
+) -> None:
+    """Convert a public log format into a canonical, event-time-ordered log (bad lines kept aside)."""
+    if fmt not in ADAPTER_FORMATS:
+        raise _fail(f"unknown format {fmt!r}: expected one of {list(ADAPTER_FORMATS)}")
+    options = {"negatives": negatives, "seed": seed} if fmt == "taobao" else {}
+    dead_path = out.with_name(out.name + ".deadletter.jsonl")
+    counts = {"events": 0, "dead_lettered": 0, "skipped": 0}
+    try:
+        stream = adapt_file(fmt, source, **options)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+
+    with _progress() as progress, LogWriter(out) as writer, open(dead_path, "wb") as dead:
+        task = progress.add_task(f"converting {source.name}")
+
+        def events():
+            for item in stream:
+                if isinstance(item, dict):
+                    yield item
+                elif isinstance(item, DeadLetter):
+                    dead.write(item.to_json() + b"\n")
+                    counts["dead_lettered"] += 1
+                else:
+                    counts["skipped"] += 1
+
+        batch: list[dict] = []
+        for record in sort_by_event_time(events()):
+            batch.append(record)
+            if len(batch) >= 50_000:
+                writer.write_records(batch)
+                progress.advance(task, len(batch))
+                batch = []
+        writer.write_records(batch)
+        counts["events"] = writer.rows
+    if counts["dead_lettered"] == 0:
+        dead_path.unlink()
+    console.print(
+        f"wrote {counts['events']:,} events to {out}; {counts['skipped']:,} lines skipped by design, "
+        f"{counts['dead_lettered']:,} malformed"
+        + (f" (kept in {dead_path})" if counts["dead_lettered"] else "")
+    )
+    if as_json:
+        print(json.dumps(counts))
+
+
+@app.command("replay")
+def replay_cmd(
+    source: Path = typer.Argument(..., exists=True, dir_okay=False, help="Log file to replay."),
+    fmt: str = typer.Option("canonical", "--format", help=f"One of: {', '.join(FORMATS)}."),
+    speed: str = typer.Option("max", "--speed", help="N = recorded pace x N; 'max' = as fast as possible."),
+    topic_prefix: str | None = typer.Option(
+        None, "--topic-prefix", help="Topic prefix (env CTRFLOW_TOPIC_PREFIX)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the counts as one JSON object (last line)."),
+) -> None:
+    """Replay a log into <prefix>.impressions / .clicks in event-time order; bad records to .deadletter."""
+    if fmt not in FORMATS:
+        raise _fail(f"unknown format {fmt!r}: expected one of {list(FORMATS)}")
+    pace = parse_speed(speed)
+    settings = get_settings(topic_prefix=topic_prefix)
+    with kafka_bootstrap(settings) as bootstrap, _progress() as progress:
+        task = progress.add_task(f"replaying {source.name} to {settings.topic_prefix}.*")
+        try:
+            stats = replay(source, settings, bootstrap, fmt=fmt, speed=pace,
+                           on_progress=lambda n: progress.advance(task, n))
+        except ReplayError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            print(json.dumps(exc.stats.as_dict()))
+            raise typer.Exit(code=1) from None
+        except (ValueError, FileNotFoundError) as exc:
+            raise _fail(str(exc)) from None
+    rate = stats.read / stats.seconds if stats.seconds else 0.0
+    console.print(
+        f"read {stats.read:,}: produced {stats.produced:,} ({stats.impressions:,} impressions, "
+        f"{stats.clicks:,} clicks), dead-lettered {stats.dead_lettered:,}, skipped {stats.skipped:,} "
+        f"in {stats.seconds:.1f} s ({rate:,.0f} records/s)"
+    )
+    if as_json:
+        print(json.dumps(stats.as_dict()))
