@@ -92,7 +92,7 @@ def stats_table(rng: np.random.Generator, key: str, prefix: str, n_rows: int, n_
     }
     for window in tables.STAT_WINDOWS:
         impressions = rng.integers(0, 500, n_rows)
-        clicks = rng.integers(0, 50, n_rows)
+        clicks = (impressions * rng.random(n_rows) * 0.3).astype("int64")
         columns[f"impressions_{window}"] = pa.array(impressions, pa.int64())
         columns[f"clicks_{window}"] = pa.array(clicks, pa.int64())
         columns[f"ctr_{window}"] = pa.array(

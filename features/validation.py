@@ -1,0 +1,247 @@
+"""Great Expectations gates for raw events and training sets.
+
+Suites live as JSON in ``features/expectations/`` (``events.json``, ``dataset.json``); values that depend
+on the run (now, freshness, row and label-rate bounds, sequence length) are GX suite parameters filled by
+``ValidationBounds``. Each validation runs in a GX file context under
+``settings.runs_dir/<run>/validation/`` that keeps the results and the Data Docs site, and returns a
+``ValidationReport``; ``require_valid`` turns a failed one into ``ValidationFailed`` so a flow stops
+before training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines import events as event_contract
+from pipelines.settings import Settings
+
+# GX would otherwise phone home; ctrflow keeps everything on this machine.
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+SUITES_DIR = Path(__file__).resolve().parent / "expectations"
+SUITES = ("events", "dataset")
+MAX_FAILED_EXAMPLES = 5
+
+
+class ValidationInputError(ValueError):
+    """The data to validate cannot be read (missing file, undecodable line, unknown format)."""
+
+
+@dataclass(frozen=True)
+class ValidationBounds:
+    """Run-time values of the suites' parameters."""
+
+    max_clock_skew_s: int = 300
+    max_age_s: int | None = None  # freshness; None = no freshness check (replayed history is old)
+    min_rows: int = 1
+    max_rows: int = 1_000_000_000
+    min_label_rate: float = 0.001
+    max_label_rate: float = 0.6
+    max_sequence_length: int = 50
+
+    def parameters(self, now: datetime) -> dict[str, Any]:
+        now_ms = int(now.timestamp() * 1000)
+        freshest = event_contract.MIN_EVENT_TIME_MS
+        if self.max_age_s is not None:
+            freshest = now_ms - self.max_age_s * 1000
+        return {
+            "max_event_time_ms": now_ms + self.max_clock_skew_s * 1000,
+            "min_latest_event_time_ms": freshest,
+            "min_rows": self.min_rows,
+            "max_rows": self.max_rows,
+            "min_label_rate": self.min_label_rate,
+            "max_label_rate": self.max_label_rate,
+            "max_sequence_length": self.max_sequence_length,
+        }
+
+
+@dataclass(frozen=True)
+class FailedExpectation:
+    expectation: str
+    column: str | None
+    message: str
+
+
+@dataclass
+class ValidationReport:
+    suite: str
+    run: str
+    success: bool
+    evaluated: int
+    failed: list[FailedExpectation] = field(default_factory=list)
+    rows: int = 0
+    results_path: Path | None = None
+    docs_path: Path | None = None
+
+    def summary(self) -> str:
+        head = f"{self.suite}: {'PASSED' if self.success else 'FAILED'} " \
+               f"({self.evaluated - len(self.failed)}/{self.evaluated} expectations, {self.rows} rows)"
+        return "\n".join([head, *(f"  - {f.message}" for f in self.failed)])
+
+
+class ValidationFailed(RuntimeError):
+    """A suite failed; ``report`` says which expectations and why."""
+
+    def __init__(self, report: ValidationReport) -> None:
+        super().__init__(report.summary())
+        self.report = report
+
+
+def require_valid(report: ValidationReport) -> ValidationReport:
+    """Return the report if it passed, else raise ValidationFailed (flows call this before training)."""
+    if not report.success:
+        raise ValidationFailed(report)
+    return report
+
+
+def load_suite_spec(suite: str) -> dict[str, Any]:
+    if suite not in SUITES:
+        raise ValueError(f"unknown suite {suite!r}; expected one of {list(SUITES)}")
+    return json.loads((SUITES_DIR / f"{suite}.json").read_text())
+
+
+def applicable_expectations(spec: dict[str, Any], columns: list[str]) -> list[dict[str, Any]]:
+    """Suite expectations minus the optional ones whose column the data does not have."""
+    return [
+        e for e in spec["expectations"]
+        if not (e.get("meta", {}).get("optional") and e["kwargs"].get("column") not in columns)
+    ]
+
+
+def _describe(expectation: str, column: str | None, result: dict[str, Any], error: str | None) -> str:
+    where = f"{column}: " if column else ""
+    if error:
+        return f"{where}{expectation} could not run: {error}"
+    bits = []
+    if "unexpected_count" in result:
+        bits.append(f"{result['unexpected_count']} of {result.get('element_count', '?')} rows unexpected")
+        examples = result.get("partial_unexpected_list") or []
+        if examples:
+            bits.append(f"e.g. {examples[:MAX_FAILED_EXAMPLES]!r:.160}")
+    if "observed_value" in result:
+        observed = result["observed_value"]
+        # numpy scalars print as np.float64(...); users want the number.
+        observed = observed.item() if hasattr(observed, "item") else observed
+        bits.append(f"observed {observed!r:.80}")
+    return f"{where}{expectation}" + (f" ({'; '.join(bits)})" if bits else "")
+
+
+def _for_gx(frame: pa.Table) -> pd.DataFrame:
+    # Timestamps become integer ms so bounds are plain numbers; lists stay out of GX (no expectation on them).
+    columns = {}
+    for f in frame.schema:
+        col = frame.column(f.name)
+        if pa.types.is_timestamp(f.type):
+            col = col.cast(pa.timestamp("ms", tz="UTC")).cast(pa.int64())
+        elif pa.types.is_list(f.type) or pa.types.is_large_list(f.type):
+            continue
+        columns[f.name] = col
+    return pa.table(columns).to_pandas()
+
+
+def new_run_name(prefix: str = "validate") -> str:
+    return f"{prefix}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{time.monotonic_ns() % 10**6:06d}"
+
+
+def validate_table(settings: Settings, suite: str, frame: pa.Table, run: str | None = None,
+                   bounds: ValidationBounds | None = None, now: datetime | None = None) -> ValidationReport:
+    """Run a suite on an Arrow table; results and Data Docs go to ``runs_dir/<run>/validation/``."""
+    import great_expectations as gx
+    from great_expectations.checkpoint import UpdateDataDocsAction
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    run = run or new_run_name()
+    bounds = bounds or ValidationBounds(max_sequence_length=settings.sequence_length)
+    spec = load_suite_spec(suite)
+    out_dir = settings.runs_dir / run / "validation"
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    context = gx.get_context(mode="file", project_root_dir=str(out_dir))
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    expectations = applicable_expectations(spec, frame.column_names)
+    gx_suite = context.suites.add_or_update(
+        gx.ExpectationSuite(name=suite, expectations=expectations, meta=spec.get("meta", {}))
+    )
+    source = context.data_sources.add_or_update_pandas("ctrflow")
+    asset = source.add_dataframe_asset(name=f"{suite}-{len(source.assets)}")
+    batch_definition = asset.add_batch_definition_whole_dataframe("whole")
+    definition = context.validation_definitions.add_or_update(
+        gx.ValidationDefinition(name=suite, data=batch_definition, suite=gx_suite)
+    )
+    checkpoint = context.checkpoints.add_or_update(
+        gx.Checkpoint(name=suite, validation_definitions=[definition],
+                      actions=[UpdateDataDocsAction(name="data_docs")], result_format="SUMMARY")
+    )
+    result = checkpoint.run(batch_parameters={"dataframe": _for_gx(frame)},
+                            expectation_parameters=bounds.parameters(now or datetime.now(UTC)))
+
+    failed, evaluated = [], 0
+    for suite_result in result.run_results.values():
+        for r in suite_result.results:
+            evaluated += 1
+            if r.success:
+                continue
+            config = r.expectation_config
+            column = config.kwargs.get("column") or ",".join(config.kwargs.get("column_list") or []) or None
+            error = (r.exception_info or {}).get("exception_message") if r.exception_info else None
+            message = _describe(config.type, column, r.result, error)
+            failed.append(FailedExpectation(config.type, column, message))
+    docs = out_dir / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
+    report = ValidationReport(suite=suite, run=run, success=bool(result.success), evaluated=evaluated,
+                              failed=failed, rows=frame.num_rows, docs_path=docs if docs.exists() else None)
+    report.results_path = out_dir / f"{suite}-results.json"
+    report.results_path.write_text(json.dumps(
+        {**asdict(report), "results_path": str(report.results_path), "docs_path": str(report.docs_path),
+         "gx_result": result.describe_dict()}, indent=2, default=str) + "\n")
+    return report
+
+
+def read_events(path: Path) -> pa.Table:
+    """A canonical event log (JSON Lines or Parquet) as a table, without dropping bad records: the suite
+    judges them. Lines that are not JSON objects are an input error with their line number."""
+    if not path.exists():
+        raise ValidationInputError(f"event log {path} does not exist")
+    if path.suffix == ".parquet":
+        return pq.read_table(path)
+    if path.suffix not in {".jsonl", ".json", ".ndjson"}:
+        raise ValidationInputError(f"{path}: expected .jsonl/.ndjson (JSON Lines) or .parquet")
+    records = []
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise ValidationInputError(f"{path}:{number}: not JSON ({exc})") from None
+            if not isinstance(record, dict):
+                raise ValidationInputError(f"{path}:{number}: not a JSON object")
+            records.append({name: record.get(name) for name in event_contract.EVENT_COLUMNS})
+    if not records:
+        return event_contract.EVENT_SCHEMA.empty_table()
+    return pa.Table.from_pylist(records)
+
+
+def validate_events(settings: Settings, path: Path, run: str | None = None,
+                    bounds: ValidationBounds | None = None) -> ValidationReport:
+    """Validate a canonical event log file with the ``events`` suite."""
+    return validate_table(settings, "events", read_events(path), run, bounds)
+
+
+def validate_dataset(settings: Settings, name: str | None = None, run: str | None = None,
+                     bounds: ValidationBounds | None = None) -> ValidationReport:
+    """Validate a built training set (``None`` = LATEST) with the ``dataset`` suite."""
+    from features.datasets import load_dataset
+
+    table, _ = load_dataset(settings, name)
+    return validate_table(settings, "dataset", table, run, bounds)
