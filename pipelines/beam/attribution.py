@@ -1,0 +1,236 @@
+"""Impression <-> click attribution in event time.
+
+A click is attributed to its impression (by ``impression_id``) when
+``0 <= click_time - impression_time <= window``. An impression is labelled once its window has closed,
+i.e. ``impression_time + window < watermark`` (every click that could count has arrived), or at the end
+of a finished log (``watermark=None``: "final" mode, nothing more can come). Clicks that cannot count are
+kept aside with a reason instead of being dropped:
+
+- ``after_window``: the impression is known but the click came more than ``window`` after it;
+- ``before_impression``: the click's time precedes its impression's;
+- ``late``: the impression was already labelled (in an earlier micro-batch) when the click arrived;
+- ``no_impression``: no impression with that id arrived within the window.
+
+``attribute`` is the pure, vectorised core used by the micro-batch job; ``AttributeInEventTime`` runs
+the same core as a keyed stateful DoFn driven by the watermark, for streaming runners and TestStream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from apache_beam.coders import BytesCoder, VarIntCoder
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
+
+from pipelines.events import EVENT_SCHEMA
+
+ASIDE_REASONS = ("after_window", "before_impression", "late", "no_impression")
+
+CLICK_SCHEMA = pa.schema(
+    [EVENT_SCHEMA.field(n) for n in ("impression_id", "user_id", "item_id", "category", "event_time")]
+)
+RECENT_SCHEMA = pa.schema(
+    [
+        pa.field("impression_id", pa.string()),
+        pa.field("user_id", pa.string()),
+        pa.field("event_time", pa.int64()),
+    ]
+)
+ASIDE_SCHEMA = pa.schema(list(CLICK_SCHEMA) + [pa.field("reason", pa.string())])
+
+
+@dataclass
+class Attribution:
+    """One attribution step's results and the state it leaves for the next step."""
+
+    labelled: pa.Table  # closed impressions (EVENT_SCHEMA columns) + label (int8) + click_time (int64)
+    aside: pa.Table  # ASIDE_SCHEMA
+    pending_impressions: pa.Table  # EVENT_SCHEMA, still inside their window
+    pending_clicks: pa.Table  # CLICK_SCHEMA, waiting for their impression or its window to close
+    recent: pa.Table  # RECENT_SCHEMA: recently labelled impressions (to tell late clicks apart)
+
+
+def empty(schema: pa.Schema) -> pa.Table:
+    return schema.empty_table()
+
+
+def _lookup(
+    ids: pa.ChunkedArray | pa.Array, keys: pa.ChunkedArray | pa.Array, values: np.ndarray
+) -> np.ndarray:
+    """values[index of id in keys] per id, -1 where absent (keys are unique)."""
+    idx = pc.index_in(ids, value_set=keys if isinstance(keys, pa.Array) else keys.combine_chunks())
+    pos = idx.to_numpy(zero_copy_only=False)
+    found = idx.is_valid().to_numpy(zero_copy_only=False)
+    out = np.full(len(ids), -1, dtype=np.int64)
+    out[found] = values[pos[found].astype(np.int64)]
+    return out
+
+
+def _first_per_id(impressions: pa.Table) -> pa.Table:
+    """One impression per id: the earliest (a re-sent impression must not count twice)."""
+    if impressions.num_rows == 0:
+        return impressions
+    ordered = impressions.sort_by([("event_time", "ascending"), ("impression_id", "ascending")])
+    ids = ordered["impression_id"].combine_chunks()
+    first = pc.index_in(ids, value_set=pc.unique(ids)).to_numpy(zero_copy_only=False)
+    _, keep = np.unique(first, return_index=True)
+    return ordered.take(pa.array(np.sort(keep)))
+
+
+def attribute(
+    impressions: pa.Table,
+    clicks: pa.Table,
+    recent: pa.Table,
+    window_ms: int,
+    watermark_ms: int | None,
+) -> Attribution:
+    """Label every impression whose window closed before ``watermark_ms`` (all of them if None).
+
+    ``impressions``/``clicks`` are everything not yet resolved: the previous step's pending rows plus
+    the new ones. ``recent`` are the ids labelled in earlier steps.
+    """
+    final = watermark_ms is None
+    impressions = _first_per_id(impressions)
+    clicks = clicks.select(CLICK_SCHEMA.names).cast(CLICK_SCHEMA)
+    imp_times = impressions["event_time"].to_numpy()
+    click_times = clicks["event_time"].to_numpy()
+    matched = _lookup(clicks["impression_id"], impressions["impression_id"], imp_times)
+    has_imp = matched >= 0
+    recent_time = _lookup(clicks["impression_id"], recent["impression_id"], recent["event_time"].to_numpy())
+    delta = click_times - matched
+    in_window = has_imp & (delta >= 0) & (delta <= window_ms)
+
+    closed_imp = np.ones(len(imp_times), bool) if final else (imp_times + window_ms < watermark_ms)
+    click_imp_closed = np.zeros(len(click_times), bool)
+    imp_index = _lookup(clicks["impression_id"], impressions["impression_id"], np.arange(len(imp_times)))
+    click_imp_closed[has_imp] = closed_imp[imp_index[has_imp]]
+
+    reason = np.full(len(click_times), None, dtype=object)
+    reason[has_imp & (delta > window_ms)] = "after_window"
+    reason[has_imp & (delta < 0)] = "before_impression"
+    orphan = ~has_imp
+    expired = np.ones(len(click_times), bool) if final else (click_times + window_ms < watermark_ms)
+    reason[orphan & (recent_time >= 0)] = "late"
+    reason[orphan & (recent_time < 0) & expired] = "no_impression"
+    is_aside = reason != None  # noqa: E711 (element-wise on an object array)
+    consumed = in_window & click_imp_closed
+    pending_click = ~is_aside & ~consumed
+
+    # Label = first in-window click of each closed impression.
+    first_click = np.full(len(imp_times), np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first_click, imp_index[consumed], click_times[consumed])
+    labelled_rows = impressions.filter(pa.array(closed_imp))
+    fc = first_click[closed_imp]
+    clicked = fc != np.iinfo(np.int64).max
+    labelled = labelled_rows.append_column("label", pa.array(clicked.astype(np.int8))).append_column(
+        "click_time", pa.array(np.where(clicked, fc, 0), pa.int64(), mask=~clicked)
+    )
+
+    aside = clicks.filter(pa.array(is_aside)).append_column("reason", pa.array(reason[is_aside], pa.string()))
+    newly = pa.table(
+        {n: labelled_rows[n] for n in RECENT_SCHEMA.names},
+        schema=RECENT_SCHEMA,
+    )
+    recent = pa.concat_tables([recent.select(RECENT_SCHEMA.names).cast(RECENT_SCHEMA), newly])
+    if not final:
+        # A click can be "late" for one more window after its impression closed; later it is an orphan.
+        recent = recent.filter(pc.greater_equal(recent["event_time"], watermark_ms - 2 * window_ms))
+    return Attribution(
+        labelled=labelled,
+        aside=aside,
+        pending_impressions=impressions.filter(pa.array(~closed_imp)),
+        pending_clicks=clicks.filter(pa.array(pending_click)),
+        recent=recent,
+    )
+
+
+def _to_ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def _from_ipc(data: bytes) -> pa.Table:
+    return pa.ipc.open_stream(data).read_all()
+
+
+class AttributeInEventTime(beam.DoFn):
+    """Keyed stateful DoFn: (key, event dict) in, ("labelled", row) / ("aside", row) out.
+
+    Events wait in state; an event-time timer at the earliest moment something can be decided fires
+    when the watermark passes it and runs ``attribute`` with the watermark as the closing time. The
+    same rules as the micro-batch job, driven by Beam's watermark instead of the batch boundary.
+    """
+
+    PENDING_IMPRESSIONS = BagStateSpec("pending_impressions", BytesCoder())
+    PENDING_CLICKS = BagStateSpec("pending_clicks", BytesCoder())
+    RECENT = ReadModifyWriteStateSpec("recent", BytesCoder())
+    DECIDE_AT = ReadModifyWriteStateSpec("decide_at", VarIntCoder())
+    DECIDE = TimerSpec("decide", TimeDomain.WATERMARK)
+
+    def __init__(self, window_s: int) -> None:
+        self.window_ms = window_s * 1000
+
+    def process(
+        self,
+        element: tuple[str, dict],
+        impressions=beam.DoFn.StateParam(PENDING_IMPRESSIONS),
+        clicks=beam.DoFn.StateParam(PENDING_CLICKS),
+        decide_at=beam.DoFn.StateParam(DECIDE_AT),
+        decide=beam.DoFn.TimerParam(DECIDE),
+    ) -> Iterator[tuple[str, dict]]:
+        _, event = element
+        if event["type"] == "impression":
+            impressions.add(_to_ipc(pa.Table.from_pylist([event], schema=EVENT_SCHEMA)))
+        else:
+            clicks.add(_to_ipc(pa.Table.from_pylist([event], schema=CLICK_SCHEMA)))
+        # Decidable once the watermark passes event_time + window (+1 ms: the rule is strict); one timer
+        # per key, kept at the earliest such moment.
+        at = event["event_time"] + self.window_ms + 1
+        current = decide_at.read()
+        if current is None or at < current:
+            decide_at.write(at)
+            decide.set(at / 1000.0)
+        return iter(())
+
+    @on_timer(DECIDE)
+    def on_decide(
+        self,
+        fire=beam.DoFn.TimestampParam,
+        impressions=beam.DoFn.StateParam(PENDING_IMPRESSIONS),
+        clicks=beam.DoFn.StateParam(PENDING_CLICKS),
+        recent=beam.DoFn.StateParam(RECENT),
+        decide_at=beam.DoFn.StateParam(DECIDE_AT),
+        decide=beam.DoFn.TimerParam(DECIDE),
+    ) -> Iterator[tuple[str, dict]]:
+        imps = pa.concat_tables([_from_ipc(b) for b in impressions.read()] or [empty(EVENT_SCHEMA)])
+        clks = pa.concat_tables([_from_ipc(b) for b in clicks.read()] or [empty(CLICK_SCHEMA)])
+        stored = recent.read()
+        done = _from_ipc(stored) if stored else empty(RECENT_SCHEMA)
+        result = attribute(imps, clks, done, self.window_ms, int(fire.micros // 1000))
+        impressions.clear()
+        clicks.clear()
+        if result.pending_impressions.num_rows:
+            impressions.add(_to_ipc(result.pending_impressions))
+        if result.pending_clicks.num_rows:
+            clicks.add(_to_ipc(result.pending_clicks))
+        recent.write(_to_ipc(result.recent))
+        waiting = pa.concat_tables(
+            [result.pending_impressions.select(["event_time"]), result.pending_clicks.select(["event_time"])]
+        )
+        decide_at.clear()
+        if waiting.num_rows:
+            at = pc.min(waiting["event_time"]).as_py() + self.window_ms + 1
+            decide_at.write(at)
+            decide.set(at / 1000.0)
+        for row in result.labelled.to_pylist():
+            yield ("labelled", row)
+        for row in result.aside.to_pylist():
+            yield ("aside", row)

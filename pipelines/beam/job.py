@@ -1,0 +1,390 @@
+"""Feature job entry points: one micro-batch, bounded builds (Kafka or a log file), continuous streaming.
+
+A micro-batch is one Beam pipeline run over planned offset ranges:
+read -> parse (dead letters aside) -> shard by user / by item -> features with the previous state ->
+Parquet sinks. Then, on the driver: online push of the batch's newest rows, the checkpoint commit
+(offsets + state, atomically) and the DuckDB views. A crash anywhere before the commit leaves the last
+checkpoint in force; the rerun rewrites the same-named files.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.metrics.metric import MetricsFilter
+
+from pipelines.beam import state as st
+from pipelines.beam.kafka_source import OffsetRange, ReadOffsetRange, current_highwater, plan_batch
+from pipelines.beam.options import pipeline_options, runner_for
+from pipelines.beam.sinks import (
+    ALL_TABLES,
+    SourceRange,
+    batch_file_name,
+    read_batch_files,
+    refresh_views,
+)
+from pipelines.beam.transforms import (
+    ACCOUNTING,
+    OUTPUT,
+    FileSlice,
+    ItemShardFeatures,
+    ParseRaw,
+    ProduceDeadLetters,
+    ReadFileSlice,
+    UserShardFeatures,
+    WriteWarehouseTable,
+    dead_letter_rows,
+    progress_of,
+    shard_events,
+)
+from pipelines.beam.watermark import WatermarkFn, merge_progress, next_watermark
+from pipelines.events import EVENT_SCHEMA
+from pipelines.kafka import ensure_ctr_topics, kafka_bootstrap
+from pipelines.settings import Settings
+
+OnlineSink = Callable[[str, pa.Table], object]
+ONLINE_TABLES = ("user_stats", "item_stats", "user_sequences")
+SOURCE_TOPICS = ("impressions", "clicks")
+
+
+@dataclass
+class JobConfig:
+    """How a feature job runs (the feature definitions themselves come from Settings)."""
+
+    num_shards: int = 2
+    max_records_per_partition: int = 200_000  # per micro-batch
+    piece_size: int = 50_000  # records per parallel read
+    num_workers: int = 1
+    running_mode: str | None = None
+    beam_args: Sequence[str] = ()
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.num_shards <= 1024:
+            raise ValueError("num_shards must be in [1, 1024]")
+
+
+@dataclass
+class BatchReport:
+    batch_seq: int
+    file_name: str
+    final: bool
+    watermark_ms: int | None
+    accounting: dict[str, dict[str, int]]
+    rows: dict[str, int]
+    online_rows: dict[str, int]
+
+
+@dataclass
+class RunReport:
+    """What a run did, per partition (consumed = accepted + dead_lettered) and per table."""
+
+    batches: list[BatchReport] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def accounting(self) -> dict[str, dict[str, int]]:
+        total: dict[str, dict[str, int]] = {}
+        for b in self.batches:
+            for key, counts in b.accounting.items():
+                acc = total.setdefault(key, {"consumed": 0, "accepted": 0, "dead_lettered": 0})
+                for k, v in counts.items():
+                    acc[k] += v
+        return dict(sorted(total.items()))
+
+    @property
+    def rows(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for b in self.batches:
+            for k, v in b.rows.items():
+                total[k] = total.get(k, 0) + v
+        return total
+
+    @property
+    def consumed(self) -> int:
+        return sum(v["consumed"] for v in self.accounting.values())
+
+    @property
+    def balanced(self) -> bool:
+        return all(v["consumed"] == v["accepted"] + v["dead_lettered"] for v in self.accounting.values())
+
+    def to_dict(self) -> dict:
+        return {
+            "batches": len(self.batches),
+            "seconds": round(self.seconds, 3),
+            "events_per_s": round(self.consumed / self.seconds, 1) if self.seconds else None,
+            "accounting": self.accounting,
+            "balanced": self.balanced,
+            "rows": self.rows,
+            "watermark_ms": self.batches[-1].watermark_ms if self.batches else None,
+            "final": self.batches[-1].final if self.batches else None,
+            "batch_reports": [asdict(b) for b in self.batches],
+        }
+
+
+def _metric_values(result: beam.runners.runner.PipelineResult) -> tuple[dict, dict, dict]:
+    """(counters, distribution maxima, output row counts) from a finished pipeline's metrics."""
+    metrics = result.metrics().query(MetricsFilter())
+    counters: dict[str, int] = {}
+    maxima: dict[str, int] = {}
+    for m in metrics["counters"]:
+        name = f"{m.key.metric.namespace}:{m.key.metric.name}"
+        counters[name] = counters.get(name, 0) + m.result
+    for m in metrics["distributions"]:
+        if m.key.metric.namespace == ACCOUNTING and m.result.max is not None:
+            key = m.key.metric.name.split("/", 1)[1]
+            maxima[key] = max(maxima.get(key, m.result.max), m.result.max)
+    accounting: dict[str, dict[str, int]] = {}
+    rows: dict[str, int] = {}
+    for name, value in counters.items():
+        ns, metric = name.split(":", 1)
+        kind, key = metric.split("/", 1)
+        if ns == ACCOUNTING:
+            accounting.setdefault(key, {"consumed": 0, "accepted": 0, "dead_lettered": 0})[kind] = value
+        elif ns == OUTPUT:
+            rows[key] = value
+    return accounting, maxima, rows
+
+
+@dataclass
+class _BatchPlan:
+    sources: list  # OffsetRange or FileSlice
+    ranges: list[SourceRange]
+    lagging: list[str]
+    final: bool
+
+
+def _run_batch(
+    settings: Settings,
+    plan: _BatchPlan,
+    checkpoint: st.Checkpoint,
+    job_directory: Path | None,
+    config: JobConfig,
+    bootstrap: str | None,
+    online_sink: OnlineSink | None,
+) -> tuple[BatchReport, st.Checkpoint]:
+    seq = checkpoint.batch_seq + 1
+    file_name = batch_file_name(plan.ranges, fallback=f"final-{seq:08d}")
+    state_in = str(job_directory / checkpoint.state_dir) if job_directory and checkpoint.state_dir else None
+    scratch = None
+    if job_directory is None:  # one-shot build: no state to keep
+        scratch = Path(tempfile.mkdtemp(prefix="ctrflow-state-"))
+        state_out = scratch
+    else:
+        state_out = job_directory / st.state_dir_name(seq)
+        shutil.rmtree(state_out, ignore_errors=True)  # leftovers of a killed attempt
+    created_base = max(int(time.time() * 1000), checkpoint.last_created_ms + 1)
+    warehouse = settings.warehouse_dir
+    options = pipeline_options(config.beam_args, config.num_workers, config.running_mode)
+    shards = config.num_shards
+    try:
+        with beam.Pipeline(runner=runner_for(options), options=options) as p:
+            pieces = p | "Plan" >> beam.Create(plan.sources) | "Spread" >> beam.Reshuffle()
+            if bootstrap is not None:
+                raw = pieces | "ReadKafka" >> beam.ParDo(ReadOffsetRange(bootstrap))
+                parsed = raw | "Parse" >> beam.ParDo(ParseRaw())
+                _ = parsed | "DeadLetterTopic" >> beam.ParDo(
+                    ProduceDeadLetters(bootstrap, settings.topic("deadletter"))
+                )
+            else:
+                parsed = pieces | "ReadFile" >> beam.ParDo(ReadFileSlice())
+            watermark = (
+                parsed
+                | "Progress" >> beam.Map(progress_of)
+                | "Watermark"
+                >> beam.CombineGlobally(
+                    WatermarkFn(checkpoint.max_event_times, plan.lagging, checkpoint.watermark_ms, plan.final)
+                )
+            )
+            every_shard = [(s, EVENT_SCHEMA.empty_table()) for s in range(shards)]
+            user_rows = (
+                (
+                    parsed | "ByUser" >> beam.FlatMap(shard_events, "user_id", shards),
+                    p | "AllUserShards" >> beam.Create(every_shard),
+                )
+                | "FlattenUsers" >> beam.Flatten()
+                | "GroupUsers" >> beam.GroupByKey()
+                | "UserFeatures"
+                >> beam.ParDo(
+                    UserShardFeatures(
+                        state_in,
+                        str(state_out),
+                        shards,
+                        settings.attribution_window_s * 1000,
+                        settings.sequence_length,
+                    ),
+                    watermark_ms=beam.pvalue.AsSingleton(watermark),
+                )
+            )
+            item_rows = (
+                (
+                    parsed | "ByItem" >> beam.FlatMap(shard_events, "item_id", shards),
+                    p | "AllItemShards" >> beam.Create(every_shard),
+                )
+                | "FlattenItems" >> beam.Flatten()
+                | "GroupItems" >> beam.GroupByKey()
+                | "ItemFeatures"
+                >> beam.ParDo(
+                    ItemShardFeatures(state_in, str(state_out), shards),
+                    watermark_ms=beam.pvalue.AsSingleton(watermark),
+                )
+            )
+            every_table = [(name, schema.empty_table()) for name, schema in ALL_TABLES.items()]
+            _ = (
+                (
+                    user_rows,
+                    item_rows,
+                    parsed | "DeadLetters" >> beam.FlatMap(dead_letter_rows),
+                    p | "AllTables" >> beam.Create(every_table),
+                )
+                | "FlattenRows" >> beam.Flatten()
+                | "GroupTables" >> beam.GroupByKey()
+                | "Write"
+                >> beam.ParDo(WriteWarehouseTable(str(warehouse), plan.ranges, file_name, created_base))
+            )
+        result = p.result
+        accounting, maxima, rows = _metric_values(result)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    online_rows: dict[str, int] = {}
+    if online_sink is not None:
+        for name in ONLINE_TABLES:
+            frame = read_batch_files(warehouse, name, file_name)
+            if frame.num_rows:
+                written = online_sink(name, frame)
+                online_rows[name] = int(written) if isinstance(written, int) else frame.num_rows
+
+    progress = merge_progress(checkpoint.max_event_times, maxima)
+    watermark_ms = next_watermark(progress, plan.lagging, checkpoint.watermark_ms)
+    offsets = dict(checkpoint.offsets)
+    for src in plan.sources:
+        if isinstance(src, OffsetRange):
+            key = st.Checkpoint.key(src.topic, src.partition)
+            offsets[key] = max(offsets.get(key, 0), src.end)
+    nxt = st.Checkpoint(
+        batch_seq=seq,
+        offsets=offsets,
+        max_event_times=progress,
+        watermark_ms=watermark_ms,
+        last_created_ms=created_base + max(rows.values(), default=1) - 1,
+        state_dir=st.state_dir_name(seq) if job_directory else None,
+        final=plan.final,
+    )
+    if job_directory is not None:
+        st.commit_checkpoint(job_directory, nxt)
+    refresh_views(warehouse, settings.warehouse_db)
+    report = BatchReport(
+        seq, file_name, plan.final, None if plan.final else watermark_ms, accounting, rows, online_rows
+    )
+    return report, nxt
+
+
+def _kafka_plan(
+    checkpoint: st.Checkpoint, target: dict[tuple[str, int], int], config: JobConfig, final: bool
+) -> _BatchPlan:
+    pieces = plan_batch(checkpoint.offset_map(), target, config.max_records_per_partition, config.piece_size)
+    reached: dict[tuple[str, int], int] = dict(checkpoint.offset_map())
+    for r in pieces:
+        reached[(r.topic, r.partition)] = max(reached.get((r.topic, r.partition), 0), r.end)
+    lagging = [st.Checkpoint.key(t, p) for (t, p), hw in target.items() if reached.get((t, p), 0) < hw]
+    ranges = [SourceRange(r.topic, r.partition, r.start, r.end) for r in pieces]
+    return _BatchPlan(pieces, ranges, lagging, final and not lagging)
+
+
+def job_name(settings: Settings) -> str:
+    return settings.topic_prefix
+
+
+def reset_checkpoint(settings: Settings) -> None:
+    """Forget committed offsets and state: the next run starts from the beginning of the topics."""
+    shutil.rmtree(st.job_dir(settings.checkpoints_dir, job_name(settings)), ignore_errors=True)
+
+
+def run_kafka(
+    settings: Settings,
+    *,
+    final: bool = False,
+    continuous: bool = False,
+    online_sink: OnlineSink | None = None,
+    config: JobConfig | None = None,
+    stop: threading.Event | None = None,
+    poll_interval_s: float = 1.0,
+    max_batches: int | None = None,
+    on_batch: Callable[[BatchReport], None] | None = None,
+) -> RunReport:
+    """Bounded (up to the high-water marks seen at start) or continuous micro-batches from Kafka.
+
+    ``final`` (bounded only) labels every impression still pending once the log is read: use it for a
+    finished log, where no more clicks can come. ``stop`` ends a continuous run after the current batch.
+    """
+    if continuous and final:
+        raise ValueError("final mode is for bounded runs over a finished log, not for streaming")
+    config = config or JobConfig()
+    stop = stop or threading.Event()
+    directory = st.job_dir(settings.checkpoints_dir, job_name(settings))
+    report = RunReport()
+    started = time.perf_counter()
+    with kafka_bootstrap(settings) as bootstrap:
+        ensure_ctr_topics(bootstrap, settings)
+        topics = [settings.topic(t) for t in SOURCE_TOPICS]
+        target = current_highwater(bootstrap, topics)
+        while not stop.is_set() and (max_batches is None or len(report.batches) < max_batches):
+            checkpoint = st.load_checkpoint(directory)
+            if continuous:
+                target = current_highwater(bootstrap, topics)
+            plan = _kafka_plan(checkpoint, target, config, final)
+            if not plan.sources:
+                if final and not checkpoint.final:
+                    plan.final = True  # nothing left to read: flush what is pending
+                elif continuous:
+                    stop.wait(poll_interval_s)
+                    continue
+                else:
+                    break
+            batch, _ = _run_batch(settings, plan, checkpoint, directory, config, bootstrap, online_sink)
+            report.batches.append(batch)
+            if on_batch:
+                on_batch(batch)
+            if plan.final:
+                break
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def file_slices(path: Path, piece_size: int) -> tuple[list[FileSlice], int]:
+    """Row slices of a canonical log (Parquet: row ranges; JSON Lines: one slice, line-numbered)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"log file not found: {path}")
+    if path.suffix == ".parquet":
+        n = pq.ParquetFile(path).metadata.num_rows
+        return [FileSlice(str(path), a, min(n, a + piece_size)) for a in range(0, n, piece_size)], n
+    with open(path, "rb") as f:
+        n = sum(1 for _ in f)
+    return [FileSlice(str(path), 0, n)], n
+
+
+def run_file(
+    settings: Settings,
+    path: Path,
+    *,
+    online_sink: OnlineSink | None = None,
+    config: JobConfig | None = None,
+) -> RunReport:
+    """Backfill from a finished canonical log file (Parquet or JSON Lines), in final mode, statelessly."""
+    config = config or JobConfig(piece_size=1_000_000)
+    path = path.resolve()
+    slices, n = file_slices(path, config.piece_size)
+    plan = _BatchPlan(slices, [SourceRange(str(path), -1, 0, n)], [], final=True)
+    started = time.perf_counter()
+    batch, _ = _run_batch(settings, plan, st.Checkpoint(), None, config, None, online_sink)
+    return RunReport([batch], time.perf_counter() - started)

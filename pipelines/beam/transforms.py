@@ -1,0 +1,227 @@
+"""The Beam transforms of the feature job: parse, shard, per-shard features, sinks.
+
+Elements are Arrow tables (a whole offset range or shard at once), so every step works vectorised per
+bundle; Beam provides the parallelism (ranges, shards, tables) and the runner portability.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.metrics import Metrics
+
+from pipelines.beam import state as st
+from pipelines.beam.kafka_source import RawBatch
+from pipelines.beam.parse import Parsed, parse_columns, parse_records
+from pipelines.beam.shards import split_by_shard
+from pipelines.beam.sinks import ALL_TABLES, SourceRange, to_table_schema, write_table
+from pipelines.beam.steps import ItemShardState, UserShardState, item_shard_step, user_shard_step
+from pipelines.events import DEADLETTER_SCHEMA, EVENT_SCHEMA
+
+ACCOUNTING = "ctrflow.accounting"
+OUTPUT = "ctrflow.output"
+
+
+def partition_key(source: str, partition: int) -> str:
+    return st.Checkpoint.key(source, partition)
+
+
+def count_parsed(parsed: Parsed) -> None:
+    """Accounting metrics per source partition: consumed = accepted + dead-lettered."""
+    key = partition_key(parsed.source, parsed.partition)
+    Metrics.counter(ACCOUNTING, f"consumed/{key}").inc(parsed.consumed)
+    Metrics.counter(ACCOUNTING, f"accepted/{key}").inc(parsed.accepted)
+    Metrics.counter(ACCOUNTING, f"dead_lettered/{key}").inc(len(parsed.dead))
+
+
+class ParseRaw(beam.DoFn):
+    """RawBatch (Kafka records) -> Parsed."""
+
+    def process(self, batch: RawBatch) -> Iterator[Parsed]:
+        parsed = parse_records(
+            batch.source, batch.partition, batch.start, batch.end, batch.offsets, batch.values
+        )
+        count_parsed(parsed)
+        yield parsed
+
+
+@dataclass(frozen=True)
+class FileSlice:
+    """Rows ``[start, end)`` of a canonical log file (row groups for Parquet, lines for JSONL)."""
+
+    path: str
+    start: int
+    end: int
+
+
+class ReadFileSlice(beam.DoFn):
+    """FileSlice -> Parsed: vectorised validation for Parquet, per-line for JSON Lines."""
+
+    def process(self, piece: FileSlice) -> Iterator[Parsed]:
+        path = Path(piece.path)
+        if path.suffix == ".parquet":
+            parsed = parse_columns(piece.path, piece.start, _parquet_rows(path, piece.start, piece.end))
+        else:
+            with open(path, "rb") as f:
+                lines = [line.rstrip(b"\r\n") for line in f]
+            chosen = lines[piece.start : piece.end]
+            offsets = list(range(piece.start + 1, piece.start + 1 + len(chosen)))  # 1-based line numbers
+            parsed = parse_records(piece.path, -1, piece.start, piece.end, offsets, chosen)
+        count_parsed(parsed)
+        yield parsed
+
+
+def _parquet_rows(path: Path, start: int, end: int) -> pa.Table:
+    pf = pq.ParquetFile(path)
+    groups, first, at = [], None, 0
+    for g in range(pf.num_row_groups):
+        n = pf.metadata.row_group(g).num_rows
+        if at + n > start and at < end:
+            groups.append(g)
+            first = at if first is None else first
+        at += n
+    if not groups:
+        return pf.schema_arrow.empty_table()
+    table = pf.read_row_groups(groups)
+    return table.slice(start - first, end - start)
+
+
+def progress_of(parsed: Parsed) -> tuple[str, int | None]:
+    """(partition key, max event time) for the watermark, also kept as a metric for the checkpoint."""
+    key = partition_key(parsed.source, parsed.partition)
+    top = parsed.max_event_time
+    if top is not None:
+        Metrics.distribution(ACCOUNTING, f"max_event_time/{key}").update(top)
+    return key, top
+
+
+def shard_events(parsed: Parsed, column: str, num_shards: int) -> Iterator[tuple[int, pa.Table]]:
+    yield from split_by_shard(parsed.events, column, num_shards).items()
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table:
+    return pa.concat_tables([t.cast(EVENT_SCHEMA) for t in tables]) if tables else EVENT_SCHEMA.empty_table()
+
+
+class UserShardFeatures(beam.DoFn):
+    """(user shard, event tables) -> (table name, rows); writes the shard's next state."""
+
+    def __init__(
+        self, state_in: str | None, state_out: str, num_shards: int, window_ms: int, sequence_length: int
+    ):
+        self.state_in = Path(state_in) if state_in else None
+        self.state_out = Path(state_out)
+        self.num_shards = num_shards
+        self.window_ms = window_ms
+        self.sequence_length = sequence_length
+
+    def process(
+        self, element: tuple[int, list[pa.Table]], watermark_ms: int | None
+    ) -> Iterator[tuple[str, pa.Table]]:
+        shard, tables = element
+
+        def load(kind: str) -> pa.Table:
+            return st.read_state(self.state_in, kind, "user_id", shard, self.num_shards)
+
+        state = UserShardState(
+            held=load("held"),
+            user_history=load("user_history"),
+            click_history=load("click_history"),
+            pending_impressions=load("pending_impressions"),
+            pending_clicks=load("pending_clicks"),
+            recent=load("recent"),
+        )
+        rows, nxt = user_shard_step(
+            state, _concat(list(tables)), watermark_ms, self.window_ms, self.sequence_length
+        )
+        name = f"shard-{shard:04d}"
+        for kind in (
+            "held",
+            "user_history",
+            "click_history",
+            "pending_impressions",
+            "pending_clicks",
+            "recent",
+        ):
+            st.write_state(self.state_out, kind, name, getattr(nxt, kind))
+        yield from rows.items()
+
+
+class ItemShardFeatures(beam.DoFn):
+    """(item shard, event tables) -> ("item_stats", rows); writes the shard's item history."""
+
+    def __init__(self, state_in: str | None, state_out: str, num_shards: int):
+        self.state_in = Path(state_in) if state_in else None
+        self.state_out = Path(state_out)
+        self.num_shards = num_shards
+
+    def process(
+        self, element: tuple[int, list[pa.Table]], watermark_ms: int | None
+    ) -> Iterator[tuple[str, pa.Table]]:
+        shard, tables = element
+        state = ItemShardState(
+            held=st.read_state(self.state_in, "held", "item_id", shard, self.num_shards),
+            item_history=st.read_state(self.state_in, "item_history", "item_id", shard, self.num_shards),
+        )
+        rows, history = item_shard_step(state, _concat(list(tables)), watermark_ms)
+        st.write_state(self.state_out, "item_history", f"shard-{shard:04d}", history)
+        yield from rows.items()
+
+
+class WriteWarehouseTable(beam.DoFn):
+    """(table name, row tables) -> written file paths, replacing this range's earlier files."""
+
+    def __init__(self, warehouse: str, ranges: list[SourceRange], file_name: str, created_base_ms: int):
+        self.warehouse = Path(warehouse)
+        self.ranges = ranges
+        self.file_name = file_name
+        self.created_base_ms = created_base_ms
+
+    def process(self, element: tuple[str, list[pa.Table]]) -> Iterator[str]:
+        name, parts = element
+        parts = [p for p in parts if p.num_rows]
+        if parts:
+            rows = pa.concat_tables(parts, promote_options="permissive")
+            table = to_table_schema(name, rows, self.created_base_ms)
+        else:
+            table = ALL_TABLES[name].empty_table()
+        Metrics.counter(OUTPUT, f"rows/{name}").inc(table.num_rows)
+        for path in write_table(self.warehouse, name, table, self.ranges, self.file_name):
+            yield str(path)
+
+
+def dead_letter_rows(parsed: Parsed) -> Iterator[tuple[str, pa.Table]]:
+    if parsed.dead:
+        yield (
+            "dead_letters",
+            pa.Table.from_pylist([d.__dict__ for d in parsed.dead], schema=DEADLETTER_SCHEMA),
+        )
+
+
+class ProduceDeadLetters(beam.DoFn):
+    """Sends every dead letter to the dead-letter topic (at least once: a rerun may resend)."""
+
+    def __init__(self, bootstrap: str, topic: str):
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self._producer = None
+
+    def setup(self) -> None:
+        from pipelines.kafka import make_producer
+
+        self._producer = make_producer(self.bootstrap, client_id="ctrflow-deadletter")
+
+    def process(self, parsed: Parsed) -> Iterator[int]:
+        for letter in parsed.dead:
+            self._producer.send(self.topic, value=letter.to_json(), key=str(letter.partition).encode())
+        self._producer.flush()
+        yield len(parsed.dead)
+
+    def teardown(self) -> None:
+        if self._producer is not None:
+            self._producer.close()

@@ -1,0 +1,21 @@
+"""Helpers of the feature-job tests: reading warehouse tables the way users do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+
+def read_table(home: Path, name: str) -> pa.Table:
+    """A warehouse table as DuckDB sees it through the job's view (the same path users query)."""
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
+        return con.sql(f'SELECT * EXCLUDE (date) FROM "{name}"').to_arrow_table()
+
+
+def comparable(table: pa.Table, keys: list[str]) -> list[dict]:
+    """Rows without the write-time `created` column, in a canonical order (for run-vs-run equality)."""
+    if "created" in table.column_names:
+        table = table.drop_columns(["created"])
+    return table.sort_by([(k, "ascending") for k in keys]).to_pylist()
