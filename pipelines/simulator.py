@@ -49,7 +49,7 @@ DEVICE_LOGIT = np.array([0.0, 0.15, -0.1])
 PAGES = ("home", "search", "detail")
 PAGE_SHARE = np.array([0.5, 0.3, 0.2])
 PAGE_LOGIT = np.array([0.0, 0.35, 0.2])
-_AUC_BINS = 1 << 20
+_AUC_BINS = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -324,12 +324,7 @@ def simulate(
             if len(sizes) == 0:
                 continue
             times = _request_times(rng, len(sizes), cfg.start_ms + day * DAY_MS, cfg)
-            # Chunks end on request boundaries so a request is never split.
-            cum = np.cumsum(sizes)
-            cuts = np.searchsorted(cum, np.arange(cfg.chunk_rows, cum[-1], cfg.chunk_rows), side="right")
-            for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(sizes)], strict=True):
-                if lo == hi:
-                    continue
+            for lo, hi in _chunk_bounds(sizes, cfg.chunk_rows):
                 imp = _impressions(world, tables, rng, sizes[lo:hi], times[lo:hi], hour_logit,
                                    next_impression, next_request)
                 next_impression += len(imp["event_time"])
@@ -375,6 +370,17 @@ def simulate(
         max_chunk_impressions=max_chunk,
         config=asdict(cfg),
     )
+
+
+def _chunk_bounds(sizes: np.ndarray, chunk_rows: int) -> list[tuple[int, int]]:
+    """Request index ranges of at most ``chunk_rows`` impressions; a request is never split."""
+    cum = np.r_[0, np.cumsum(sizes)]
+    bounds, lo = [], 0
+    while lo < len(sizes):
+        hi = int(np.searchsorted(cum, cum[lo] + chunk_rows, side="right")) - 1
+        bounds.append((lo, hi))
+        lo = hi
+    return bounds
 
 
 def _request_sizes(rng: np.random.Generator, n_impressions: int, max_positions: int) -> np.ndarray:

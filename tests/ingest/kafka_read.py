@@ -1,0 +1,24 @@
+"""Reading a whole topic back (bounded by the high-water marks) for the ingest tests."""
+
+from __future__ import annotations
+
+from kafka import ConsumerRecord
+
+from pipelines.kafka import high_watermarks, make_consumer, partitions_for
+
+
+def read_topic(bootstrap: str, topic: str) -> list[ConsumerRecord]:
+    """Every record of a topic, partition by partition in offset order."""
+    consumer = make_consumer(bootstrap)
+    try:
+        parts = partitions_for(consumer, topic)
+        marks = high_watermarks(consumer, parts)
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        records: list[ConsumerRecord] = []
+        while any(consumer.position(tp) < marks[tp] for tp in parts):
+            for batch in consumer.poll(timeout_ms=500).values():
+                records.extend(batch)
+        return sorted(records, key=lambda r: (r.partition, r.offset))
+    finally:
+        consumer.close()
