@@ -38,6 +38,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -212,14 +213,22 @@ def write_dataset(settings: Settings, table: pa.Table, manifest: dict[str, Any])
 
 
 def build_dataset(settings: Settings, start: datetime | None = None, end: datetime | None = None,
-                  service: str = DEFAULT_SERVICE, engine: Engine = "asof") -> BuiltDataset:
-    """Build, hash and write a training set for the window; see the module docstring for the contract."""
+                  service: str = DEFAULT_SERVICE, engine: Engine = "asof",
+                  on_step: Callable[[str], None] | None = None) -> BuiltDataset:
+    """Build, hash and write a training set for the window; see the module docstring for the contract.
+
+    ``on_step`` is told what the build is doing (for progress displays).
+    """
+    step = on_step or (lambda _: None)
+    step("reading labelled samples")
     samples = read_samples(settings, start, end)
     if samples.num_rows == 0:
         raise DatasetError(
             f"no labelled samples in window [{_iso(_utc(start)) or '-inf'}, {_iso(_utc(end)) or '+inf'})"
         )
+    step(f"joining {samples.num_rows:,} samples with {service} ({engine})")
     table = join_features(settings, samples, service, engine)
+    step("hashing and writing")
     digest = content_hash(table)
     name = f"ds-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{digest[:8]}"
     manifest = make_manifest(name, table, service, start, end, digest, engine)
