@@ -35,13 +35,12 @@ ASIDE_REASONS = ("after_window", "before_impression", "late", "no_impression")
 CLICK_SCHEMA = pa.schema(
     [EVENT_SCHEMA.field(n) for n in ("impression_id", "user_id", "item_id", "category", "event_time")]
 )
+# Recently labelled impressions: tell late clicks apart and resolve their categories.
 RECENT_SCHEMA = pa.schema(
-    [
-        pa.field("impression_id", pa.string()),
-        pa.field("user_id", pa.string()),
-        pa.field("event_time", pa.int64()),
-    ]
+    [EVENT_SCHEMA.field(n) for n in ("impression_id", "user_id", "category", "event_time")]
 )
+# How long a labelled impression stays in `recent`: as long as any statistics window looks back.
+RECENT_RETENTION_MS = 7 * 86_400_000
 ASIDE_SCHEMA = pa.schema(list(CLICK_SCHEMA) + [pa.field("reason", pa.string())])
 
 
@@ -116,8 +115,13 @@ def attribute(
     reason[has_imp & (delta < 0)] = "before_impression"
     orphan = ~has_imp
     expired = np.ones(len(click_times), bool) if final else (click_times + window_ms < watermark_ms)
-    reason[orphan & (recent_time >= 0)] = "late"
-    reason[orphan & (recent_time < 0) & expired] = "no_impression"
+    # Impression labelled in an earlier step: the same time rules, "late" if it would have counted.
+    in_recent = orphan & (recent_time >= 0)
+    recent_delta = click_times - recent_time
+    reason[in_recent & (recent_delta >= 0) & (recent_delta <= window_ms)] = "late"
+    reason[in_recent & (recent_delta > window_ms)] = "after_window"
+    reason[in_recent & (recent_delta < 0)] = "before_impression"
+    reason[orphan & ~in_recent & expired] = "no_impression"
     is_aside = reason != None  # noqa: E711 (element-wise on an object array)
     consumed = in_window & click_imp_closed
     pending_click = ~is_aside & ~consumed
@@ -139,8 +143,9 @@ def attribute(
     )
     recent = pa.concat_tables([recent.select(RECENT_SCHEMA.names).cast(RECENT_SCHEMA), newly])
     if not final:
-        # A click can be "late" for one more window after its impression closed; later it is an orphan.
-        recent = recent.filter(pc.greater_equal(recent["event_time"], watermark_ms - 2 * window_ms))
+        recent = recent.filter(
+            pc.greater_equal(recent["event_time"], watermark_ms - RECENT_RETENTION_MS - window_ms)
+        )
     return Attribution(
         labelled=labelled,
         aside=aside,

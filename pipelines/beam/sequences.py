@@ -40,7 +40,7 @@ def int_ids(values: pa.Array | pa.ChunkedArray, missing: int = UNKNOWN_CATEGORY)
     idx = encoded.indices
     out = np.full(len(idx), missing, dtype=np.int64)
     valid = idx.is_valid().to_numpy(zero_copy_only=False)
-    out[valid] = mapped[idx.to_numpy(zero_copy_only=False)[valid]]
+    out[valid] = mapped[idx.fill_null(0).to_numpy(zero_copy_only=False)[valid]]
     return out
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.beam.attribution import CLICK_SCHEMA, attribute
+from pipelines.beam.attribution import CLICK_SCHEMA, RECENT_RETENTION_MS, RECENT_SCHEMA, attribute
 from pipelines.beam.sequences import click_history_of, keep_last_clicks, last_n_sequences
 from pipelines.beam.stats import distinct_points, history_of, prune_history, window_stats
 from pipelines.events import CLICK, EVENT_SCHEMA, IMPRESSION
@@ -53,13 +53,16 @@ def _prune_point(ready: pa.Table, watermark_ms: int | None) -> int | None:
 
 
 def _click_categories(clicks: pa.Table, impressions: pa.Table) -> pa.Array:
-    """A click's category: its own when present, else its impression's (null when unknown)."""
+    """A click's category: its own when present, else its impression's if the click came at most
+    RECENT_RETENTION_MS after it (as long as the job remembers impressions); else null."""
     own = clicks["category"].combine_chunks()
     if impressions.num_rows == 0:
         return own
     idx = pc.index_in(clicks["impression_id"], value_set=impressions["impression_id"].combine_chunks())
     from_imp = pc.take(impressions["category"].combine_chunks(), idx)
-    return pc.coalesce(own, from_imp)
+    delay = pc.subtract(clicks["event_time"], pc.take(impressions["event_time"].combine_chunks(), idx))
+    remembered = pc.and_(pc.greater_equal(delay, 0), pc.less_equal(delay, RECENT_RETENTION_MS))
+    return pc.coalesce(own, pc.if_else(remembered, from_imp, pa.scalar(None, pa.string())))
 
 
 def user_shard_step(
@@ -75,7 +78,10 @@ def user_shard_step(
     user_stats = window_stats(history, distinct_points(ready, "user_id"), "user_id")
 
     known_impressions = pa.concat_tables([state.pending_impressions, impressions])
-    click_rows = click_history_of(clicks, _click_categories(clicks, known_impressions))
+    remembered = pa.concat_tables(
+        [known_impressions.select(RECENT_SCHEMA.names).cast(RECENT_SCHEMA), state.recent.cast(RECENT_SCHEMA)]
+    )
+    click_rows = click_history_of(clicks, _click_categories(clicks, remembered))
     all_clicks = pa.concat_tables([state.click_history, click_rows])
     sequences = last_n_sequences(all_clicks, distinct_points(impressions, "user_id"), sequence_length)
 

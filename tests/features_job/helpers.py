@@ -11,7 +11,8 @@ import pyarrow as pa
 def read_table(home: Path, name: str) -> pa.Table:
     """A warehouse table as DuckDB sees it through the job's view (the same path users query)."""
     with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
-        return con.sql(f'SELECT * EXCLUDE (date) FROM "{name}"').to_arrow_table()
+        table = con.sql(f'SELECT * FROM "{name}"').to_arrow_table()
+    return table.drop_columns(["date"]) if "date" in table.column_names else table
 
 
 def comparable(table: pa.Table, keys: list[str]) -> list[dict]:

@@ -13,12 +13,14 @@ import pyarrow.compute as pc
 import pytest
 
 from features_job.helpers import read_table
+from pipelines.beam.attribution import RECENT_RETENTION_MS
 from pipelines.beam.job import JobConfig, run_file
 from pipelines.settings import Settings
 from pipelines.tables import CTR_PRIOR_CLICKS, CTR_PRIOR_IMPRESSIONS, STAT_WINDOWS
 
 WINDOW_S = 1800
 SEQ_LEN = 5
+RETENTION = RECENT_RETENTION_MS  # a click's category comes from its impression up to this delay
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +87,8 @@ def test_sequences_use_only_earlier_clicks_and_equal_independent(built, small_lo
         WITH clicks AS (
             SELECT c.user_id, c.event_time, CAST(c.item_id AS BIGINT) AS item,
                    coalesce(CAST(coalesce(c.category, i.category) AS BIGINT), 0) AS cat
-            FROM log c LEFT JOIN (SELECT * FROM log WHERE type = 'impression') i USING (impression_id)
+            FROM log c LEFT JOIN (SELECT * FROM log WHERE type = 'impression') i
+                ON i.impression_id = c.impression_id AND c.event_time - i.event_time BETWEEN 0 AND {RETENTION}
             WHERE c.type = 'click'),
         points AS (SELECT DISTINCT user_id, event_time FROM log WHERE type = 'impression'),
         ranked AS (
