@@ -21,8 +21,9 @@ IMPRESSION = "impression"
 CLICK = "click"
 EVENT_TYPES = (IMPRESSION, CLICK)
 
-# Timestamps outside [2000-01-01, 2100-01-01) are "absurd": almost always seconds-vs-ms mistakes.
-MIN_EVENT_TIME_MS = 946_684_800_000
+# Timestamps outside [1990-01-01, 2100-01-01) are "absurd": almost always seconds-vs-ms mistakes
+# (seconds read as ms land in 1970). 1990, not 2000: MovieLens 100K ratings date from 1997-98.
+MIN_EVENT_TIME_MS = 631_152_000_000
 MAX_EVENT_TIME_MS = 4_102_444_800_000
 MAX_ID_LENGTH = 256
 MAX_POSITION = 10_000

@@ -75,7 +75,12 @@ def _json_fragment(name: str, column: pa.ChunkedArray) -> pa.ChunkedArray:
     """``"name":value`` per row (null where the value is null) for a column that needs no escaping."""
     if pa.types.is_string(column.type):
         return pc.binary_join_element_wise(f'"{name}":"', column, '"', "")
-    return pc.binary_join_element_wise(f'"{name}":', column.cast(pa.string()), "")
+    text = column.cast(pa.string())
+    if pa.types.is_floating(column.type):
+        # Arrow writes 1.0 as "1": keep a float a float when it is read back.
+        with_point = pc.binary_join_element_wise(text, ".0", "")
+        text = pc.if_else(pc.match_substring_regex(text, "[.eE]"), text, with_point)
+    return pc.binary_join_element_wise(f'"{name}":', text, "")
 
 
 def table_to_jsonl(table: pa.Table) -> bytes:
