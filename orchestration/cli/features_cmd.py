@@ -1,0 +1,275 @@
+"""`ctrflow features build | stream | query`: the Beam feature jobs and ad-hoc SQL over the warehouse."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import sys
+import threading
+from decimal import Decimal
+from pathlib import Path
+
+import duckdb
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from orchestration.cli.app import features_app
+from pipelines.beam.job import (
+    BatchReport,
+    JobConfig,
+    OnlineSink,
+    RunReport,
+    reset_checkpoint,
+    run_file,
+    run_kafka,
+)
+from pipelines.beam.options import RUNNING_MODES
+from pipelines.settings import Settings, get_settings
+
+console = Console(stderr=True, soft_wrap=True)
+MAX_QUERY_ROWS_SHOWN = 200
+
+
+def _fail(message: str) -> typer.Exit:
+    console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code=2)
+
+
+def _online_sink(settings: Settings, enabled: bool) -> OnlineSink | None:
+    if not enabled:
+        return None
+    from features.online import push_latest  # Feast is heavy to import: only when pushing
+
+    return lambda table, frame: push_latest(settings, table, frame)
+
+
+def _job_config(
+    shards: int, batch_records: int, piece_records: int, workers: int, mode: str | None, beam_args
+):
+    if mode is not None and mode not in RUNNING_MODES:
+        raise _fail(f"--running-mode must be one of {', '.join(RUNNING_MODES)}")
+    return JobConfig(
+        num_shards=shards,
+        max_records_per_partition=batch_records,
+        piece_size=piece_records,
+        num_workers=workers,
+        running_mode=mode,
+        beam_args=list(beam_args or ()),
+    )
+
+
+def _print_report(report: RunReport, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=1))
+        return
+    table = Table(title="Accounting per source partition (consumed = accepted + dead-lettered)")
+    for col in ("partition", "consumed", "accepted", "dead-lettered"):
+        table.add_column(col, justify="right" if col != "partition" else "left")
+    for key, counts in report.accounting.items():
+        table.add_row(key, *(str(counts[k]) for k in ("consumed", "accepted", "dead_lettered")))
+    console.print(table)
+    rows = Table(title="Rows written")
+    rows.add_column("table")
+    rows.add_column("rows", justify="right")
+    for name, n in sorted(report.rows.items()):
+        rows.add_row(name, str(n))
+    console.print(rows)
+    rate = report.consumed / report.seconds if report.seconds else 0.0
+    console.print(
+        f"{len(report.batches)} micro-batch(es), {report.consumed} records in {report.seconds:.1f}s "
+        f"({rate:,.0f}/s); balanced: {report.balanced}"
+    )
+
+
+# Options shared by build and stream.
+_SHARDS = typer.Option(2, "--shards", min=1, max=1024, help="Entity shards (parallel feature tasks).")
+_BATCH = typer.Option(200_000, "--batch-records", min=1, help="Max records per partition per micro-batch.")
+_PIECE = typer.Option(50_000, "--piece-records", min=1, help="Records per parallel read (range piece).")
+_WORKERS = typer.Option(1, "--direct-num-workers", min=1, max=64, help="Local Beam workers.")
+_MODE = typer.Option(None, "--running-mode", help="in_memory | multi_threading | multi_processing.")
+_BEAM = typer.Option(
+    None, "--beam-arg", help="Pass-through Beam option, e.g. --beam-arg=--runner=FlinkRunner."
+)
+_ONLINE = typer.Option(
+    True, "--online/--no-online", help="Push each batch's newest rows to the Feast online store."
+)
+
+
+@features_app.command("build")
+def features_build(
+    from_kafka: bool = typer.Option(
+        False, "--from-kafka", help="Read the impression/click topics (bounded)."
+    ),
+    from_file: Path | None = typer.Option(
+        None, "--from-file", help="Backfill from a canonical log (.parquet/.jsonl)."
+    ),
+    final: bool | None = typer.Option(
+        None,
+        "--final/--no-final",
+        help="Label all pending impressions at the end (finished log). Default: on for files, off for Kafka.",
+    ),
+    reset: bool = typer.Option(
+        False, "--reset", help="Forget the Kafka checkpoint and rebuild from offset 0."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the run report as JSON."),
+    shards: int = _SHARDS,
+    batch_records: int = _BATCH,
+    piece_records: int = _PIECE,
+    workers: int = _WORKERS,
+    mode: str | None = _MODE,
+    beam_args: list[str] | None = _BEAM,
+    online: bool = _ONLINE,
+) -> None:
+    """Bounded feature build: Kafka up to the current high-water marks, or a log-file backfill."""
+    if from_kafka == (from_file is not None):
+        raise _fail("give exactly one of --from-kafka or --from-file PATH")
+    settings = get_settings()
+    config = _job_config(shards, batch_records, piece_records, workers, mode, beam_args)
+    sink = _online_sink(settings, online)
+    try:
+        if from_file is not None:
+            if final is False:
+                raise _fail("a file backfill always runs in final mode (the log is finished)")
+            report = run_file(settings, from_file, online_sink=sink, config=config)
+        else:
+            if reset:
+                reset_checkpoint(settings)
+            with _BatchProgress(as_json) as on_batch:
+                report = run_kafka(
+                    settings, final=bool(final), online_sink=sink, config=config, on_batch=on_batch
+                )
+    except (FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    _print_report(report, as_json)
+    if not report.balanced:
+        raise typer.Exit(code=1)
+
+
+class _BatchProgress:
+    """A live line per micro-batch on stderr (silent with --json so stdout stays machine-readable)."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.progress = Progress(
+            TextColumn("[bold]features"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=console,
+            disable=quiet,
+        )
+
+    def __enter__(self):
+        self.progress.start()
+        task = self.progress.add_task("micro-batches", total=None)
+
+        def on_batch(batch: BatchReport) -> None:
+            consumed = sum(v["consumed"] for v in batch.accounting.values())
+            self.progress.update(task, advance=1, description=f"batch {batch.batch_seq}: {consumed} records")
+
+        return on_batch
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+
+@features_app.command("stream")
+def features_stream(
+    poll_interval: float = typer.Option(
+        1.0, "--poll-interval", min=0.05, help="Seconds between polls when idle."
+    ),
+    max_batches: int | None = typer.Option(
+        None, "--max-batches", min=1, help="Stop after this many batches."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the run report as JSON at the end."),
+    shards: int = _SHARDS,
+    batch_records: int = _BATCH,
+    piece_records: int = _PIECE,
+    workers: int = _WORKERS,
+    mode: str | None = _MODE,
+    beam_args: list[str] | None = _BEAM,
+    online: bool = _ONLINE,
+) -> None:
+    """Continuous micro-batches from Kafka. Ctrl-C (or SIGTERM) stops after the current batch;
+    a second Ctrl-C stops at once, which is safe too: the next run resumes from the last commit."""
+    settings = get_settings()
+    config = _job_config(shards, batch_records, piece_records, workers, mode, beam_args)
+    stop = threading.Event()
+
+    def request_stop(signum, frame) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        console.print("[yellow]stopping after the current micro-batch (Ctrl-C again to stop now)[/yellow]")
+        stop.set()
+
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with _BatchProgress(as_json) as on_batch:
+            report = run_kafka(
+                settings,
+                continuous=True,
+                online_sink=_online_sink(settings, online),
+                config=config,
+                stop=stop,
+                poll_interval_s=poll_interval,
+                max_batches=max_batches,
+                on_batch=on_batch,
+            )
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    _print_report(report, as_json)
+
+
+def _json_value(value: object) -> object:
+    """JSON for what DuckDB returns beyond JSON types (sums are decimals, times are datetimes)."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="backslashreplace")
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
+
+
+@features_app.command("query")
+def features_query(
+    sql: str = typer.Argument(
+        ..., help='SQL over the warehouse views, e.g. "SELECT count(*) FROM user_stats".'
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print rows as a JSON array."),
+    as_csv: bool = typer.Option(False, "--csv", help="Print rows as CSV with a header."),
+    limit: int = typer.Option(MAX_QUERY_ROWS_SHOWN, "--limit", min=1, help="Rows shown in the table view."),
+) -> None:
+    """Ad-hoc DuckDB SQL over the offline tables (read-only)."""
+    if as_json and as_csv:
+        raise _fail("choose one of --json or --csv")
+    settings = get_settings()
+    if not settings.warehouse_db.exists():
+        raise _fail(f"no warehouse at {settings.warehouse_db}: run `ctrflow features build` first")
+    try:
+        with duckdb.connect(str(settings.warehouse_db), read_only=True) as con:
+            result = con.sql(sql)
+            if result is None:
+                raise _fail("the statement returned no rows (only queries are supported)")
+            table = result.to_arrow_table()
+    except duckdb.Error as exc:
+        raise _fail(str(exc).splitlines()[0]) from None
+    rows = table.to_pylist()
+    if as_json:
+        typer.echo(json.dumps(rows, default=_json_value))
+    elif as_csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(table.column_names)
+        writer.writerows([[row[c] for c in table.column_names] for row in rows])
+    else:
+        view = Table(*table.column_names)
+        for row in rows[:limit]:
+            view.add_row(*(str(row[c]) for c in table.column_names))
+        Console().print(view)
+        if len(rows) > limit:
+            console.print(f"({len(rows) - limit} more rows; use --limit, --json or --csv)")

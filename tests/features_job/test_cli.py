@@ -1,0 +1,86 @@
+"""`ctrflow features build | query` end to end through the CLI, with the real Feast online push."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from orchestration.cli import app
+from pipelines.settings import Settings
+
+runner = CliRunner()
+
+
+def test_build_from_file_then_query(home: Path, small_log: Path) -> None:
+    built = runner.invoke(
+        app, ["--home", str(home), "features", "build", "--from-file", str(small_log), "--json"]
+    )
+    assert built.exit_code == 0, built.output
+    report = json.loads(built.stdout)
+    assert report["balanced"] and report["final"]
+    assert report["rows"]["labelled_samples"] == 2_400
+    online = report["batch_reports"][0]["online_rows"]
+    newest = runner.invoke(
+        app,
+        [
+            "--home",
+            str(home),
+            "features",
+            "query",
+            "--json",
+            "SELECT *, count(*) OVER () AS users FROM (SELECT user_id, impressions_24h FROM user_stats "
+            "QUALIFY row_number() OVER (PARTITION BY user_id ORDER BY event_time DESC) = 1) ORDER BY user_id",
+        ],
+    )
+    latest = json.loads(newest.stdout)
+    assert online["user_stats"] == latest[0]["users"]  # newest row per user pushed, one per user
+
+    from features.online import online_features
+
+    seen = online_features(Settings(home=home), user_id=latest[0]["user_id"], item_ids=["1"]).to_pylist()[0]
+    assert seen["user_stats__impressions_24h"] == latest[0]["impressions_24h"]
+
+    q = runner.invoke(
+        app,
+        [
+            "--home",
+            str(home),
+            "features",
+            "query",
+            "SELECT count(*) AS n, sum(label) AS clicks FROM labelled_samples",
+            "--json",
+        ],
+    )
+    assert q.exit_code == 0, q.output
+    rows = json.loads(q.stdout)
+    assert rows[0]["n"] == 2_400 and rows[0]["clicks"] > 0
+
+    c = runner.invoke(
+        app,
+        [
+            "--home",
+            str(home),
+            "features",
+            "query",
+            "SELECT user_id, impressions_24h FROM user_stats ORDER BY 1, 2 LIMIT 3",
+            "--csv",
+        ],
+    )
+    parsed = list(csv.reader(io.StringIO(c.stdout)))
+    assert parsed[0] == ["user_id", "impressions_24h"] and len(parsed) == 4
+
+    bad = runner.invoke(app, ["--home", str(home), "features", "query", "SELECT * FROM no_such_table"])
+    assert bad.exit_code == 2 and "no_such_table" in bad.output
+
+
+def test_build_needs_exactly_one_source(home: Path) -> None:
+    result = runner.invoke(app, ["--home", str(home), "features", "build"])
+    assert result.exit_code == 2 and "exactly one" in result.output
+    missing = runner.invoke(
+        app, ["--home", str(home), "features", "build", "--from-file", str(home / "nope.parquet")]
+    )
+    assert missing.exit_code == 2 and "not found" in missing.output
