@@ -1,0 +1,65 @@
+"""The job's parts on their own: offset planning, both validation paths, range naming, watermark."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from pipelines.beam.kafka_source import OffsetRange, plan_batch
+from pipelines.beam.parse import NULLABLE_EVENT_SCHEMA, parse_columns, parse_records
+from pipelines.beam.sinks import SourceRange, batch_file_name
+from pipelines.beam.watermark import next_watermark
+from pipelines.events import encode_event
+
+T = 1_767_600_000_000
+GOOD = {"type": "impression", "impression_id": "1", "request_id": "r", "user_id": "u", "item_id": "i",
+        "position": 3, "event_time": T, "hour": 5}  # fmt: skip
+BAD = [
+    {**GOOD, "type": "view"},
+    {**GOOD, "event_time": 1_700_000_000},  # seconds, not ms
+    {**GOOD, "position": -1},
+    {**GOOD, "user_id": ""},
+    {**GOOD, "hour": 30},
+    {**GOOD, "p_click": 1.5},
+    {"type": "click", "impression_id": "1", "user_id": "u", "event_time": T},  # no item_id
+]
+
+
+def test_plan_splits_each_partition_from_checkpoint_to_highwater() -> None:
+    pieces = plan_batch({("t", 0): 10}, {("t", 0): 35, ("t", 1): 4, ("t", 2): 0}, 20, 8)
+    assert pieces == [OffsetRange("t", 0, 10, 18), OffsetRange("t", 0, 18, 26), OffsetRange("t", 0, 26, 30),
+                      OffsetRange("t", 1, 0, 4)]  # fmt: skip
+    with pytest.raises(ValueError, match="beyond its high-water mark"):
+        plan_batch({("t", 0): 50}, {("t", 0): 35}, 20, 8)
+
+
+def test_row_and_columnar_validation_agree() -> None:
+    records = [GOOD, *BAD]
+    rowwise = parse_records(
+        "topic", 0, 0, len(records), list(range(len(records))), [encode_event(r) for r in records]
+    )
+    columnar = parse_columns("log.parquet", 0, pa.Table.from_pylist(records, schema=NULLABLE_EVENT_SCHEMA))
+    for parsed in (rowwise, columnar):
+        assert parsed.consumed == parsed.accepted + len(parsed.dead) == len(records)
+        assert parsed.events["impression_id"].to_pylist() == ["1"]
+    assert [d.offset for d in rowwise.dead] == list(range(1, len(records)))
+    assert [d.offset for d in columnar.dead] == list(range(2, len(records) + 1))  # 1-based rows for files
+    for row, col in zip(rowwise.dead, columnar.dead, strict=True):
+        for word in ("type", "event_time", "position", "user_id", "hour", "p_click", "item_id"):
+            assert (word in row.error) == (word in col.error), (row.error, col.error)
+
+
+def test_file_names_carry_offset_ranges() -> None:
+    ranges = [SourceRange("ctr.impressions", 1, 100, 200), SourceRange("ctr.clicks", 0, 7, 9)]
+    assert batch_file_name(ranges, "x") == "clicks.0.7-9+impressions.1.100-200"
+    assert SourceRange("a", 0, 0, 10).overlaps(SourceRange("a", 0, 9, 20))
+    assert not SourceRange("a", 0, 0, 10).overlaps(SourceRange("a", 0, 10, 20))
+    many = [SourceRange("ctr.impressions", p, 0, 10**9) for p in range(64)]
+    assert len(batch_file_name(many, "x")) < 200
+
+
+def test_watermark_is_the_slowest_lagging_partition_and_never_goes_back() -> None:
+    progress = {"a|0": 100, "a|1": 50, "b|0": 10}
+    assert next_watermark(progress, ["a|0", "a|1"], None) == 50  # b|0 is caught up: idle, ignored
+    assert next_watermark(progress, [], None) == 100
+    assert next_watermark(progress, ["b|0"], 60) == 60
