@@ -55,6 +55,7 @@ class ValidationBounds:
         if self.max_age_s is not None:
             freshest = now_ms - self.max_age_s * 1000
         return {
+            "min_event_time_ms": event_contract.MIN_EVENT_TIME_MS,
             "max_event_time_ms": now_ms + self.max_clock_skew_s * 1000,
             "min_latest_event_time_ms": freshest,
             "min_rows": self.min_rows,
