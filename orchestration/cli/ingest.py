@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -59,21 +60,32 @@ def parse_speed(value: str) -> float | None:
     return speed
 
 
+def serve_broker(port: int | None, stop: threading.Event, on_ready: Callable[[str], None]) -> None:
+    """Run the embedded broker until ``stop`` is set (or Ctrl-C); ``on_ready`` gets its bootstrap address."""
+    with EmbeddedBroker(port=port) as embedded:
+        on_ready(embedded.bootstrap)
+        try:
+            while not stop.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            pass
+
+
 @app.command("broker")
 def broker(
     port: int | None = typer.Option(None, "--port", min=1, max=65535, help="Default: a free port."),
 ) -> None:
     """Run the embedded Kafka-protocol broker (in memory, loopback) in the foreground; Ctrl-C stops it."""
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with EmbeddedBroker(port=port) as embedded:
-        print(embedded.bootstrap, flush=True)
-        console.print(f"embedded broker listening on {embedded.bootstrap} (in memory); Ctrl-C stops it")
-        try:
-            while not stop.wait(0.5):
-                pass
-        except KeyboardInterrupt:
-            pass
+    # Explicit handlers: a shell that starts us in the background sets SIGINT to "ignore".
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+
+    def ready(bootstrap: str) -> None:
+        print(bootstrap, flush=True)
+        console.print(f"embedded broker listening on {bootstrap} (in memory); Ctrl-C stops it")
+
+    serve_broker(port, stop, ready)
     console.print("broker stopped")
 
 

@@ -1,13 +1,16 @@
-"""Reading a whole topic back (bounded by the high-water marks) for the ingest tests."""
+"""Ingest test helpers: reading a whole topic back, bounded by its high-water marks."""
 
 from __future__ import annotations
 
-from kafka import ConsumerRecord
+from collections.abc import Callable
+
+import pytest
+from kafka.consumer.fetcher import ConsumerRecord
 
 from pipelines.kafka import high_watermarks, make_consumer, partitions_for
 
 
-def read_topic(bootstrap: str, topic: str) -> list[ConsumerRecord]:
+def _read_topic(bootstrap: str, topic: str) -> list[ConsumerRecord]:
     """Every record of a topic, partition by partition in offset order."""
     consumer = make_consumer(bootstrap)
     try:
@@ -22,3 +25,8 @@ def read_topic(bootstrap: str, topic: str) -> list[ConsumerRecord]:
         return sorted(records, key=lambda r: (r.partition, r.offset))
     finally:
         consumer.close()
+
+
+@pytest.fixture
+def read_topic() -> Callable[[str, str], list[ConsumerRecord]]:
+    return _read_topic

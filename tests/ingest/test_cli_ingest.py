@@ -1,0 +1,114 @@
+"""The ingest commands end to end: simulate -> convert -> replay (real broker), and `ctrflow broker`."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from orchestration.cli import app
+from orchestration.cli.demo import run_demo
+from orchestration.cli.ingest import parse_speed, serve_broker
+from pipelines.events import DeadLetter
+from pipelines.kafka import EmbeddedBroker, make_consumer, partitions_for
+from pipelines.logfile import iter_records
+from pipelines.settings import Settings
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+runner = CliRunner()
+
+
+def _last_json(output: str) -> dict:
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def test_simulate_prints_oracle_metrics_and_writes_the_log(tmp_path: Path) -> None:
+    out = tmp_path / "sim.parquet"
+    result = runner.invoke(app, ["simulate", "--days", "2", "--users", "300", "--items", "200",
+                                 "--impressions", "3000", "--seed", "9", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = _last_json(result.stdout)
+    assert summary["impressions"] == 3000 and 0.5 < summary["oracle_auc"] < 1
+    assert "oracle AUC" in result.output
+    assert sum(r["type"] == "impression" for r in iter_records(out)) == 3000
+
+
+def test_convert_keeps_bad_lines_aside(tmp_path: Path) -> None:
+    source = tmp_path / "ratings.data"
+    source.write_bytes((FIXTURES / "movielens_u.data").read_bytes() + b"1\t2\tbad\t881250949\n")
+    out = tmp_path / "ml.jsonl"
+    result = runner.invoke(app, ["convert", "movielens", str(source), str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    assert _last_json(result.stdout) == {"events": 23, "dead_lettered": 1, "skipped": 0}
+    times = [r["event_time"] for r in iter_records(out)]
+    assert len(times) == 23 and times == sorted(times)  # u.data is not time-ordered; the output is
+    (letter,) = [DeadLetter.from_json(line) for line in (tmp_path / "ml.jsonl.deadletter.jsonl").read_bytes()
+                 .splitlines()]
+    assert letter.offset == 17 and "rating" in letter.error
+
+
+def test_replay_command_reports_counts_as_json(
+    broker: EmbeddedBroker, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CTRFLOW_KAFKA_BOOTSTRAP", broker.bootstrap)
+    prefix = settings.topic_prefix + "cli"
+    result = runner.invoke(app, ["replay", str(FIXTURES / "mind_behaviors.tsv"), "--format", "mind",
+                                 "--speed", "max", "--topic-prefix", prefix, "--json"])
+    assert result.exit_code == 0, result.output
+    counts = _last_json(result.stdout)
+    assert (counts["read"], counts["produced"], counts["dead_lettered"]) == (29, 29, 0)
+    consumer = make_consumer(broker.bootstrap)
+    try:
+        assert len(partitions_for(consumer, f"{prefix}.impressions")) == settings.topic_partitions
+    finally:
+        consumer.close()
+
+
+def test_replay_command_rejects_bad_options() -> None:
+    source = str(FIXTURES / "mind_behaviors.tsv")
+    assert runner.invoke(app, ["replay", source, "--format", "xml"]).exit_code == 2
+    assert runner.invoke(app, ["replay", source, "--speed", "fast"]).exit_code == 2
+    assert parse_speed("max") is None and parse_speed("2.5") == 2.5
+
+
+def test_broker_serves_on_the_requested_loopback_port_until_stopped() -> None:
+    port = _free_port()
+    stop = threading.Event()
+    ready: list[str] = []
+    server = threading.Thread(target=serve_broker, args=(port, stop, ready.append), daemon=True)
+    server.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not ready and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ready == [f"127.0.0.1:{port}"]
+        consumer = make_consumer(ready[0])
+        try:
+            assert consumer.topics() is not None  # a real Kafka-protocol answer
+        finally:
+            consumer.close()
+    finally:
+        stop.set()
+        server.join(timeout=15)
+    assert not server.is_alive()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))  # the port is free again: the broker process is gone
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_demo_simulates_and_replays(broker: EmbeddedBroker, settings: Settings) -> None:
+    result = run_demo(settings.model_copy(update={"kafka_bootstrap": broker.bootstrap}))
+    sim, replayed = result["simulation"], result["replay"]
+    assert replayed["impressions"] == sim["impressions"] == 5_000
+    assert replayed["clicks"] == sim["clicks"] and replayed["dead_lettered"] == 0
+    assert (settings.datasets_dir / "demo_log.jsonl").is_file()
