@@ -73,7 +73,10 @@ def _lookup(
 
 def _first_per_id(impressions: pa.Table) -> pa.Table:
     """One impression per id: the earliest (a re-sent impression must not count twice)."""
-    if impressions.num_rows == 0:
+    if (
+        impressions.num_rows == 0
+        or pc.count_distinct(impressions["impression_id"]).as_py() == impressions.num_rows
+    ):
         return impressions
     ordered = impressions.sort_by([("event_time", "ascending"), ("impression_id", "ascending")])
     ids = ordered["impression_id"].combine_chunks()

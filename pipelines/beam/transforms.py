@@ -17,7 +17,7 @@ from apache_beam.metrics import Metrics
 
 from pipelines.beam import state as st
 from pipelines.beam.kafka_source import RawBatch
-from pipelines.beam.parse import Parsed, parse_columns, parse_records
+from pipelines.beam.parse import Parsed, parse_columns, parse_json_batch
 from pipelines.beam.shards import split_by_shard
 from pipelines.beam.sinks import ALL_TABLES, SourceRange, to_table_schema, write_table
 from pipelines.beam.steps import ItemShardState, UserShardState, item_shard_step, user_shard_step
@@ -43,7 +43,7 @@ class ParseRaw(beam.DoFn):
     """RawBatch (Kafka records) -> Parsed."""
 
     def process(self, batch: RawBatch) -> Iterator[Parsed]:
-        parsed = parse_records(
+        parsed = parse_json_batch(
             batch.source, batch.partition, batch.start, batch.end, batch.offsets, batch.values
         )
         count_parsed(parsed)
@@ -71,7 +71,7 @@ class ReadFileSlice(beam.DoFn):
                 lines = [line.rstrip(b"\r\n") for line in f]
             chosen = lines[piece.start : piece.end]
             offsets = list(range(piece.start + 1, piece.start + 1 + len(chosen)))  # 1-based line numbers
-            parsed = parse_records(piece.path, -1, piece.start, piece.end, offsets, chosen)
+            parsed = parse_json_batch(piece.path, -1, piece.start, piece.end, offsets, chosen)
         count_parsed(parsed)
         yield parsed
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pyarrow as pa
 import pytest
 
 from pipelines.beam.kafka_source import OffsetRange, plan_batch
-from pipelines.beam.parse import NULLABLE_EVENT_SCHEMA, parse_columns, parse_records
+from pipelines.beam.parse import NULLABLE_EVENT_SCHEMA, parse_columns, parse_json_batch, parse_records
 from pipelines.beam.sinks import SourceRange, batch_file_name
 from pipelines.beam.watermark import next_watermark
 from pipelines.events import encode_event
@@ -63,3 +65,29 @@ def test_watermark_is_the_slowest_lagging_partition_and_never_goes_back() -> Non
     assert next_watermark(progress, ["a|0", "a|1"], None) == 50  # b|0 is caught up: idle, ignored
     assert next_watermark(progress, [], None) == 100
     assert next_watermark(progress, ["b|0"], 60) == 60
+
+
+ODD_BUT_JSON = [
+    {**GOOD, "category": 5}, {**GOOD, "position": True}, {**GOOD, "position": 3.0},
+    {**GOOD, "user_id": 7}, {**GOOD, "p_click": 1}, {**GOOD, "p_click": "0.5"},
+    {**GOOD, "event_time": 1.7e12}, {**GOOD, "type": None}, {**GOOD, "extra": {"nested": [1]}},
+    {**GOOD, "user_id": None},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("odd", ODD_BUT_JSON)
+def test_vectorised_json_path_equals_row_wise(odd: dict) -> None:
+    values = [encode_event(GOOD), json.dumps(odd).encode(), encode_event(BAD[1]), b"[1, 2]"]
+    offsets = [10, 11, 12, 13]
+    fast = parse_json_batch("topic", 0, 10, 14, offsets, values)
+    slow = parse_records("topic", 0, 10, 14, offsets, values)
+    assert fast.events.to_pylist() == slow.events.to_pylist()
+    assert [(d.offset, d.error, d.raw) for d in fast.dead] == [(d.offset, d.error, d.raw) for d in slow.dead]
+    # A type-correct batch takes the Arrow path; rejected rows still get decode_event's exact reason.
+    typed = [encode_event(r) for r in (GOOD, BAD[1], BAD[4])]
+    fast = parse_json_batch("topic", 0, 0, 3, [0, 1, 2], typed)
+    assert fast.accepted == 1
+    assert [d.error for d in fast.dead] == [
+        d.error for d in parse_records("topic", 0, 0, 3, [0, 1, 2], typed).dead
+    ]
+    assert "event_time 1700000000 is outside" in fast.dead[0].error
