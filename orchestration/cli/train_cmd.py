@@ -1,0 +1,145 @@
+"""`ctrflow train` (teacher + students on a training set) and `ctrflow evaluate` (score a saved version)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from orchestration.cli.app import app
+from pipelines.settings import get_settings
+
+console = Console(stderr=True)
+
+_METRICS = ("auc", "gauc", "logloss", "pcoc", "ece", "oracle_gap")
+
+
+def _metrics_table(title: str, metrics: dict[str, dict[str, float]]) -> Table:
+    table = Table(title=title)
+    table.add_column("model")
+    cols = [c for c in _METRICS if any(c in m for m in metrics.values())]
+    for c in cols:
+        table.add_column(c, justify="right")
+    for name, m in metrics.items():
+        table.add_row(name, *(f"{m[c]:.4f}" if c in m else "–" for c in cols))
+    return table
+
+
+def _fail(message: str) -> typer.Exit:
+    console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code=2)
+
+
+@app.command("train")
+def train(
+    dataset: str | None = typer.Option(None, "--dataset", help="Training-set name (default: the newest)."),
+    holdout: str | None = typer.Option(
+        None, "--holdout", help="Training set to evaluate on (default: the last fraction by time)."
+    ),
+    holdout_fraction: float = typer.Option(0.2, "--holdout-fraction", min=0.01, max=0.9),
+    teacher_grade: str = typer.Option("G2", "--teacher-grade", help="G1..G5, or 'none' for no teacher."),
+    students: int = typer.Option(2, "--students", min=0, max=8),
+    baselines: str = typer.Option("", "--baselines", help="Comma list of lr,dnn,deepfm,dcnv2,din."),
+    warm_start: str | None = typer.Option(None, "--warm-start", help="Version to warm-start from."),
+    epochs: int = typer.Option(1, "--epochs", min=1, max=100),
+    batch_size: int = typer.Option(256, "--batch-size", min=1, max=65536),
+    lr: float = typer.Option(1e-3, "--lr", min=1e-6, max=1.0),
+    lambda_kd: float = typer.Option(1.0, "--lambda-kd", min=0.0),
+    lambda_ml: float = typer.Option(1.0, "--lambda-ml", min=0.0),
+    lambda_rev: float = typer.Option(0.0, "--lambda-rev", min=0.0),
+    temperature: float = typer.Option(2.0, "--temperature", min=0.1, max=100.0),
+    kd_rampup_steps: int = typer.Option(0, "--kd-rampup-steps", min=0),
+    config_json: str | None = typer.Option(
+        None, "--config", help="JSON object of TrainConfig overrides (e.g. model sizes)."
+    ),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    threads: int = typer.Option(0, "--threads", min=0, max=256, help="CPU threads (0 = torch default)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (last line) with the results."),
+) -> None:
+    """Train teacher + students (online distillation, mutual learning) and save a model version."""
+    from training.cycle import load_training_set, run_cycle
+    from training.trainer import TrainConfig
+
+    settings = get_settings()
+    overrides: dict[str, Any] = {}
+    if config_json:
+        try:
+            overrides = json.loads(config_json)
+        except json.JSONDecodeError as exc:
+            raise _fail(f"--config is not valid JSON: {exc}") from exc
+        if not isinstance(overrides, dict):
+            raise _fail("--config must be a JSON object")
+    try:
+        config = TrainConfig.from_dict({
+            "teacher_grade": None if teacher_grade.lower() == "none" else teacher_grade,
+            "students": students,
+            "baselines": tuple(b.strip() for b in baselines.split(",") if b.strip()),
+            "epochs": epochs, "batch_size": batch_size, "lr": lr,
+            "lambda_kd": lambda_kd, "lambda_ml": lambda_ml, "lambda_rev": lambda_rev,
+            "temperature": temperature, "kd_rampup_steps": kd_rampup_steps, "seed": seed, "device": device,
+            "threads": threads,
+        } | overrides)
+        table, manifest = load_training_set(settings, dataset)
+        holdout_table = load_training_set(settings, holdout)[0] if holdout else None
+        result = run_cycle(
+            settings, table, manifest, config, holdout_table=holdout_table,
+            holdout_fraction=holdout_fraction, parent=warm_start, progress=not as_json,
+        )
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        raise _fail(str(exc)) from exc
+    if as_json:
+        print(json.dumps(result.summary() | {"dataset": manifest.get("name")}))
+        return
+    console.print(_metrics_table(f"holdout metrics — version {result.version}", result.metrics))
+    console.print(f"saved version [bold]{result.version}[/bold] (serve: {result.serve}); "
+                  f"report: {result.run_dir / 'report.md'}")
+
+
+@app.command("evaluate")
+def evaluate(
+    model: str = typer.Argument(..., help="Model version id, or 'latest'."),
+    dataset: str | None = typer.Option(None, "--dataset", help="Training-set name (default: the newest)."),
+    name: str | None = typer.Option(None, "--name", help="One model of the version (default: all)."),
+    last_fraction: float | None = typer.Option(
+        None, "--last-fraction", min=0.01, max=1.0, help="Score only the latest fraction of rows by time."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (last line)."),
+) -> None:
+    """Score a saved version's models on a training set: AUC, gAUC, logloss, calibration, oracle gap."""
+    from training import artifacts
+    from training.cycle import load_training_set
+    from training.inputs import InputSchema, encode
+    from training.trainer import evaluate_model, select_device, time_split
+
+    settings = get_settings()
+    try:
+        version = artifacts.latest_version(settings) if model == "latest" else model
+        if version is None:
+            raise ValueError("no model versions saved yet (run `ctrflow train`)")
+        config = artifacts.read_config(settings, version)
+        names = [name] if name else list(config["models"])
+        unknown = [n for n in names if n not in config["models"]]
+        if unknown:
+            raise ValueError(f"version {version} has no model {unknown}; it has {sorted(config['models'])}")
+        table, manifest = load_training_set(settings, dataset)
+        if last_fraction is not None and last_fraction < 1.0:
+            table = time_split(table, manifest["columns"]["time"], last_fraction)[1]
+        schema = InputSchema.from_dict(config["input_schema"])
+        batch = encode(table, schema)
+        device = select_device("auto")
+        metrics = {}
+        for n in names:
+            loaded, _ = artifacts.load_model(settings, version, n)
+            metrics[n] = evaluate_model(loaded.to(device), batch, device)[0]
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        raise _fail(str(exc)) from exc
+    if as_json:
+        print(json.dumps({"version": version, "dataset": manifest.get("name"), "rows": table.num_rows,
+                          "models": metrics}))
+        return
+    title = f"version {version} on {manifest.get('name')} ({table.num_rows} rows)"
+    console.print(_metrics_table(title, metrics))

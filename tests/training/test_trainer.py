@@ -1,0 +1,149 @@
+"""The cohort trainer with real (tiny) models: joint step, shared embedding, warm start, precision."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from synthetic import make_dataset
+from tiny import tiny_train_config
+
+from training import artifacts
+from training.cycle import run_cycle, schema_for
+from training.inputs import encode
+from training.trainer import (
+    TrainConfig,
+    autocast_context,
+    autocast_dtype,
+    build_cohort,
+    cohort_step_losses,
+    time_split,
+    train_window,
+    warm_start,
+)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_dataset(n_rows=1000, seed=3)
+
+
+def _config(**overrides) -> TrainConfig:
+    return TrainConfig.from_dict(tiny_train_config(**overrides))
+
+
+def test_train_config_round_trips_and_rejects_nonsense() -> None:
+    config = _config(baselines=("lr", "din"), lambda_rev=0.1)
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="unknown baselines"):
+        _config(baselines=("xgboost",))
+    with pytest.raises(ValueError, match="unknown TrainConfig fields"):
+        TrainConfig.from_dict({"lamda_kd": 1.0})
+    with pytest.raises(ValueError, match="nothing to train"):
+        _config(teacher_grade=None, students=0)
+
+
+def test_autocast_selection() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert autocast_dtype(cpu, "auto") is None
+    assert autocast_dtype(cuda, "auto") is torch.bfloat16
+    assert autocast_dtype(cuda, "fp32") is None
+    assert autocast_dtype(cpu, "bf16") is torch.bfloat16
+    with autocast_context(cpu, torch.bfloat16):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    with autocast_context(cpu, None):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
+def test_one_joint_step_updates_every_model_and_shares_the_embedding(data) -> None:
+    table, manifest = data
+    config = _config(baselines=("dnn",))
+    schema = schema_for(manifest, config)
+    cohort = build_cohort(config, schema)
+    assert cohort.teacher == "teacher" and cohort.students == ["student_0", "student_1"]
+    assert cohort.baselines == ["dnn"]
+    params = {n: {id(p) for p in m.parameters()} for n, m in cohort.models.items()}
+    shared = params["teacher"] & params["student_0"] & params["student_1"]
+    assert shared, "teacher and students should look up one embedding table"
+    assert not params["dnn"] & params["teacher"], "a baseline trains alone, with its own embedding"
+    before = {n: [p.detach().clone() for p in m.parameters()] for n, m in cohort.models.items()}
+    batch = encode(table.slice(0, 200), schema)
+    history = train_window(cohort, batch, _config(baselines=("dnn",), batch_size=200), torch.device("cpu"),
+                           progress=False)
+    assert history.steps == 1 and history.samples == 200
+    for name, model in cohort.models.items():
+        changed = [not torch.equal(b, p) for b, p in zip(before[name], model.parameters(), strict=True)]
+        assert any(changed), f"{name} was not updated"
+        assert len(history.losses[name]) == 1
+
+
+def test_cpu_bf16_autocast_step_is_finite(data) -> None:
+    table, manifest = data
+    config = _config(students=1, precision="bf16")
+    schema = schema_for(manifest, config)
+    cohort = build_cohort(config, schema)
+    batch = encode(table.slice(0, 64), schema)
+    with autocast_context(torch.device("cpu"), autocast_dtype(torch.device("cpu"), config.precision)):
+        out = cohort_step_losses(cohort, batch, config, step=0)
+    assert all(torch.isfinite(v) for v in out.values())
+
+
+def test_cycle_learns_saves_and_warm_starts(settings, data) -> None:
+    table, manifest = data
+    config = _config(baselines=("lr",), epochs=3, lr=1e-2)
+    first = run_cycle(settings, table, manifest, config, progress=False)
+    assert first.version is not None and first.serve in ("student_0", "student_1")
+    for name, result in first.results.items():
+        history = result["loss_history"]
+        fifth = len(history) // 5
+        assert sum(history[-fifth:]) < sum(history[:fifth]), f"{name} did not learn"
+        assert first.metrics[name]["oracle_auc"] > first.metrics[name]["auc"]
+    # The user x category signal of the synthetic log is visible to the sequence models (200 test rows).
+    assert first.metrics["teacher"]["auc"] > 0.55
+    assert first.metrics[first.serve]["auc"] > 0.55
+    saved = artifacts.read_config(settings, first.version)
+    assert saved["feature_service"] == manifest["feature_service"]
+    assert saved["train_config"]["lambda_kd"] == config.lambda_kd
+    assert (first.run_dir / "report.md").is_file() and (first.run_dir / "calibration.png").is_file()
+
+    # Warm start: a fresh cohort carries the parent's weights by name before any training.
+    cohort = build_cohort(config, schema_for(manifest, config))
+    assert sorted(warm_start(cohort, settings, first.version)) == ["lr", "student_0", "student_1", "teacher"]
+    for name, model in cohort.models.items():
+        parent = artifacts.read_weights(settings, first.version, name)
+        for key, value in model.state_dict().items():
+            torch.testing.assert_close(value, parent[key])
+
+    later = make_dataset(n_rows=300, seed=4)[0]
+    second = run_cycle(settings, later, manifest, _config(baselines=("lr",)), parent=first.version,
+                       progress=False)
+    assert artifacts.read_config(settings, second.version)["parent"] == first.version
+    assert sorted(second.warm_started) == ["lr", "student_0", "student_1", "teacher"]
+
+
+def test_warm_start_refuses_a_different_architecture(settings, data) -> None:
+    table, manifest = data
+    config = _config(students=1)
+    first = run_cycle(settings, table.slice(0, 200), manifest, config, progress=False, report=False)
+    wider = _config(students=1, student={**tiny_train_config()["student"], "d_model": 32})
+    with pytest.raises(ValueError, match="cannot warm-start 'student_0'"):
+        warm_start(build_cohort(wider, schema_for(manifest, wider)), settings, first.version)
+
+
+def test_same_seed_same_result(settings, data) -> None:
+    table, manifest = data
+    small = table.slice(0, 240)
+    config = _config(students=1, teacher_grade=None)
+    a = run_cycle(settings, small, manifest, config, save=False, report=False, progress=False)
+    b = run_cycle(settings, small, manifest, config, save=False, report=False, progress=False)
+    assert a.metrics == b.metrics
+
+
+def test_time_split_holds_out_the_latest_rows(data) -> None:
+    table, _ = data
+    train, holdout = time_split(table, "event_time", 0.25)
+    assert train.num_rows + holdout.num_rows == table.num_rows
+    assert holdout.num_rows == 250
+    latest_train = max(train.column("event_time").to_pylist())
+    assert min(holdout.column("event_time").to_pylist()) >= latest_train
+    with pytest.raises(ValueError, match="holdout fraction"):
+        time_split(table, "event_time", 1.5)

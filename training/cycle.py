@@ -1,0 +1,156 @@
+"""One training cycle: a training-set window in, a trained + evaluated + saved cohort version out.
+
+This is what `ctrflow train`, the continual-training flow and the benchmarks call: encode the window,
+build the cohort (warm-started from a parent version if given), train, evaluate every model on the
+holdout, measure its cost, save the version and write the run report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from pipelines.settings import Settings
+from training import artifacts
+from training.artifacts import ModelRecord
+from training.inputs import InputSchema, encode
+from training.report import write_report
+from training.trainer import (
+    TrainConfig,
+    build_cohort,
+    cohort_configs,
+    evaluate_model,
+    inference_ms,
+    parameter_count,
+    seed_everything,
+    select_device,
+    time_range,
+    time_split,
+    train_window,
+    warm_start,
+)
+
+
+def load_training_set(settings: Settings, name: str | None = None) -> tuple[pa.Table, dict[str, Any]]:
+    """The named (default: newest) training set written by `ctrflow dataset build`."""
+    # Imported here: features.datasets pulls in Feast (seconds of import) that training itself never needs.
+    from features.datasets import load_dataset
+
+    return load_dataset(settings, name)
+
+
+def schema_for(manifest: dict[str, Any], config: TrainConfig) -> InputSchema:
+    """Input schema sized for the longest sequence any model of the cohort reads."""
+    longest = max(int(cfg.get("seq_len", 1)) for _, cfg in cohort_configs(config).values())
+    return InputSchema.from_manifest(manifest, max_seq_len=longest)
+
+
+@dataclass
+class CycleResult:
+    version: str | None
+    run_dir: Path
+    metrics: dict[str, dict[str, float]]
+    results: dict[str, dict[str, Any]] = field(repr=False)
+    serve: str | None = None
+    warm_started: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "serve": self.serve,
+            "warm_started": self.warm_started,
+            "run_dir": str(self.run_dir),
+            "report": str(self.run_dir / "report.md"),
+            "models": self.metrics,
+        }
+
+
+def _best_student(metrics: dict[str, dict[str, float]], students: list[str]) -> str | None:
+    scored = [(m.get("auc", float("nan")), n) for n, m in metrics.items() if n in students]
+    scored = [(a, n) for a, n in scored if a == a]  # drop NaN
+    return max(scored)[1] if scored else (students[0] if students else None)
+
+
+def run_cycle(
+    settings: Settings,
+    train_table: pa.Table,
+    manifest: dict[str, Any],
+    config: TrainConfig,
+    holdout_table: pa.Table | None = None,
+    holdout_fraction: float = 0.2,
+    parent: str | None = None,
+    save: bool = True,
+    report: bool = True,
+    progress: bool = True,
+    run_name: str | None = None,
+) -> CycleResult:
+    """Train one cohort on a window and evaluate it on the holdout (the window after, by default)."""
+    seed_everything(config.seed)
+    time_col = manifest["columns"]["time"]
+    if holdout_table is None:
+        train_table, holdout_table = time_split(train_table, time_col, holdout_fraction)
+    if parent is not None:
+        # The parent's schema keeps hashed ids aligned with its embedding rows.
+        schema = InputSchema.from_dict(artifacts.read_config(settings, parent)["input_schema"])
+    else:
+        schema = schema_for(manifest, config)
+    device = select_device(config.device)
+    train_batch, holdout_batch = encode(train_table, schema), encode(holdout_table, schema)
+
+    cohort = build_cohort(config, schema).to(device)
+    loaded = warm_start(cohort, settings, parent) if parent else []
+    history = train_window(cohort, train_batch, config, device, progress=progress)
+
+    results: dict[str, dict[str, Any]] = {}
+    for name, model in cohort.models.items():
+        metrics, curve = evaluate_model(
+            model, holdout_batch, device, config.eval_batch_size, config.precision
+        )
+        results[name] = {
+            "family": cohort.families[name],
+            "metrics": metrics,
+            "reliability": curve,
+            "loss_history": history.losses[name],
+            "params": parameter_count(model),
+            "infer_ms_100": inference_ms(model, holdout_batch, device),
+            # The cohort steps together: this is the joint rate, the same for every member.
+            "train_samples_per_s": history.samples_per_s,
+        }
+    metrics = {n: r["metrics"] for n, r in results.items()}
+    serve = _best_student(metrics, cohort.students)
+
+    version = None
+    if save:
+        version = artifacts.save_version(
+            settings,
+            cohort.models,
+            {n: ModelRecord(cohort.families[n], cohort.configs[n], metrics[n]) for n in cohort.models},
+            schema.to_dict(),
+            feature_service=manifest.get("feature_service"),
+            window={
+                "dataset": manifest.get("name"),
+                "dataset_window": manifest.get("window"),
+                "content_hash": manifest.get("content_hash"),
+                "train": time_range(train_table, time_col) | {"rows": train_table.num_rows},
+                "holdout": time_range(holdout_table, time_col) | {"rows": holdout_table.num_rows},
+            },
+            train_config=config.to_dict(),
+            parent=parent,
+            serve=serve,
+        )
+    run_dir = settings.runs_dir / (run_name or version or f"run-{datetime.now(UTC):%Y%m%dT%H%M%S}")
+    if report:
+        oracle = next((m["oracle_auc"] for m in metrics.values() if "oracle_auc" in m), None)
+        notes = [
+            f"device {device.type}; precision {config.precision}"
+            + ("" if device.type == "cuda" else " (CUDA/bf16 path not exercised on this machine)"),
+            f"train rows {train_table.num_rows}, holdout rows {holdout_table.num_rows}, "
+            f"{history.steps} steps, {history.samples_per_s:.0f} samples/s for the whole cohort",
+            f"parent version: {parent or 'none (from scratch)'}; warm-started: {', '.join(loaded) or '-'}",
+        ]
+        write_report(run_dir, f"ctrflow training run {version or run_dir.name}", results, notes, oracle)
+    return CycleResult(version, run_dir, metrics, results, serve, loaded)
