@@ -29,9 +29,9 @@ from kafka.partitioner.default import murmur2
 
 from pipelines.adapters import ADAPTERS, adapt_file
 from pipelines.adapters.common import Skipped
-from pipelines.events import DeadLetter, MalformedEvent, decode_event, encode_event
+from pipelines.events import IMPRESSION, DeadLetter, MalformedEvent, decode_event, encode_event
 from pipelines.kafka import ensure_ctr_topics, make_producer
-from pipelines.logfile import iter_events, iter_lines, log_format, sort_by_event_time
+from pipelines.logfile import check_block, iter_events, log_format, sort_by_event_time
 from pipelines.settings import Settings
 
 FORMATS = ("canonical", *ADAPTERS)
@@ -71,16 +71,16 @@ class _Router:
         self.deadletter = settings.topic("deadletter")
         self._n_imp = _partition_count(producer, self.impressions)
         self._n_clk = _partition_count(producer, self.clicks)
-        self._cache: dict[str, tuple[bytes, int, int]] = {}
+        self.cache: dict[str, tuple[bytes, int, int]] = {}
 
     def route(self, user_id: str) -> tuple[bytes, int, int]:
         """``(key, impressions partition, clicks partition)`` for a user."""
-        hit = self._cache.get(user_id)
+        hit = self.cache.get(user_id)
         if hit is None:
             key = user_id.encode()
             # kafka-python's DefaultPartitioner: murmur2(key) & 0x7fffffff % n (as the Java client).
             h = murmur2(key) & 0x7FFFFFFF
-            hit = self._cache[user_id] = (key, h % self._n_imp, h % self._n_clk)
+            hit = self.cache[user_id] = (key, h % self._n_imp, h % self._n_clk)
         return hit
 
 
@@ -112,27 +112,57 @@ class _Pacer:
             time.sleep(delay)
 
 
-def _canonical_jsonl(path: Path) -> Iterator[tuple[dict[str, Any] | DeadLetter, bytes | None]]:
-    """(record, value bytes) per line; a valid line is produced as read (it is already compact JSON)."""
-    for line_no, raw in iter_lines(path):
-        try:
-            yield decode_event(raw), raw.strip()
-        except MalformedEvent as exc:
-            yield DeadLetter(str(path), -1, line_no, str(exc), raw), None
+# What a source yields per record: (kind, user_id, event_time, payload). kind is "impression" or
+# "click" (payload: the value bytes), DEAD (payload: a DeadLetter) or SKIP (payload: a Skipped).
+DEAD = "deadletter"
+SKIP = "skipped"
+SourceItem = tuple[str, str | None, int | None, "bytes | DeadLetter | Skipped"]
+_BLOCK_BYTES = 2 * 1024 * 1024
 
 
-def _with_values(
-    records: Iterable[dict[str, Any] | DeadLetter | Skipped],
-) -> Iterator[tuple[dict[str, Any] | DeadLetter | Skipped, bytes | None]]:
-    """Encode records in batches (one tight comprehension per batch instead of per-record calls)."""
-    batch: list[dict[str, Any] | DeadLetter | Skipped] = []
+def _canonical_jsonl(path: Path) -> Iterator[SourceItem]:
+    """Validated lines, produced as the bytes they were read as (they already are compact JSON).
+
+    Blocks of lines are validated at once in Arrow; only lines it cannot vouch for go through
+    ``decode_event`` one by one (which also names the reason for a dead letter)."""
+    first_line = 1
+    with open(path, "rb") as f:
+        while block := f.readlines(_BLOCK_BYTES):
+            yield from _check_lines(path, first_line, block)
+            first_line += len(block)
+
+
+def _check_lines(path: Path, first_line: int, block: list[bytes]) -> Iterator[SourceItem]:
+    values = [raw.strip() for raw in block]
+    checked = check_block(values)
+    if checked is not None and all(checked.valid):
+        # The common case: no per-record Python at all.
+        yield from zip(checked.types, checked.user_ids, checked.event_times, values, strict=True)
+        return
+    for i, raw in enumerate(block):
+        if checked is not None and checked.valid[i]:
+            yield checked.types[i], checked.user_ids[i], checked.event_times[i], values[i]
+        else:
+            yield _check_line(path, first_line + i, raw.rstrip(b"\r\n"))
+
+
+def _check_line(path: Path, line_no: int, raw: bytes) -> SourceItem:
+    try:
+        record = decode_event(raw)
+    except MalformedEvent as exc:
+        return DEAD, None, None, DeadLetter(str(path), -1, line_no, str(exc), raw)
+    return record["type"], record["user_id"], record["event_time"], raw.strip()
+
+
+def _encoded(records: Iterable[dict[str, Any] | DeadLetter | Skipped]) -> Iterator[SourceItem]:
+    """Validated records (adapter or Parquet output) with their JSON values."""
     for record in records:
-        batch.append(record)
-        if len(batch) >= 4096:
-            yield from zip(batch, [encode_event(r) if isinstance(r, dict) else None for r in batch],
-                           strict=True)
-            batch = []
-    yield from zip(batch, [encode_event(r) if isinstance(r, dict) else None for r in batch], strict=True)
+        if isinstance(record, dict):
+            yield record["type"], record["user_id"], record["event_time"], encode_event(record)
+        elif isinstance(record, DeadLetter):
+            yield DEAD, None, None, record
+        else:
+            yield SKIP, None, None, record
 
 
 def _time_ordered(stream: Iterable[dict[str, Any] | DeadLetter | Skipped], sort_chunk_rows: int):
@@ -156,18 +186,38 @@ def _time_ordered(stream: Iterable[dict[str, Any] | DeadLetter | Skipped], sort_
 
 def source_records(
     source: Path | str, fmt: str = "canonical", sort_chunk_rows: int = 500_000, **adapter_options: object
-) -> Iterator[tuple[dict[str, Any] | DeadLetter | Skipped, bytes | None]]:
-    """Every record of a source as ``(record, encoded value)``; value is None for non-events."""
+) -> Iterator[SourceItem]:
+    """Every record of a source as ``(kind, user_id, event_time, payload)`` (see ``SourceItem``)."""
     path = Path(source)
     if not path.is_file():
         raise FileNotFoundError(f"no such log file: {path}")
     if fmt == "canonical":
         if log_format(path) == "jsonl":
             return _canonical_jsonl(path)
-        return _with_values(iter_events(path))
+        return _encoded(iter_events(path))
     if fmt not in ADAPTERS:
         raise ValueError(f"unknown format {fmt!r}: expected one of {list(FORMATS)}")
-    return _with_values(_time_ordered(adapt_file(fmt, path, **adapter_options), sort_chunk_rows))
+    return _encoded(_time_ordered(adapt_file(fmt, path, **adapter_options), sort_chunk_rows))
+
+
+class _Deliveries:
+    """Counts records the broker did not acknowledge, without a callback per record: futures are kept
+    and swept from time to time (completed ones are checked and dropped)."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[str, Any]] = []
+        self.failed = {"event": 0, "deadletter": 0}
+        self.first_error: BaseException | None = None
+
+    def sweep(self, final: bool = False) -> None:
+        still = []
+        for kind, future in self.pending:
+            if not future.is_done and not final:
+                still.append((kind, future))
+            elif future.failed():
+                self.failed[kind] += 1
+                self.first_error = self.first_error or future.exception
+        self.pending = still
 
 
 def replay(
@@ -181,62 +231,63 @@ def replay(
     **adapter_options: object,
 ) -> ReplayStats:
     """Produce a log file to the CTR topics; returns the counts (raises ReplayError on lost records)."""
-    records = source_records(source, fmt, **adapter_options)
+    items = source_records(source, fmt, **adapter_options)
     ensure_ctr_topics(bootstrap, settings)
     own_producer = producer is None
     producer = producer or make_producer(bootstrap)
-    stats = ReplayStats()
-    failures: dict[str, list[BaseException]] = {"event": [], "deadletter": []}
-
-    def failed_event(exc: BaseException) -> None:
-        failures["event"].append(exc)
-
-    def failed_deadletter(exc: BaseException) -> None:
-        failures["deadletter"].append(exc)
-
+    deliveries = _Deliveries()
     started = time.perf_counter()
+    read = impressions = clicks = dead = skipped = out_of_order = 0
     try:
         router = _Router(producer, settings)
-        pacer = _Pacer(speed)
-        send = producer.send
+        route, routes = router.route, router.cache
+        imp_topic, clk_topic, dead_topic = router.impressions, router.clicks, router.deadletter
+        pace = _Pacer(speed).wait if speed is not None else None
+        send, track = producer.send, deliveries.pending.append
         last_time = 0
-        for record, value in records:
-            stats.read += 1
-            if value is not None:
-                user_key, imp_partition, clk_partition = router.route(record["user_id"])
-                event_time = record["event_time"]
+        # The per-record hot path: locals only, one dict lookup for the user's key and partitions.
+        for kind, user_id, event_time, payload in items:
+            read += 1
+            if kind != DEAD and kind != SKIP:
+                key, imp_partition, clk_partition = routes.get(user_id) or route(user_id)
                 if event_time < last_time:
-                    stats.out_of_order += 1
+                    out_of_order += 1
                 else:
                     last_time = event_time
-                pacer.wait(event_time)
-                if record["type"] == "impression":
-                    future = send(router.impressions, value=value, key=user_key, partition=imp_partition)
-                    stats.impressions += 1
+                if pace:
+                    pace(event_time)
+                if kind == IMPRESSION:
+                    track(("event", send(imp_topic, payload, key, partition=imp_partition)))
+                    impressions += 1
                 else:
-                    future = send(router.clicks, value=value, key=user_key, partition=clk_partition)
-                    stats.clicks += 1
-                future.add_errback(failed_event)
-            elif isinstance(record, DeadLetter):
-                future = send(router.deadletter, value=record.to_json())
-                stats.dead_lettered += 1
-                future.add_errback(failed_deadletter)
+                    track(("event", send(clk_topic, payload, key, partition=clk_partition)))
+                    clicks += 1
+            elif kind == DEAD:
+                track(("deadletter", send(dead_topic, payload.to_json())))
+                dead += 1
             else:
-                stats.skipped += 1
-            if on_progress and stats.read % PROGRESS_EVERY == 0:
-                on_progress(PROGRESS_EVERY)
+                skipped += 1
+            if read % PROGRESS_EVERY == 0:
+                deliveries.sweep()
+                track = deliveries.pending.append
+                if on_progress:
+                    on_progress(PROGRESS_EVERY)
         producer.flush()
+        deliveries.sweep(final=True)
     finally:
         if own_producer:
             producer.close()
+    stats = ReplayStats(read=read, impressions=impressions, clicks=clicks, dead_lettered=dead,
+                        skipped=skipped, out_of_order=out_of_order)
     stats.seconds = time.perf_counter() - started
     if on_progress:
         on_progress(stats.read % PROGRESS_EVERY)
     # Only acknowledged records count as produced or dead-lettered.
-    stats.produced = stats.impressions + stats.clicks - len(failures["event"])
-    stats.dead_lettered -= len(failures["deadletter"])
-    stats.failed = len(failures["event"]) + len(failures["deadletter"])
+    stats.produced = stats.impressions + stats.clicks - deliveries.failed["event"]
+    stats.dead_lettered -= deliveries.failed["deadletter"]
+    stats.failed = deliveries.failed["event"] + deliveries.failed["deadletter"]
     if stats.failed:
-        first = (failures["event"] + failures["deadletter"])[0]
-        raise ReplayError(f"{stats.failed} records were not acknowledged by the broker: {first!r}", stats)
+        raise ReplayError(
+            f"{stats.failed} records were not acknowledged by the broker: {deliveries.first_error!r}", stats
+        )
     return stats

@@ -8,9 +8,10 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from pipelines.events import EVENT_SCHEMA, DeadLetter, MalformedEvent, encode_event
+from pipelines.events import EVENT_SCHEMA, DeadLetter, MalformedEvent, decode_event, encode_event
 from pipelines.logfile import (
     LogWriter,
+    check_block,
     conform,
     iter_events,
     iter_lines,
@@ -95,3 +96,46 @@ def test_external_sort_is_stable_and_puts_impressions_before_clicks(chunk_rows: 
 def test_unknown_extensions_are_refused() -> None:
     with pytest.raises(ValueError, match="cannot tell the log format"):
         log_format("events.csv")
+
+
+TRICKY_LINES = [
+    encode_event(_impression(1)),
+    encode_event({"type": "click", "impression_id": "1", "user_id": "1", "item_id": "1", "event_time": T0}),
+    encode_event(_impression(2) | {"p_click": 1}),  # an int probability is fine
+    encode_event(_impression(3) | {"extra": {"nested": [1, 2]}}),  # unknown fields pass through
+    encode_event(_impression(4) | {"request_id": ""}),
+    encode_event(_impression(5) | {"event_time": 1_767_571_214}),
+    encode_event(_impression(6) | {"position": 10_001}),
+    encode_event(_impression(7) | {"p_click": 1.5}),
+    encode_event(_impression(8) | {"type": "view"}),
+    encode_event({"type": "click", "impression_id": "1", "user_id": "1", "event_time": T0}),
+    encode_event(_impression(9) | {"request_id": None}),
+]
+BLOCK_BREAKERS = [
+    encode_event(_impression(10) | {"position": True}),
+    encode_event(_impression(11) | {"user_id": 11}),
+    b'{"type":"impression","type":"click"}',
+    encode_event(_impression(12)) + b" " + encode_event(_impression(13)),  # two objects on one line
+    b"   ",
+    b"[1, 2]",
+    b"\xff{}",
+]
+
+
+def test_block_check_accepts_exactly_what_validate_event_accepts() -> None:
+    checked = check_block(TRICKY_LINES)
+    assert checked is not None
+    verdicts = []
+    for line in TRICKY_LINES:
+        try:
+            decode_event(line)
+            verdicts.append(True)
+        except MalformedEvent:
+            verdicts.append(False)
+    assert checked.valid == verdicts == [True] * 4 + [False] * 7
+    assert checked.types[:2] == ["impression", "click"] and checked.user_ids[0] == "1"
+
+
+@pytest.mark.parametrize("breaker", BLOCK_BREAKERS)
+def test_lines_arrow_cannot_map_one_to_one_fall_back_to_per_line_decoding(breaker: bytes) -> None:
+    assert check_block([*TRICKY_LINES[:2], breaker, TRICKY_LINES[0]]) is None
