@@ -3,6 +3,7 @@
 It reproduces Feast's ``get_historical_features`` semantics exactly (a test proves both give the same rows
 and values): for each sample at time ``t`` take the entity's feature row with the greatest
 ``event_time <= t`` (ties broken by the greatest ``created``), and only if ``event_time >= t - ttl``.
+Missing values get ``feature_default`` inside the query, the same rule every other path applies.
 """
 
 from __future__ import annotations
@@ -12,7 +13,13 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from features.feature_repo.definitions import SERVICE_VIEWS, VIEW_TABLES, build_definitions, view_features
+from features.feature_repo.definitions import (
+    SERVICE_VIEWS,
+    VIEW_TABLES,
+    build_definitions,
+    feature_default,
+    view_features,
+)
 from pipelines.settings import Settings
 
 ROW_ID = "_row"
@@ -38,6 +45,14 @@ def _view_relation_sql(settings: Settings, view: str) -> str:
     )
 
 
+def _sql_default(feature: str) -> str:
+    # The same fill rule as features.normalize, applied inside the query so no second pass is needed.
+    default = feature_default(feature)
+    if isinstance(default, list):
+        return "[]::BIGINT[]"
+    return repr(float(default)) if isinstance(default, float) else str(int(default))
+
+
 def asof_join_sql(settings: Settings, service: str, samples_name: str) -> str:
     """SQL selecting ``_row`` and every ``<view>__<feature>`` of ``service`` for the registered samples."""
     views = build_definitions(settings).views
@@ -48,9 +63,8 @@ def asof_join_sql(settings: Settings, service: str, samples_name: str) -> str:
         ttl_s = int(views[view].ttl.total_seconds())
         fresh = f"{alias}.event_time >= s.event_time - INTERVAL '{ttl_s} seconds'"
         for feature in view_features(view):
-            selects.append(
-                f"CASE WHEN {fresh} THEN {alias}.{_quote(feature)} END AS {_quote(f'{view}__{feature}')}"
-            )
+            value = f"CASE WHEN {fresh} THEN {alias}.{_quote(feature)} END"
+            selects.append(f"COALESCE({value}, {_sql_default(feature)}) AS {_quote(f'{view}__{feature}')}")
         joins.append(
             f"ASOF LEFT JOIN ({_view_relation_sql(settings, view)}) {alias} "
             f"ON s.{key} = {alias}.{key} AND s.event_time >= {alias}.event_time"
