@@ -73,16 +73,16 @@ def _lookup(
 
 def _first_per_id(impressions: pa.Table) -> pa.Table:
     """One impression per id: the earliest (a re-sent impression must not count twice)."""
-    if (
-        impressions.num_rows == 0
-        or pc.count_distinct(impressions["impression_id"]).as_py() == impressions.num_rows
-    ):
+    if impressions.num_rows == 0:
         return impressions
+    ids = impressions["impression_id"].combine_chunks()
+    first = pc.index_in(ids, value_set=ids).to_numpy(zero_copy_only=False)
+    if np.array_equal(first, np.arange(len(first))):
+        return impressions  # the common case: ids are unique
     ordered = impressions.sort_by([("event_time", "ascending"), ("impression_id", "ascending")])
     ids = ordered["impression_id"].combine_chunks()
-    first = pc.index_in(ids, value_set=pc.unique(ids)).to_numpy(zero_copy_only=False)
-    _, keep = np.unique(first, return_index=True)
-    return ordered.take(pa.array(np.sort(keep)))
+    first = pc.index_in(ids, value_set=ids).to_numpy(zero_copy_only=False)
+    return ordered.filter(pa.array(first == np.arange(len(first))))
 
 
 def attribute(

@@ -51,7 +51,10 @@ def window_stats(history: pa.Table, points: pa.Table, entity: str) -> pa.Table:
         [h_times, q_times], MAX_WINDOW_MS, int(max(h_codes.max(initial=-1), q_codes.max(initial=-1))) + 1
     )
     h_keys = space.key(h_codes, h_times)
-    q_keys = space.key(q_codes, q_times)
+    # Sorted queries make the bisections walk memory in order (several times faster than random).
+    q_order = np.argsort(space.key(q_codes, q_times), kind="stable")
+    points = points.take(pa.array(q_order))
+    q_keys = space.key(q_codes[q_order], q_times[q_order])
     is_click = history["is_click"].to_numpy(zero_copy_only=False).astype(bool)
     sorted_by_kind = {"impressions": np.sort(h_keys[~is_click]), "clicks": np.sort(h_keys[is_click])}
     columns: dict[str, object] = {entity: points[entity], "event_time": points["event_time"]}

@@ -35,15 +35,14 @@ class ItemShardState:
 
 
 def split_ready(held: pa.Table, new: pa.Table, watermark_ms: int | None) -> tuple[pa.Table, pa.Table]:
-    """(ready events sorted by time, events still held back)."""
+    """(ready events, events still held back); no order is needed downstream (the cores sort keys)."""
     events = pa.concat_tables([held.cast(EVENT_SCHEMA), new.cast(EVENT_SCHEMA)])
     if watermark_ms is None:
         ready, waiting = events, EVENT_SCHEMA.empty_table()
     else:
         early = pc.less(events["event_time"], watermark_ms)
         ready, waiting = events.filter(early), events.filter(pc.invert(early))
-    order = [("event_time", "ascending"), ("type", "descending"), ("impression_id", "ascending")]
-    return ready.sort_by(order), waiting
+    return ready, waiting
 
 
 def _prune_point(ready: pa.Table, watermark_ms: int | None) -> int | None:
