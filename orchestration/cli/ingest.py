@@ -21,11 +21,10 @@ from rich.progress import (
 )
 
 from orchestration.cli.app import app
-from pipelines.adapters import FORMATS as ADAPTER_FORMATS
 from pipelines.adapters import adapt_file
 from pipelines.events import DeadLetter
 from pipelines.kafka import EmbeddedBroker, kafka_bootstrap
-from pipelines.logfile import LogWriter, sort_by_event_time
+from pipelines.logfile import LogWriter, iter_events, log_format, sort_by_event_time
 from pipelines.replay import FORMATS, ReplayError, replay
 from pipelines.settings import get_settings
 from pipelines.simulator import SimulatorConfig, simulate
@@ -104,6 +103,7 @@ def simulate_cmd(
 ) -> None:
     """Write a simulated click log whose impressions carry their true click probability."""
     try:
+        log_format(out)
         config = SimulatorConfig(days=days, users=users, items=items, impressions=impressions, seed=seed,
                                  categories=min(categories, items), chunk_rows=chunk_rows, start=start)
     except ValueError as exc:
@@ -122,21 +122,25 @@ def simulate_cmd(
 
 @app.command("convert")
 def convert_cmd(
-    fmt: str = typer.Argument(..., metavar="FORMAT", help=f"One of: {', '.join(ADAPTER_FORMATS)}."),
+    fmt: str = typer.Argument(..., metavar="FORMAT", help=f"One of: {', '.join(FORMATS)}."),
     source: Path = typer.Argument(..., exists=True, dir_okay=False, help="Input file in that format."),
     out: Path = typer.Argument(..., help="Canonical log to write: .jsonl or .parquet."),
     negatives: int = typer.Option(4, "--negatives", min=0, max=99, help="Taobao: sampled negatives per pv."),
     seed: int = typer.Option(0, "--seed", help="Taobao: negative-sampling seed."),
     as_json: bool = typer.Option(False, "--json", help="Print the counts as one JSON object (last line)."),
 ) -> None:
-    """Convert a public log format into a canonical, event-time-ordered log (bad lines kept aside)."""
-    if fmt not in ADAPTER_FORMATS:
-        raise _fail(f"unknown format {fmt!r}: expected one of {list(ADAPTER_FORMATS)}")
+    """Convert a public log format (or a canonical log) into a canonical, event-time-ordered log.
+
+    Malformed lines are kept aside in OUT.deadletter.jsonl, with their line numbers and reasons."""
+    if fmt not in FORMATS:
+        raise _fail(f"unknown format {fmt!r}: expected one of {list(FORMATS)}")
     options = {"negatives": negatives, "seed": seed} if fmt == "taobao" else {}
     dead_path = out.with_name(out.name + ".deadletter.jsonl")
     counts = {"events": 0, "dead_lettered": 0, "skipped": 0}
     try:
-        stream = adapt_file(fmt, source, **options)
+        log_format(out)
+        # "canonical": re-sort a canonical log by event time and/or change JSONL <-> Parquet.
+        stream = iter_events(source) if fmt == "canonical" else adapt_file(fmt, source, **options)
     except ValueError as exc:
         raise _fail(str(exc)) from None
 
@@ -205,5 +209,8 @@ def replay_cmd(
         f"{stats.clicks:,} clicks), dead-lettered {stats.dead_lettered:,}, skipped {stats.skipped:,} "
         f"in {stats.seconds:.1f} s ({rate:,.0f} records/s)"
     )
+    if stats.out_of_order:
+        console.print(f"[yellow]warning:[/yellow] {stats.out_of_order:,} events went back in event time "
+                      "(produced as read; sort the log with `ctrflow convert` first)")
     if as_json:
         print(json.dumps(stats.as_dict()))

@@ -112,3 +112,19 @@ def test_demo_simulates_and_replays(broker: EmbeddedBroker, settings: Settings) 
     assert replayed["impressions"] == sim["impressions"] == 5_000
     assert replayed["clicks"] == sim["clicks"] and replayed["dead_lettered"] == 0
     assert (settings.datasets_dir / "demo_log.jsonl").is_file()
+
+
+def test_convert_canonical_sorts_by_event_time_and_changes_format(tmp_path: Path) -> None:
+    base = 1_767_571_214_000
+    shuffled = [
+        {"type": "impression", "impression_id": str(i), "request_id": str(i), "user_id": "1", "item_id": "2",
+         "position": 0, "event_time": base + ((i * 7) % 10) * 1000}
+        for i in range(10)
+    ]
+    source = tmp_path / "shuffled.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in shuffled) + "not json\n")
+    out = tmp_path / "sorted.parquet"
+    result = runner.invoke(app, ["convert", "canonical", str(source), str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    assert _last_json(result.stdout) == {"events": 10, "dead_lettered": 1, "skipped": 0}
+    assert list(iter_records(out)) == sorted(shuffled, key=lambda r: r["event_time"])
