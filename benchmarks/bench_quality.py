@@ -1,0 +1,183 @@
+"""Quality benchmark: baselines vs LightSUAN student alone / distilled / distilled + mutual vs teacher.
+
+Trains on the first days of a simulated log with interest drift and tests on the last day, so every
+number is progressive (future data). The oracle AUC of the simulator's true click probabilities on the
+test day is the ceiling. Ablations: DeRes vs plain residual and loops vs none (teacher alone), KD on/off
+(student), mutual learning when fine-tuning from a warm start vs from scratch.
+
+    .venv/bin/python -m benchmarks.bench_quality                 # defaults: ~10-15 min on 2 CPU cores
+    .venv/bin/python -m benchmarks.bench_quality --impressions 20000 --no-ablations   # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from benchmarks.ctr_data import DaySplit, simulated_days
+from pipelines.settings import Settings
+from training.cycle import run_cycle
+from training.trainer import TrainConfig
+
+RESULTS = Path(__file__).parent / "results" / "quality.md"
+BASELINES = ("lr", "dnn", "deepfm", "dcnv2", "din")
+
+# Small enough for CPU: a few minutes per cohort pass over ~50k rows on 2 busy cores.
+TEACHER = {"d_model": 32, "n_heads": 2, "seq_len": 20, "n_entry": 1, "n_shared": 1, "n_exit": 1,
+           "loops": 2, "d_embed": 16, "head_hidden": [64, 32]}
+STUDENT = {"d_model": 32, "n_heads": 2, "seq_len": 20, "local_window": 4, "dilation": 4, "d_embed": 16,
+           "head_hidden": [64, 32]}
+BASELINE = {"d_embed": 16, "hidden": [64, 32], "seq_len": 20}
+
+
+def base_config(seed: int, **overrides: Any) -> TrainConfig:
+    return TrainConfig.from_dict({
+        "teacher_grade": "G1", "teacher": TEACHER, "students": 2, "student": STUDENT, "baseline": BASELINE,
+        "batch_size": 256, "lr": 5e-3, "epochs": 1, "seed": seed, "device": "auto", "threads": 1,
+        "lambda_kd": 1.0, "lambda_ml": 1.0, "temperature": 2.0,
+    } | overrides)
+
+
+def _auc(result, name: str) -> float:
+    return result.metrics[name]["auc"]
+
+
+def run_seed(settings: Settings, split: DaySplit, seed: int, ablations: bool) -> dict[str, float]:
+    """AUC per table row for one seed (every arm trains on split.train, tests on split.test)."""
+    train, test, manifest = split.train, split.test, split.manifest
+
+    def cycle(config: TrainConfig, table: pa.Table = train, parent: str | None = None, save: bool = False):
+        t0 = time.perf_counter()
+        res = run_cycle(settings, table, manifest, config, holdout_table=test, parent=parent, save=save,
+                        report=False, progress=False)
+        print(f"  seed {seed}: {sorted(res.metrics)} in {time.perf_counter() - t0:.0f}s", flush=True)
+        return res
+
+    out: dict[str, float] = {}
+    cohort = cycle(base_config(seed, baselines=BASELINES))
+    for kind in BASELINES:
+        out[kind] = _auc(cohort, kind)
+    out["teacher (in cohort)"] = _auc(cohort, "teacher")
+    out["distilled + mutual student (mean of 2)"] = statistics.mean(
+        _auc(cohort, s) for s in ("student_0", "student_1"))
+    out["oracle"] = cohort.metrics["teacher"].get("oracle_auc", float("nan"))
+    alone = cycle(base_config(seed, teacher_grade=None, students=1))
+    out["student alone"] = _auc(alone, "student_0")
+    distilled = cycle(base_config(seed, students=1))
+    out["distilled student (KD, no peers)"] = _auc(distilled, "student_0")
+    if not ablations:
+        return out
+
+    teacher_only = {"students": 0}
+    out["teacher alone: DeRes, loops 2"] = _auc(cycle(base_config(seed, **teacher_only)), "teacher")
+    out["teacher alone: plain residual"] = _auc(
+        cycle(base_config(seed, **teacher_only, teacher=TEACHER | {"connector": "residual"})), "teacher")
+    out["teacher alone: no loops"] = _auc(
+        cycle(base_config(seed, **teacher_only, teacher=TEACHER | {"loops": 0})), "teacher")
+
+    # Mutual learning, paper-4 protocol: pre-train without peers, then fine-tune on the next day with
+    # vs without the peer term; the from-scratch pair trains on the same rows in one go.
+    pre, fine = split.pretrain, split.finetune
+    parent = cycle(base_config(seed, lambda_ml=0.0), table=pre, save=True).version
+    for ml in (1.0, 0.0):
+        res = cycle(base_config(seed, lambda_ml=ml), table=fine, parent=parent)
+        out[f"warm start, mutual {'on' if ml else 'off'} (student mean)"] = statistics.mean(
+            _auc(res, s) for s in ("student_0", "student_1"))
+    both = pa.concat_tables([pre, fine])
+    for ml in (1.0, 0.0):
+        res = cycle(base_config(seed, lambda_ml=ml), table=both)
+        out[f"scratch, mutual {'on' if ml else 'off'} (student mean)"] = statistics.mean(
+            _auc(res, s) for s in ("student_0", "student_1"))
+    return out
+
+
+def _fmt(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def render(rows: dict[str, list[float]], split: DaySplit, args: argparse.Namespace, seconds: float) -> str:
+    date = subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip()
+    main_rows = ["lr", "dnn", "deepfm", "dcnv2", "din", "student alone", "distilled student (KD, no peers)",
+                 "distilled + mutual student (mean of 2)", "teacher (in cohort)", "oracle"]
+    ablation_rows = [r for r in rows if r not in main_rows]
+    best_baseline = max(statistics.mean(rows[k]) for k in BASELINES)
+    lines = [
+        "# Quality benchmark (simulated log with drift)",
+        "",
+        f"- command: `.venv/bin/python -m benchmarks.bench_quality {' '.join(sys.argv[1:])}`".rstrip(),
+        "- machine: 2-core x86_64 CPU, 24 GiB, no GPU (shared with other work while it ran); "
+        f"{platform.python_version()}, torch CPU; date: {date}",
+        f"- data: {split.source}; train {split.train.num_rows} rows (days {split.train_days}), "
+        f"test {split.test.num_rows} rows (day {split.test_day}); seeds: {args.seeds} "
+        f"({'mean ± std' if args.seeds > 1 else 'single seed'}); total {seconds / 60:.1f} min",
+        "- models: teacher G1 ladder rung shrunk for CPU (d=32, entry 1 / shared 1 looped ×2 / exit 1, "
+        "DeRes), LightSUAN students (d=32, 2 UABs, local 4 + dilation 4), baselines d_embed 16; "
+        "sequence length 20; one epoch, batch 256, AdamW lr 5e-3, 1 CPU thread; λ_kd=1, λ_ml=1, t=2",
+        "- reference: the oracle AUC of the true p_click on the test day (the ceiling); the goal is "
+        "distilled student > student alone",
+        "",
+        "| model | test AUC | gap to oracle |",
+        "|---|---|---|",
+    ]
+    oracle = statistics.mean(rows["oracle"])
+    for name in main_rows:
+        gap = "" if name == "oracle" else f"{oracle - statistics.mean(rows[name]):.4f}"
+        lines.append(f"| {name} | {_fmt(rows[name])} | {gap} |")
+    if ablation_rows:
+        lines += ["", "## Ablations (same train/test days)", "", "| arm | test AUC |", "|---|---|"]
+        lines += [f"| {name} | {_fmt(rows[name])} |" for name in ablation_rows]
+    alone = statistics.mean(rows["student alone"])
+    distilled = statistics.mean(rows["distilled student (KD, no peers)"])
+    mutual = statistics.mean(rows["distilled + mutual student (mean of 2)"])
+    lines += [
+        "",
+        "## Reading",
+        "",
+        f"- distilled student − student alone: {distilled - alone:+.4f} AUC "
+        f"({'goal met' if distilled > alone else 'goal NOT met'}); with mutual peers: {mutual - alone:+.4f}",
+        f"- best baseline {best_baseline:.4f}; distilled + mutual student {mutual:.4f} "
+        f"({mutual - best_baseline:+.4f})",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--impressions", type=int, default=60_000, help="simulated impressions, all days")
+    parser.add_argument("--users", type=int, default=3_000)
+    parser.add_argument("--items", type=int, default=2_000)
+    parser.add_argument("--days", type=int, default=5)
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--ablations", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="ctrflow-bench-quality-") as tmp:
+        settings = Settings(home=Path(tmp) / "home")
+        split = simulated_days(settings, args.days, args.impressions, seed=11, users=args.users,
+                               items=args.items)
+        print(f"data: {split.source}; train {split.train.num_rows}, test {split.test.num_rows}", flush=True)
+        rows: dict[str, list[float]] = {}
+        for seed in range(args.seeds):
+            for name, value in run_seed(settings, split, seed, args.ablations).items():
+                rows.setdefault(name, []).append(value)
+    text = render(rows, split, args, time.perf_counter() - started)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
