@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from datetime import datetime
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from feast.data_source import PushMode
@@ -17,11 +16,12 @@ from features.feature_repo.definitions import (
     DEFAULT_SERVICE,
     SERVICE_VIEWS,
     VIEW_TABLES,
+    feature_arrow_type,
     full_feature_names,
     push_source_name,
 )
 from features.normalize import normalize_features
-from features.store import FeatureStoreNotReady, feature_store
+from features.store import FeatureStoreNotReady, feature_service, feature_store
 from pipelines import tables
 from pipelines.settings import Settings
 
@@ -102,11 +102,11 @@ def online_features(
         raise ValueError("user_id must be non-empty")
     if not item_ids or len(item_ids) > MAX_LOOKUP_ITEMS:
         raise ValueError(f"need 1..{MAX_LOOKUP_ITEMS} item ids, got {len(item_ids)}")
-    store = feature_store(settings)
     rows = [{"user_id": user_id, "item_id": item} for item in item_ids]
-    result = store.get_online_features(
-        features=store.get_feature_service(service), entity_rows=rows, full_feature_names=True
+    result = feature_store(settings).get_online_features(
+        features=feature_service(settings, service), entity_rows=rows, full_feature_names=True
     ).to_dict()
     columns = full_feature_names(service)
-    frame = pd.DataFrame({name: result[name] for name in ["user_id", "item_id", *columns]})
-    return normalize_features(pa.Table.from_pandas(frame, preserve_index=False), columns)
+    table = pa.table({name: pa.array(result[name], feature_arrow_type(name) if "__" in name else pa.string())
+                      for name in ["user_id", "item_id", *columns]})
+    return normalize_features(table, columns)

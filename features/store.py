@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from feast import FeatureStore, RepoConfig
+from feast import FeatureService, FeatureStore, RepoConfig
 
 from features.feature_repo.definitions import PROJECT, build_definitions
 from pipelines.settings import Settings
@@ -22,6 +22,7 @@ REPO_DIR = Path(__file__).resolve().parent / "feature_repo"
 
 _lock = threading.Lock()
 _stores: dict[tuple[str, str, str], FeatureStore] = {}
+_services: dict[tuple[int, str], FeatureService] = {}
 
 
 class FeatureStoreNotReady(RuntimeError):
@@ -81,7 +82,24 @@ def feature_store(settings: Settings, *, apply: bool = True) -> FeatureStore:
     return store
 
 
+def feature_service(settings: Settings, name: str) -> FeatureService:
+    """The named FeatureService, fetched once per store.
+
+    Feast caches the resolution of a request per service object; a fresh object from the registry on
+    every lookup defeats that cache and costs ~40 ms of proto parsing per call.
+    """
+    store = feature_store(settings)
+    key = (id(store), name)
+    with _lock:
+        service = _services.get(key)
+        if service is None:
+            service = _services[key] = store.get_feature_service(name)
+    return service
+
+
 def forget_store(settings: Settings) -> None:
     """Drop the cached store for these settings (after the registry was changed by another process)."""
     with _lock:
-        _stores.pop((str(settings.home_dir), settings.feast_profile, settings.redis_connection), None)
+        store = _stores.pop((str(settings.home_dir), settings.feast_profile, settings.redis_connection), None)
+        for key in [k for k in _services if store is not None and k[0] == id(store)]:
+            del _services[key]

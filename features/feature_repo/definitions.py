@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import cache
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.data_format import ParquetFormat
@@ -60,9 +61,15 @@ SEQUENCE_SCHEMA: list[Field] = [
 ]
 
 
+@cache
+def _view_feature_names(view: str) -> tuple[str, ...]:
+    schema = SEQUENCE_SCHEMA if view == "user_sequence" else _stat_schema()
+    return tuple(f.name for f in schema)
+
+
 def view_features(view: str) -> list[str]:
     """Feature names of one view, in schema order."""
-    return [f.name for f in (SEQUENCE_SCHEMA if view == "user_sequence" else _stat_schema())]
+    return list(_view_feature_names(view))
 
 
 @dataclass
