@@ -47,7 +47,6 @@ from pipelines.beam.transforms import (
     shard_events,
 )
 from pipelines.beam.watermark import WatermarkFn, merge_progress, next_watermark
-from pipelines.events import EVENT_SCHEMA
 from pipelines.kafka import ensure_ctr_topics, kafka_bootstrap
 from pipelines.settings import Settings
 
@@ -174,10 +173,16 @@ def _run_batch(
     seq = checkpoint.batch_seq + 1
     file_name = batch_file_name(plan.ranges, fallback=f"final-{seq:08d}")
     state_in = str(job_directory / checkpoint.state_dir) if job_directory and checkpoint.state_dir else None
-    scratch = None
+    # Scratch space of this batch (staged tables; for one-shot builds also the discarded state).
+    scratch_root = job_directory or settings.home_dir / "tmp"
+    scratch_root.mkdir(parents=True, exist_ok=True)
+    if job_directory is not None:
+        for stale in job_directory.glob("batch-*"):  # scratch of a killed attempt
+            shutil.rmtree(stale, ignore_errors=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f"batch-{seq:08d}-", dir=scratch_root))
+    staging = str(scratch / "staging")
     if job_directory is None:  # one-shot build: no state to keep
-        scratch = Path(tempfile.mkdtemp(prefix="ctrflow-state-"))
-        state_out = scratch
+        state_out = scratch / "state"
     else:
         state_out = job_directory / st.state_dir_name(seq)
         shutil.rmtree(state_out, ignore_errors=True)  # leftovers of a killed attempt
@@ -204,10 +209,11 @@ def _run_batch(
                     WatermarkFn(checkpoint.max_event_times, plan.lagging, checkpoint.watermark_ms, plan.final)
                 )
             )
-            every_shard = [(s, EVENT_SCHEMA.empty_table()) for s in range(shards)]
+            # Every shard runs, with or without new events: pending state must advance with the watermark.
+            every_shard = [(s, None) for s in range(shards)]
             user_rows = (
                 (
-                    parsed | "ByUser" >> beam.FlatMap(shard_events, "user_id", shards),
+                    parsed | "ByUser" >> beam.FlatMap(shard_events, "user_id", shards, staging),
                     p | "AllUserShards" >> beam.Create(every_shard),
                 )
                 | "FlattenUsers" >> beam.Flatten()
@@ -217,6 +223,7 @@ def _run_batch(
                     UserShardFeatures(
                         state_in,
                         str(state_out),
+                        staging,
                         shards,
                         settings.attribution_window_s * 1000,
                         settings.sequence_length,
@@ -226,23 +233,24 @@ def _run_batch(
             )
             item_rows = (
                 (
-                    parsed | "ByItem" >> beam.FlatMap(shard_events, "item_id", shards),
+                    parsed | "ByItem" >> beam.FlatMap(shard_events, "item_id", shards, staging),
                     p | "AllItemShards" >> beam.Create(every_shard),
                 )
                 | "FlattenItems" >> beam.Flatten()
                 | "GroupItems" >> beam.GroupByKey()
                 | "ItemFeatures"
                 >> beam.ParDo(
-                    ItemShardFeatures(state_in, str(state_out), shards),
+                    ItemShardFeatures(state_in, str(state_out), staging, shards),
                     watermark_ms=beam.pvalue.AsSingleton(watermark),
                 )
             )
-            every_table = [(name, schema.empty_table()) for name, schema in ALL_TABLES.items()]
+            # Every table is visited, so a rerun also clears this range's files of now-empty tables.
+            every_table = [(name, None) for name in ALL_TABLES]
             _ = (
                 (
                     user_rows,
                     item_rows,
-                    parsed | "DeadLetters" >> beam.FlatMap(dead_letter_rows),
+                    parsed | "DeadLetters" >> beam.FlatMap(dead_letter_rows, staging),
                     p | "AllTables" >> beam.Create(every_table),
                 )
                 | "FlattenRows" >> beam.Flatten()
@@ -253,8 +261,7 @@ def _run_batch(
         result = p.result
         accounting, maxima, rows = _metric_values(result)
     finally:
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
 
     online_rows: dict[str, int] = {}
     if online_sink is not None:

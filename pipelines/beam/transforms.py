@@ -20,6 +20,7 @@ from pipelines.beam.kafka_source import RawBatch
 from pipelines.beam.parse import Parsed, parse_columns, parse_json_batch
 from pipelines.beam.shards import split_by_shard
 from pipelines.beam.sinks import ALL_TABLES, SourceRange, to_table_schema, write_table
+from pipelines.beam.staging import load_staged, stage_table
 from pipelines.beam.steps import ItemShardState, UserShardState, item_shard_step, user_shard_step
 from pipelines.events import DEADLETTER_SCHEMA, EVENT_SCHEMA
 
@@ -100,20 +101,35 @@ def progress_of(parsed: Parsed) -> tuple[str, int | None]:
     return key, top
 
 
-def shard_events(parsed: Parsed, column: str, num_shards: int) -> Iterator[tuple[int, pa.Table]]:
-    yield from split_by_shard(parsed.events, column, num_shards).items()
+def shard_events(parsed: Parsed, column: str, num_shards: int, staging: str) -> Iterator[tuple[int, str]]:
+    """(shard, staged events of that shard) for every shard this range has events of."""
+    for shard, table in split_by_shard(parsed.events, column, num_shards).items():
+        yield shard, stage_table(staging, f"{column}-{shard}", table)
 
 
-def _concat(tables: list[pa.Table]) -> pa.Table:
-    return pa.concat_tables([t.cast(EVENT_SCHEMA) for t in tables]) if tables else EVENT_SCHEMA.empty_table()
+def _events(paths: list[str | None]) -> pa.Table:
+    return load_staged(paths, EVENT_SCHEMA).cast(EVENT_SCHEMA)
+
+
+def _stage_rows(staging: str, rows: dict[str, pa.Table]) -> Iterator[tuple[str, str]]:
+    for name, table in rows.items():
+        if table.num_rows:
+            yield name, stage_table(staging, name, table)
 
 
 class UserShardFeatures(beam.DoFn):
     """(user shard, event tables) -> (table name, rows); writes the shard's next state."""
 
     def __init__(
-        self, state_in: str | None, state_out: str, num_shards: int, window_ms: int, sequence_length: int
+        self,
+        state_in: str | None,
+        state_out: str,
+        staging: str,
+        num_shards: int,
+        window_ms: int,
+        sequence_length: int,
     ):
+        self.staging = staging
         self.state_in = Path(state_in) if state_in else None
         self.state_out = Path(state_out)
         self.num_shards = num_shards
@@ -121,9 +137,9 @@ class UserShardFeatures(beam.DoFn):
         self.sequence_length = sequence_length
 
     def process(
-        self, element: tuple[int, list[pa.Table]], watermark_ms: int | None
-    ) -> Iterator[tuple[str, pa.Table]]:
-        shard, tables = element
+        self, element: tuple[int, list[str | None]], watermark_ms: int | None
+    ) -> Iterator[tuple[str, str]]:
+        shard, paths = element
 
         def load(kind: str) -> pa.Table:
             return st.read_state(self.state_in, kind, "user_id", shard, self.num_shards)
@@ -137,7 +153,7 @@ class UserShardFeatures(beam.DoFn):
             recent=load("recent"),
         )
         rows, nxt = user_shard_step(
-            state, _concat(list(tables)), watermark_ms, self.window_ms, self.sequence_length
+            state, _events(list(paths)), watermark_ms, self.window_ms, self.sequence_length
         )
         name = f"shard-{shard:04d}"
         for kind in (
@@ -149,28 +165,29 @@ class UserShardFeatures(beam.DoFn):
             "recent",
         ):
             st.write_state(self.state_out, kind, name, getattr(nxt, kind))
-        yield from rows.items()
+        yield from _stage_rows(self.staging, rows)
 
 
 class ItemShardFeatures(beam.DoFn):
     """(item shard, event tables) -> ("item_stats", rows); writes the shard's item history."""
 
-    def __init__(self, state_in: str | None, state_out: str, num_shards: int):
+    def __init__(self, state_in: str | None, state_out: str, staging: str, num_shards: int):
+        self.staging = staging
         self.state_in = Path(state_in) if state_in else None
         self.state_out = Path(state_out)
         self.num_shards = num_shards
 
     def process(
-        self, element: tuple[int, list[pa.Table]], watermark_ms: int | None
-    ) -> Iterator[tuple[str, pa.Table]]:
-        shard, tables = element
+        self, element: tuple[int, list[str | None]], watermark_ms: int | None
+    ) -> Iterator[tuple[str, str]]:
+        shard, paths = element
         state = ItemShardState(
             held=st.read_state(self.state_in, "held", "item_id", shard, self.num_shards),
             item_history=st.read_state(self.state_in, "item_history", "item_id", shard, self.num_shards),
         )
-        rows, history = item_shard_step(state, _concat(list(tables)), watermark_ms)
+        rows, history = item_shard_step(state, _events(list(paths)), watermark_ms)
         st.write_state(self.state_out, "item_history", f"shard-{shard:04d}", history)
-        yield from rows.items()
+        yield from _stage_rows(self.staging, rows)
 
 
 class WriteWarehouseTable(beam.DoFn):
@@ -182,12 +199,11 @@ class WriteWarehouseTable(beam.DoFn):
         self.file_name = file_name
         self.created_base_ms = created_base_ms
 
-    def process(self, element: tuple[str, list[pa.Table]]) -> Iterator[str]:
-        name, parts = element
-        parts = [p for p in parts if p.num_rows]
-        if parts:
-            rows = pa.concat_tables(parts, promote_options="permissive")
-            table = to_table_schema(name, rows, self.created_base_ms)
+    def process(self, element: tuple[str, list[str | None]]) -> Iterator[str]:
+        name, paths = element
+        staged = [p for p in paths if p is not None]
+        if staged:
+            table = to_table_schema(name, load_staged(staged, ALL_TABLES[name]), self.created_base_ms)
         else:
             table = ALL_TABLES[name].empty_table()
         Metrics.counter(OUTPUT, f"rows/{name}").inc(table.num_rows)
@@ -195,12 +211,10 @@ class WriteWarehouseTable(beam.DoFn):
             yield str(path)
 
 
-def dead_letter_rows(parsed: Parsed) -> Iterator[tuple[str, pa.Table]]:
+def dead_letter_rows(parsed: Parsed, staging: str) -> Iterator[tuple[str, str]]:
     if parsed.dead:
-        yield (
-            "dead_letters",
-            pa.Table.from_pylist([d.__dict__ for d in parsed.dead], schema=DEADLETTER_SCHEMA),
-        )
+        table = pa.Table.from_pylist([d.__dict__ for d in parsed.dead], schema=DEADLETTER_SCHEMA)
+        yield "dead_letters", stage_table(staging, "dead_letters", table)
 
 
 class ProduceDeadLetters(beam.DoFn):
