@@ -10,9 +10,11 @@ Canonical JSONL is assumed to be in event-time order (the simulator and ``conver
 records that go back in time are still produced and counted in ``out_of_order``. Adapter output is put
 in event-time order by a bounded-memory external sort first.
 
-Throughput: each record is validated exactly once; a canonical JSON line is produced as the bytes it
+Throughput: each record is validated exactly once, canonical JSON lines in Arrow blocks
+(``logfile.check_block``) with an exact per-line fallback; a canonical line is produced as the bytes it
 was read as (no re-encoding); a user's key bytes and partition are computed once and cached, so
-``producer.send`` skips the pure-Python murmur2 partitioner (same partition as the default one).
+``producer.send`` skips the pure-Python murmur2 partitioner (same partition as the default one); and
+deliveries are checked by sweeping the send futures, not by a callback per record.
 """
 
 from __future__ import annotations
