@@ -41,6 +41,10 @@ class Settings(BaseSettings):
         default="localhost:6379", description="Feast Redis connection string (compose profile)."
     )
 
+    # --- orchestration (Prefect deployments) -----------------------------------------------------------
+    feature_refresh_interval_s: int = Field(default=300, ge=10, description="Feature refresh schedule.")
+    retrain_cron: str = Field(default="0 */6 * * *", description="Continual-training schedule (cron, UTC).")
+
     # --- serving -------------------------------------------------------------------------------------
     serving_host: str = "127.0.0.1"
     serving_port: int = Field(default=8000, ge=0, le=65535)

@@ -7,7 +7,7 @@ import importlib
 from orchestration.cli.app import app
 
 # Each module owns one area of the CLI; a module that is not there yet is simply not registered.
-_COMMAND_MODULES = ("ingest", "features_cmd", "store_cmd", "train_cmd", "demo")
+_COMMAND_MODULES = ("ingest", "features_cmd", "store_cmd", "train_cmd", "flows_cmd", "demo")
 
 for _name in _COMMAND_MODULES:
     try:

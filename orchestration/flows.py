@@ -1,0 +1,149 @@
+"""Prefect flows: ingest, feature refresh, continual training, and the whole loop end to end.
+
+Each task is a thin wrapper around one public function of the packages upstream, so the flows hold
+the order and the gates (a failed validation stops a flow before training) and nothing else.
+
+Flow parameters are plain values (paths as strings, numbers) so deployments can schedule them; the
+settings come from the environment (``CTRFLOW_*``) like everywhere else. Tasks pass DataFrames and
+models around in-process only, so caching is off (Prefect would try to hash them).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from pipelines.kafka import kafka_bootstrap
+from pipelines.settings import Settings, get_settings
+
+_task = task(cache_policy=NO_CACHE, persist_result=False)
+
+
+@_task
+def simulate_log(settings: Settings, out: Path, days: int, users: int, items: int, impressions: int,
+                 seed: int) -> dict[str, Any]:
+    from pipelines.simulator import SimulatorConfig, simulate
+
+    config = SimulatorConfig(days=days, users=users, items=items, impressions=impressions, seed=seed)
+    summary = simulate(config, out)
+    return {"path": str(out), "impressions": summary.impressions, "clicks": summary.clicks,
+            "oracle_auc": summary.oracle_auc, "oracle_logloss": summary.oracle_logloss}
+
+
+@_task
+def validate_event_log(settings: Settings, path: Path) -> dict[str, Any]:
+    """The raw-event gate: raises ValidationFailed (failing the flow) when the log is bad."""
+    from features.validation import require_valid, validate_events
+
+    report = require_valid(validate_events(settings, path))
+    return {"suite": report.suite, "success": report.success, "rows": report.rows}
+
+
+@_task
+def replay_log(settings: Settings, bootstrap: str, path: Path, fmt: str, speed: float | None) -> dict:
+    from pipelines.replay import replay
+
+    return replay(path, settings, bootstrap, fmt=fmt, speed=speed).as_dict()
+
+
+@_task
+def refresh_features(settings: Settings, final: bool) -> dict[str, Any]:
+    """One bounded Kafka -> Beam -> Parquet + online-store run up to the current high-water marks."""
+    from features.online import push_latest
+    from pipelines.beam.job import run_kafka
+
+    report = run_kafka(settings, final=final,
+                       online_sink=lambda table, frame: push_latest(settings, table, frame))
+    rows: dict[str, int] = {}
+    for batch in report.batches:
+        for table, n in batch.rows.items():
+            rows[table] = rows.get(table, 0) + n
+    return {"batches": len(report.batches), "rows": rows, "accounting": report.accounting}
+
+
+@_task
+def build_training_set(settings: Settings) -> str:
+    from features.datasets import build_dataset
+
+    return build_dataset(settings).name
+
+
+@_task
+def validate_training_set(settings: Settings, name: str) -> dict[str, Any]:
+    """The training-data gate: raises ValidationFailed (failing the flow) before any training."""
+    from features.validation import require_valid, validate_dataset
+
+    report = require_valid(validate_dataset(settings, name))
+    return {"suite": report.suite, "success": report.success, "rows": report.rows}
+
+
+@_task
+def train_cohort(settings: Settings, dataset: str, train_config: dict[str, Any],
+                 warm_start: str | None) -> dict[str, Any]:
+    from training.cycle import load_training_set, run_cycle
+    from training.trainer import TrainConfig
+
+    table, manifest = load_training_set(settings, dataset)
+    result = run_cycle(settings, table, manifest, TrainConfig.from_dict(train_config), parent=warm_start,
+                       progress=False)
+    return result.summary()
+
+
+def _with_bootstrap(settings: Settings, bootstrap: str) -> Settings:
+    return settings.model_copy(update={"kafka_bootstrap": bootstrap})
+
+
+@flow(name="ctrflow-ingest", log_prints=True)
+def ingest_flow(log_path: str, fmt: str = "canonical", speed: float | None = None) -> dict[str, Any]:
+    """Replay a log file into Kafka (the configured cluster; replay needs one that outlives the flow)."""
+    settings = get_settings()
+    if not settings.kafka_bootstrap:
+        raise ValueError("ingest_flow needs CTRFLOW_KAFKA_BOOTSTRAP: an embedded broker would vanish "
+                         "with the flow; use end_to_end_flow for a self-contained run")
+    return replay_log(settings, settings.kafka_bootstrap, Path(log_path), fmt, speed)
+
+
+@flow(name="ctrflow-feature-refresh", log_prints=True)
+def feature_refresh_flow(final: bool = False) -> dict[str, Any]:
+    """Bring the warehouse and the online store up to the topics' current end."""
+    return refresh_features(get_settings(), final)
+
+
+@flow(name="ctrflow-continual-training", log_prints=True)
+def continual_training_flow(train_config: dict[str, Any] | None = None,
+                            warm_start_from_latest: bool = True) -> dict[str, Any]:
+    """Validate -> build the training set -> validate it -> train (warm-started) -> evaluate + save."""
+    from training.artifacts import latest_version
+
+    settings = get_settings()
+    name = build_training_set(settings)
+    gate = validate_training_set(settings, name)
+    parent = latest_version(settings) if warm_start_from_latest else None
+    trained = train_cohort(settings, name, train_config or {}, parent)
+    return {"dataset": name, "validation": gate, "training": trained}
+
+
+@flow(name="ctrflow-end-to-end", log_prints=True)
+def end_to_end_flow(days: int = 3, users: int = 500, items: int = 300, impressions: int = 8_000,
+                    seed: int = 7, train_config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The whole loop on one machine: simulate -> validate -> Kafka -> Beam -> Feast -> GX -> train."""
+    settings = get_settings()
+    log_path = settings.datasets_dir / "simulated_log.jsonl"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {
+        "simulation": simulate_log(settings, log_path, days, users, items, impressions, seed),
+        "events_validation": validate_event_log(settings, log_path),
+    }
+    # The embedded broker (or the configured cluster) must live across replay and the feature job.
+    with kafka_bootstrap(settings) as bootstrap:
+        live = _with_bootstrap(settings, bootstrap)
+        result["replay"] = replay_log(live, bootstrap, log_path, "canonical", None)
+        result["features"] = refresh_features(live, final=True)
+    name = build_training_set(settings)
+    result["dataset"] = name
+    result["dataset_validation"] = validate_training_set(settings, name)
+    result["training"] = train_cohort(settings, name, train_config or {}, None)
+    return result

@@ -1,0 +1,71 @@
+"""Real Prefect flow runs (the test harness: a temporary local Prefect API) over the real parts:
+embedded broker, Beam job, Feast, Great Expectations and torch training."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+
+from features.validation import ValidationFailed
+from orchestration.deployments import build_deployments
+from orchestration.flows import continual_training_flow, end_to_end_flow
+from pipelines.beam.job import run_file
+from pipelines.settings import Settings, get_settings
+from pipelines.simulator import SimulatorConfig, simulate
+from tests.training.tiny import tiny_train_config
+from training.artifacts import list_versions, load_model
+
+
+@pytest.fixture(scope="module")
+def prefect_api() -> Iterator[None]:
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def test_end_to_end_flow_runs_every_stage(prefect_api: None, home: Path) -> None:
+    result = end_to_end_flow(days=2, users=120, items=80, impressions=3_000, seed=3,
+                             train_config=tiny_train_config())
+    settings = get_settings()
+
+    sim, replay = result["simulation"], result["replay"]
+    assert replay["produced"] == replay["read"] == sim["impressions"] + sim["clicks"]
+    assert replay["dead_lettered"] == 0
+    for counts in result["features"]["accounting"].values():
+        assert counts["consumed"] == counts["accepted"] + counts["dead_lettered"]
+    assert result["features"]["rows"]["labelled_samples"] == sim["impressions"]
+    assert result["events_validation"]["success"] and result["dataset_validation"]["success"]
+    assert result["dataset_validation"]["rows"] == sim["impressions"]
+
+    version = result["training"]["version"]
+    assert [v["version"] for v in list_versions(settings)] == [version]
+    model, _ = load_model(settings, version)  # the saved student loads back without pickle
+    assert sum(p.numel() for p in model.parameters()) > 0
+    assert Path(result["training"]["report"]).is_file()
+    json.dumps(result, default=str)  # flow results are plain data
+
+
+def test_failed_dataset_validation_stops_training(prefect_api: None, home: Path, tmp_path: Path) -> None:
+    # A log whose clicks were all lost upstream: every label is 0, which the dataset gate must refuse.
+    log = tmp_path / "log.jsonl"
+    simulate(SimulatorConfig(days=1, users=50, items=40, impressions=600, seed=5), log)
+    no_clicks = tmp_path / "no_clicks.jsonl"
+    no_clicks.write_text("".join(line for line in log.open() if '"type":"click"' not in line))
+    settings = get_settings()
+    run_file(settings, no_clicks)
+
+    with pytest.raises(ValidationFailed, match="label"):
+        continual_training_flow(train_config=tiny_train_config())
+    assert list_versions(settings) == []  # nothing was trained, nothing can be promoted
+
+
+def test_deployments_carry_the_configured_schedules() -> None:
+    settings = Settings(feature_refresh_interval_s=120, retrain_cron="15 3 * * *")
+    deployments = {d.name: d for d in build_deployments(settings)}
+    assert set(deployments) == {"feature-refresh", "continual-training"}
+    refresh = deployments["feature-refresh"].schedules[0].schedule
+    assert refresh.interval.total_seconds() == 120
+    assert deployments["continual-training"].schedules[0].schedule.cron == "15 3 * * *"
