@@ -1,6 +1,8 @@
-"""`ctrflow demo`: simulate a small click log, replay it into Kafka (embedded broker) and report counts.
+"""`ctrflow demo`: the whole loop on one machine with no services, as one real Prefect flow run.
 
-``run_demo(settings)`` is the function the integrator extends with feature building and training.
+Simulate a click log with known ground truth -> validate the events -> replay into the embedded Kafka
+broker -> Beam feature job (warehouse Parquet + Feast online store) -> point-in-time training set ->
+validate it -> train a teacher and two distilled students -> evaluate against the oracle -> report.
 """
 
 from __future__ import annotations
@@ -10,43 +12,60 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from orchestration.cli.app import app
-from pipelines.kafka import kafka_bootstrap
-from pipelines.replay import replay
-from pipelines.settings import Settings, get_settings
-from pipelines.simulator import SimulatorConfig, simulate
 
 console = Console(stderr=True)
 
-DEMO_SIMULATION = SimulatorConfig(days=3, users=500, items=300, impressions=5_000, categories=12, seed=7)
+# Big enough that the models learn something real on an idle 2-core machine in about a minute.
+DEMO_TRAIN_CONFIG: dict[str, Any] = {"teacher_grade": "G1", "students": 2, "batch_size": 512}
 
 
-def run_demo(settings: Settings, simulation: SimulatorConfig = DEMO_SIMULATION) -> dict[str, Any]:
-    """Simulate a small log under ``settings.home_dir``, replay it to Kafka and return the counts."""
-    log_path = settings.datasets_dir / "demo_log.jsonl"
-    console.print(f"[bold]1/2[/bold] simulating {simulation.impressions:,} impressions -> {log_path}")
-    summary = simulate(simulation, log_path)
+def _print_summary(result: dict[str, Any]) -> None:
+    sim, replay, features = result["simulation"], result["replay"], result["features"]
     console.print(
-        f"    {summary.clicks:,} clicks (CTR {summary.ctr:.2%}), oracle AUC {summary.oracle_auc:.4f}, "
-        f"oracle logloss {summary.oracle_logloss:.4f}"
+        f"[bold]simulated[/bold] {sim['impressions']:,} impressions, {sim['clicks']:,} clicks "
+        f"(oracle AUC {sim['oracle_auc']:.4f})"
     )
-    with kafka_bootstrap(settings) as bootstrap:
-        topics = f"{settings.topic_prefix}.*"
-        console.print(f"[bold]2/2[/bold] replaying into Kafka at {bootstrap} (topics {topics})")
-        stats = replay(log_path, settings, bootstrap)
-        console.print(
-            f"    read {stats.read:,}: produced {stats.produced:,} ({stats.impressions:,} impressions, "
-            f"{stats.clicks:,} clicks), dead-lettered {stats.dead_lettered:,}"
-        )
-    return {"simulation": {"impressions": summary.impressions, "clicks": summary.clicks,
-                           "oracle_auc": summary.oracle_auc, "oracle_logloss": summary.oracle_logloss},
-            "replay": stats.as_dict()}
+    console.print(
+        f"[bold]replayed[/bold] read {replay['read']:,} = produced {replay['produced']:,} "
+        f"+ dead-lettered {replay['dead_lettered']:,} + skipped {replay['skipped']:,}"
+    )
+    rows = ", ".join(f"{t} {n:,}" for t, n in features["rows"].items())
+    console.print(f"[bold]features[/bold] {features['batches']} batch(es): {rows}")
+    console.print(
+        f"[bold]dataset[/bold] {result['dataset']} ({result['dataset_validation']['rows']:,} rows, "
+        "validation passed)"
+    )
+    training = result["training"]
+    table = Table(title=f"model version {training['version']} (serving: {training['serve']})")
+    for column in ("model", "AUC", "gAUC", "logloss", "PCOC", "oracle gap"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for name, m in training["models"].items():
+        table.add_row(name, f"{m['auc']:.4f}", f"{m['gauc']:.4f}", f"{m['logloss']:.4f}",
+                      f"{m['pcoc']:.3f}", f"{m.get('oracle_gap', float('nan')):.4f}")
+    console.print(table)
+    console.print(f"[bold]report[/bold] {training['report']}")
+    console.print("next: ctrflow features query \"SELECT * FROM user_stats LIMIT 5\"")
 
 
 @app.command("demo")
-def demo(as_json: bool = typer.Option(False, "--json", help="Print the results as one JSON object.")) -> None:
-    """End-to-end demo on one machine with no services: simulate a log and replay it into Kafka."""
-    result = run_demo(get_settings())
+def demo(
+    days: int = typer.Option(4, "--days", min=1, max=30),
+    users: int = typer.Option(2_000, "--users", min=10, max=1_000_000),
+    items: int = typer.Option(1_000, "--items", min=10, max=1_000_000),
+    impressions: int = typer.Option(40_000, "--impressions", min=100, max=10_000_000),
+    seed: int = typer.Option(7, "--seed"),
+    train_config: str | None = typer.Option(None, "--train-config", help="TrainConfig overrides (JSON)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as one JSON object (last line)."),
+) -> None:
+    """End-to-end demo on one machine with no services (a Prefect flow run over every stage)."""
+    from orchestration.flows import end_to_end_flow
+
+    overrides = json.loads(train_config) if train_config else {}
+    result = end_to_end_flow(days=days, users=users, items=items, impressions=impressions, seed=seed,
+                             train_config=DEMO_TRAIN_CONFIG | overrides)
+    _print_summary(result)
     if as_json:
-        print(json.dumps(result))
+        print(json.dumps(result, default=str))

@@ -12,7 +12,6 @@ import pytest
 from typer.testing import CliRunner
 
 from orchestration.cli import app
-from orchestration.cli.demo import run_demo
 from orchestration.cli.ingest import parse_speed, serve_broker
 from pipelines.events import DeadLetter
 from pipelines.kafka import EmbeddedBroker, make_consumer, partitions_for
@@ -104,14 +103,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def test_demo_simulates_and_replays(broker: EmbeddedBroker, settings: Settings) -> None:
-    result = run_demo(settings.model_copy(update={"kafka_bootstrap": broker.bootstrap}))
-    sim, replayed = result["simulation"], result["replay"]
-    assert replayed["impressions"] == sim["impressions"] == 5_000
-    assert replayed["clicks"] == sim["clicks"] and replayed["dead_lettered"] == 0
-    assert (settings.datasets_dir / "demo_log.jsonl").is_file()
 
 
 def test_convert_canonical_sorts_by_event_time_and_changes_format(tmp_path: Path) -> None:

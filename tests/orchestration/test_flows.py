@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 from prefect.testing.utilities import prefect_test_harness
+from typer.testing import CliRunner
 
 from features.validation import ValidationFailed
+from orchestration.cli import app
 from orchestration.deployments import build_deployments
-from orchestration.flows import continual_training_flow, end_to_end_flow
+from orchestration.flows import continual_training_flow
 from pipelines.beam.job import run_file
 from pipelines.settings import Settings, get_settings
 from pipelines.simulator import SimulatorConfig, simulate
@@ -26,9 +28,13 @@ def prefect_api() -> Iterator[None]:
         yield
 
 
-def test_end_to_end_flow_runs_every_stage(prefect_api: None, home: Path) -> None:
-    result = end_to_end_flow(days=2, users=120, items=80, impressions=3_000, seed=3,
-                             train_config=tiny_train_config())
+def test_demo_runs_the_end_to_end_flow_through_every_stage(prefect_api: None, home: Path) -> None:
+    runner = CliRunner()
+    args = ["demo", "--days", "2", "--users", "120", "--items", "80", "--impressions", "3000", "--seed", "3",
+            "--train-config", json.dumps(tiny_train_config()), "--json"]
+    run = runner.invoke(app, args)
+    assert run.exit_code == 0, run.output
+    result = json.loads(run.stdout.strip().splitlines()[-1])
     settings = get_settings()
 
     sim, replay = result["simulation"], result["replay"]
@@ -45,7 +51,6 @@ def test_end_to_end_flow_runs_every_stage(prefect_api: None, home: Path) -> None
     model, _ = load_model(settings, version)  # the saved student loads back without pickle
     assert sum(p.numel() for p in model.parameters()) > 0
     assert Path(result["training"]["report"]).is_file()
-    json.dumps(result, default=str)  # flow results are plain data
 
 
 def test_failed_dataset_validation_stops_training(prefect_api: None, home: Path, tmp_path: Path) -> None:
