@@ -55,10 +55,6 @@ class Attribution:
     recent: pa.Table  # RECENT_SCHEMA: recently labelled impressions (to tell late clicks apart)
 
 
-def empty(schema: pa.Schema) -> pa.Table:
-    return schema.empty_table()
-
-
 def _lookup(
     ids: pa.ChunkedArray | pa.Array, keys: pa.ChunkedArray | pa.Array, values: np.ndarray
 ) -> np.ndarray:
@@ -218,10 +214,10 @@ class AttributeInEventTime(beam.DoFn):
         decide_at=beam.DoFn.StateParam(DECIDE_AT),
         decide=beam.DoFn.TimerParam(DECIDE),
     ) -> Iterator[tuple[str, dict]]:
-        imps = pa.concat_tables([_from_ipc(b) for b in impressions.read()] or [empty(EVENT_SCHEMA)])
-        clks = pa.concat_tables([_from_ipc(b) for b in clicks.read()] or [empty(CLICK_SCHEMA)])
+        imps = pa.concat_tables([_from_ipc(b) for b in impressions.read()] or [EVENT_SCHEMA.empty_table()])
+        clks = pa.concat_tables([_from_ipc(b) for b in clicks.read()] or [CLICK_SCHEMA.empty_table()])
         stored = recent.read()
-        done = _from_ipc(stored) if stored else empty(RECENT_SCHEMA)
+        done = _from_ipc(stored) if stored else RECENT_SCHEMA.empty_table()
         result = attribute(imps, clks, done, self.window_ms, int(fire.micros // 1000))
         impressions.clear()
         clicks.clear()

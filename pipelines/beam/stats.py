@@ -16,8 +16,6 @@ from pipelines.tables import CTR_PRIOR_CLICKS, CTR_PRIOR_IMPRESSIONS, STAT_WINDO
 
 MAX_WINDOW_MS = max(STAT_WINDOWS.values()) * 1000
 
-# Compact history of one entity kind: one row per impression or click.
-HISTORY_SCHEMA_FIELDS = ("event_time", "is_click")
 
 
 def history_of(events: pa.Table, entity: str) -> pa.Table:

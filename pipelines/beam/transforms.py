@@ -1,7 +1,8 @@
 """The Beam transforms of the feature job: parse, shard, per-shard features, sinks.
 
-Elements are Arrow tables (a whole offset range or shard at once), so every step works vectorised per
-bundle; Beam provides the parallelism (ranges, shards, tables) and the runner portability.
+Every step works on a whole offset range, shard or table at once (Arrow, vectorised); shuffles carry
+paths of staged Arrow files (``staging``), not the rows. Beam provides the parallelism (ranges, shards,
+tables), the watermark side input, metrics for the accounting, and the runner portability.
 """
 
 from __future__ import annotations

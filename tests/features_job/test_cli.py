@@ -84,3 +84,36 @@ def test_build_needs_exactly_one_source(home: Path) -> None:
         app, ["--home", str(home), "features", "build", "--from-file", str(home / "nope.parquet")]
     )
     assert missing.exit_code == 2 and "not found" in missing.output
+
+
+def test_stream_runs_micro_batches_and_resumes(settings: Settings, broker, small_log: Path) -> None:
+    from pipelines.replay import replay
+
+    replay(small_log, settings.model_copy(update={"topic_partitions": 2}), broker.bootstrap)
+    env = {"CTRFLOW_TOPIC_PREFIX": settings.topic_prefix}
+    base = [
+        "--home",
+        str(settings.home),
+        "--bootstrap",
+        broker.bootstrap,
+        "features",
+        "stream",
+        "--no-online",
+    ]
+    args = [*base, "--batch-records", "700", "--max-batches", "1", "--json"]
+    first = runner.invoke(app, args, env=env)
+    assert first.exit_code == 0, first.output
+    one = json.loads(first.stdout)
+    assert one["batches"] == 1 and one["balanced"] and one["final"] is False
+    assert one["watermark_ms"] is not None and one["rows"]["user_stats"] > 0
+    second = runner.invoke(app, args, env=env)
+    two = json.loads(second.stdout)
+    assert two["batch_reports"][0]["batch_seq"] == 2
+    # Resumed at the committed offsets: the two runs read adjacent ranges, no record twice.
+    from pipelines.beam import state as st
+
+    committed = st.load_checkpoint(st.job_dir(settings.checkpoints_dir, settings.topic_prefix)).offsets
+    for key in committed:
+        consumed = [run["accounting"].get(key, {"consumed": 0})["consumed"] for run in (one, two)]
+        assert committed[key] == sum(consumed), key
+    assert ".700-" in two["batch_reports"][0]["file_name"]

@@ -1,0 +1,180 @@
+"""Feature-job throughput, each against a reference measured in the same run.
+
+1. End to end: Kafka -> Beam -> Parquet + online push (events/s), vs raw kafka-python consumption of
+   the same records (goal: >= 0.5x).
+2. Backfill from a Parquet log (events/s, goal: >= 500k/s on 2 cores), vs a plain pyarrow read of the
+   same file.
+
+    .venv/bin/python benchmarks/bench_features.py [--events 300000] [--backfill-events 2000000]
+                                                   [--workers 1] [--no-online] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from pipelines.beam.job import JobConfig, run_file, run_kafka
+from pipelines.kafka import EmbeddedBroker, high_watermarks, make_consumer, partitions_for
+from pipelines.replay import replay
+from pipelines.settings import Settings
+from pipelines.simulator import SimulatorConfig, simulate
+
+BACKFILL_TARGET = 500_000
+E2E_GOAL = 0.5
+RESULTS = Path(__file__).parent / "results" / "features.md"
+
+
+def simulated_log(path: Path, impressions: int, days: int) -> Path:
+    users = max(1_000, impressions // 100)
+    simulate(
+        SimulatorConfig(days=days, users=users, items=max(500, users // 2), impressions=impressions, seed=11),
+        path,
+    )
+    return path
+
+
+def raw_consume(bootstrap: str, topics: list[str]) -> tuple[int, float]:
+    """Every record of the topics with a bare kafka-python consumer (assign + seek), as fast as it goes."""
+    consumer = make_consumer(bootstrap)
+    parts = [tp for t in topics for tp in partitions_for(consumer, t)]
+    end = high_watermarks(consumer, parts)
+    started = time.perf_counter()
+    consumer.assign(parts)
+    consumer.seek_to_beginning(*parts)
+    n, target = 0, sum(end.values())
+    while n < target:
+        for records in consumer.poll(timeout_ms=500).values():
+            n += len(records)
+    seconds = time.perf_counter() - started
+    consumer.close()
+    return n, seconds
+
+
+def bench_end_to_end(work: Path, impressions: int, workers: int, online: bool) -> dict:
+    log = simulated_log(work / "e2e.parquet", impressions, days=3)
+    with EmbeddedBroker() as broker:
+        settings = Settings(home=work / "home-e2e", kafka_bootstrap=broker.bootstrap, topic_prefix="bench")
+        stats = replay(log, settings, broker.bootstrap)
+        topics = [settings.topic("impressions"), settings.topic("clicks")]
+        raw = [raw_consume(broker.bootstrap, topics) for _ in range(2)]
+        raw_rate = sum(n for n, _ in raw) / sum(s for _, s in raw)
+        sink = None
+        if online:
+            from features.online import push_latest
+
+            def sink(table, frame):
+                return push_latest(settings, table, frame)
+
+        report = run_kafka(settings, final=True, online_sink=sink, config=JobConfig(num_workers=workers))
+        raw_after = raw_consume(broker.bootstrap, topics)
+    raw_rate = (raw_rate * 2 + raw_after[0] / raw_after[1]) / 3
+    job_rate = report.consumed / report.seconds
+    assert report.balanced and report.consumed == stats.produced
+    return {
+        "events": report.consumed,
+        "raw_rate": raw_rate,
+        "job_rate": job_rate,
+        "ratio": job_rate / raw_rate,
+        "batches": len(report.batches),
+        "online_rows": sum(sum(b.online_rows.values()) for b in report.batches),
+        "job_seconds": report.seconds,
+        "pipeline_s": sum(b.pipeline_s for b in report.batches),
+        "online_s": sum(b.online_s for b in report.batches),
+    }
+
+
+def bench_backfill(work: Path, impressions: int, workers: int) -> dict:
+    log = simulated_log(work / "backfill.parquet", impressions, days=7)
+    started = time.perf_counter()
+    rows = pq.read_table(log).num_rows
+    read_rate = rows / (time.perf_counter() - started)
+    settings = Settings(home=work / "home-backfill")
+    report = run_file(settings, log, config=JobConfig(num_workers=workers, piece_size=1_000_000))
+    rate = report.consumed / report.seconds
+    return {"events": report.consumed, "rate": rate, "read_rate": read_rate, "seconds": report.seconds,
+            "rows": report.rows}  # fmt: skip
+
+
+def _machine() -> str:
+    return f"{os.cpu_count()}-core {platform.machine()} CPU"
+
+
+def results_markdown(args: argparse.Namespace, e2e: dict, bf: dict) -> str:
+    command = (
+        f"python benchmarks/bench_features.py --events {args.events} "
+        f"--backfill-events {args.backfill_events} --workers {args.workers}"
+        + (" --no-online" if args.no_online else "")
+    )
+    push = "" if args.no_online else " + online push"
+    rows = [
+        f"| Kafka -> Beam -> Parquet{push} | {e2e['events']:,} | {e2e['job_rate']:,.0f} "
+        f"| raw kafka-python consume {e2e['raw_rate']:,.0f}/s | {e2e['ratio']:.2f}x | >= {E2E_GOAL}x |",
+        f"| Backfill from a Parquet log | {bf['events']:,} | {bf['rate']:,.0f} "
+        f"| pyarrow read of the file {bf['read_rate']:,.0f}/s "
+        f"| {bf['rate'] / BACKFILL_TARGET:.2f}x of 500k/s | >= {BACKFILL_TARGET:,}/s |",
+    ]
+    return "\n".join(
+        [
+            "# Feature job benchmark",
+            "",
+            f"- Command: `{command}`",
+            f"- Machine: {_machine()} (2-core x86_64 CPU, 24 GiB, no GPU; shared with other work)",
+            f"- Date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+            "",
+            "| measure | events | rate (events/s) | reference in the same run | ratio | goal |",
+            "|---|---:|---:|---|---:|---|",
+            *rows,
+            "",
+            f"End to end: {e2e['batches']} micro-batch(es) in {e2e['job_seconds']:.1f} s (Beam run "
+            f"{e2e['pipeline_s']:.1f} s, online push {e2e['online_s']:.1f} s), "
+            f"{e2e['online_rows']:,} rows pushed online.",
+            f"Backfill: {bf['seconds']:.1f} s; rows written: {bf['rows']}.",
+            "",
+        ]
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=300_000, help="Impressions in the end-to-end log.")
+    parser.add_argument("--backfill-events", type=int, default=1_000_000, help="Impressions, backfill log.")
+    parser.add_argument("--workers", type=int, default=1, help="Beam direct_num_workers.")
+    parser.add_argument("--no-online", action="store_true", help="Skip the Feast online push.")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="ctrflow-bench-features-"))
+    try:
+        e2e = bench_end_to_end(work, args.events, args.workers, not args.no_online)
+        print(
+            f"end to end: {e2e['events']} events, job {e2e['job_rate']:,.0f}/s vs raw kafka-python "
+            f"{e2e['raw_rate']:,.0f}/s = {e2e['ratio']:.2f}x (goal >= {E2E_GOAL}x)",
+            flush=True,
+        )
+        bf = bench_backfill(work, args.backfill_events, args.workers)
+        print(
+            f"backfill: {bf['events']} events in {bf['seconds']:.2f}s = {bf['rate']:,.0f}/s "
+            f"({bf['rate'] / BACKFILL_TARGET:.2f}x the {BACKFILL_TARGET:,}/s target; "
+            f"pyarrow read of the same file {bf['read_rate']:,.0f}/s)",
+            flush=True,
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(results_markdown(args, e2e, bf))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
