@@ -140,9 +140,11 @@ def join_features(settings: Settings, samples: pa.Table, service: str = DEFAULT_
         raise DatasetError(f"unknown engine {engine!r}; expected one of {list(ENGINES)}")
     entities = _entities(samples)
     features = (asof_features if engine == "asof" else feast_features)(settings, entities, service)
-    if features.num_rows != samples.num_rows or features.column(ROW_ID).to_pylist() != list(
-        range(samples.num_rows)
-    ):
+    # Every sample exactly once, in order: a join that lost or duplicated rows must not pass silently.
+    in_order = features.num_rows == samples.num_rows and pc.all(
+        pc.equal(features.column(ROW_ID), pa.array(range(samples.num_rows), pa.int64()))
+    ).as_py() in (True, None)
+    if not in_order:
         raise DatasetError(f"{engine} join returned {features.num_rows} rows for {samples.num_rows} samples")
     columns = full_feature_names(service)
     joined = samples
