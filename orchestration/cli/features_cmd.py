@@ -135,6 +135,11 @@ def features_build(
                 raise _fail("a file backfill always runs in final mode (the log is finished)")
             report = run_file(settings, from_file, online_sink=sink, config=config)
         else:
+            if settings.kafka_bootstrap is None:
+                console.print(
+                    "[yellow]no Kafka configured (--bootstrap / CTRFLOW_KAFKA_BOOTSTRAP): reading a fresh, "
+                    "empty embedded broker[/yellow]"
+                )
             if reset:
                 reset_checkpoint(settings)
             with _BatchProgress(as_json) as on_batch:

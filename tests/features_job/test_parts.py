@@ -91,3 +91,19 @@ def test_vectorised_json_path_equals_row_wise(odd: dict) -> None:
         d.error for d in parse_records("topic", 0, 0, 3, [0, 1, 2], typed).dead
     ]
     assert "event_time 1700000000 is outside" in fast.dead[0].error
+
+
+def test_runner_is_explicit_and_beam_options_pass_through() -> None:
+    from apache_beam.options.pipeline_options import DirectOptions
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    from pipelines.beam.options import pipeline_options, runner_for
+
+    local = pipeline_options(num_workers=2)
+    assert isinstance(runner_for(local), FnApiRunner)  # never the Prism-downloading default
+    assert local.view_as(DirectOptions).direct_running_mode == "multi_processing"
+    flink = pipeline_options(["--runner=FlinkRunner", "--flink_master=localhost:8081", "--parallelism=4"])
+    assert runner_for(flink) == "FlinkRunner"
+    assert flink.get_all_options()["flink_master"] == "localhost:8081"
+    with pytest.raises(ValueError, match="direct_running_mode"):
+        pipeline_options(running_mode="threads")
