@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from features.datasets import build_dataset, load_dataset
@@ -21,6 +22,7 @@ from features.validation import (
     validate_events,
     validate_table,
 )
+from pipelines.events import EVENT_SCHEMA
 from pipelines.settings import Settings
 
 from .synthetic_warehouse import write_synthetic_warehouse
@@ -131,6 +133,16 @@ def test_event_logs_pass_and_fail_on_real_problems(built, tmp_path: Path) -> Non
     assert "expect_column_values_to_be_in_set:type" in failures
     empty = validate_events(settings, _write_events(tmp_path / "empty.jsonl", []))
     assert "expect_table_row_count_to_be_between:None" in _failed_types(empty)
+
+
+def test_parquet_event_logs_are_validated_too(built, tmp_path: Path) -> None:
+    settings, _ = built
+    rows = [_impression(i) for i in range(5)] + [_impression(2)]
+    records = [{k: r.get(k) for k in EVENT_SCHEMA.names} for r in rows]
+    table = pa.Table.from_pylist(records, schema=EVENT_SCHEMA)
+    pq.write_table(table, tmp_path / "log.parquet")
+    report = validate_events(settings, tmp_path / "log.parquet")
+    assert list(_failed_types(report)) == ["expect_compound_columns_to_be_unique:type,impression_id"]
 
 
 def test_unreadable_event_logs_are_input_errors(tmp_path: Path) -> None:
