@@ -95,11 +95,3 @@ def feature_service(settings: Settings, name: str) -> FeatureService:
         if service is None:
             service = _services[key] = store.get_feature_service(name)
     return service
-
-
-def forget_store(settings: Settings) -> None:
-    """Drop the cached store for these settings (after the registry was changed by another process)."""
-    with _lock:
-        store = _stores.pop((str(settings.home_dir), settings.feast_profile, settings.redis_connection), None)
-        for key in [k for k in _services if store is not None and k[0] == id(store)]:
-            del _services[key]
