@@ -71,9 +71,10 @@ def _first_per_id(impressions: pa.Table) -> pa.Table:
     """One impression per id: the earliest (a re-sent impression must not count twice)."""
     if impressions.num_rows == 0:
         return impressions
-    ids = impressions["impression_id"].combine_chunks()
-    first = pc.index_in(ids, value_set=ids).to_numpy(zero_copy_only=False)
-    if np.array_equal(first, np.arange(len(first))):
+    if (
+        len(pc.dictionary_encode(impressions["impression_id"].combine_chunks()).dictionary)
+        == impressions.num_rows
+    ):
         return impressions  # the common case: ids are unique
     ordered = impressions.sort_by([("event_time", "ascending"), ("impression_id", "ascending")])
     ids = ordered["impression_id"].combine_chunks()
@@ -98,15 +99,15 @@ def attribute(
     clicks = clicks.select(CLICK_SCHEMA.names).cast(CLICK_SCHEMA)
     imp_times = impressions["event_time"].to_numpy()
     click_times = clicks["event_time"].to_numpy()
-    matched = _lookup(clicks["impression_id"], impressions["impression_id"], imp_times)
-    has_imp = matched >= 0
+    imp_index = _lookup(clicks["impression_id"], impressions["impression_id"], np.arange(len(imp_times)))
+    has_imp = imp_index >= 0
+    matched = np.where(has_imp, imp_times[np.maximum(imp_index, 0)] if len(imp_times) else -1, -1)
     recent_time = _lookup(clicks["impression_id"], recent["impression_id"], recent["event_time"].to_numpy())
     delta = click_times - matched
     in_window = has_imp & (delta >= 0) & (delta <= window_ms)
 
     closed_imp = np.ones(len(imp_times), bool) if final else (imp_times + window_ms < watermark_ms)
     click_imp_closed = np.zeros(len(click_times), bool)
-    imp_index = _lookup(clicks["impression_id"], impressions["impression_id"], np.arange(len(imp_times)))
     click_imp_closed[has_imp] = closed_imp[imp_index[has_imp]]
 
     reason = np.full(len(click_times), None, dtype=object)

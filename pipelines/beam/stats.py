@@ -17,7 +17,6 @@ from pipelines.tables import CTR_PRIOR_CLICKS, CTR_PRIOR_IMPRESSIONS, STAT_WINDO
 MAX_WINDOW_MS = max(STAT_WINDOWS.values()) * 1000
 
 
-
 def history_of(events: pa.Table, entity: str) -> pa.Table:
     """The history rows (entity, event_time, is_click) of a canonical event table."""
     return pa.table(
@@ -36,7 +35,13 @@ def prune_history(history: pa.Table, watermark_ms: int) -> pa.Table:
 
 def distinct_points(events: pa.Table, entity: str) -> pa.Table:
     """Distinct (entity, event_time) pairs: one statistics row per entity per instant."""
-    return events.select([entity, "event_time"]).group_by([entity, "event_time"]).aggregate([])
+    if events.num_rows == 0:
+        return events.select([entity, "event_time"])
+    (codes,) = entity_codes(events[entity])
+    times = events["event_time"].to_numpy()
+    space = KeySpace.covering([times], 0, int(codes.max()) + 1)
+    _, first = np.unique(space.key(codes, times), return_index=True)
+    return events.select([entity, "event_time"]).take(pa.array(first))
 
 
 def window_stats(history: pa.Table, points: pa.Table, entity: str) -> pa.Table:
