@@ -122,7 +122,7 @@ def render(rows, args, source: str, seconds: float, lineage: list[str | None]) -
         f"- machine: 2-core x86_64 CPU, 24 GiB, no GPU (shared with other work while it ran); date: {date}",
         f"- data: {source}",
         "- cohort: teacher (G1 rung shrunk for CPU, DeRes, loops 2) + 2 LightSUAN students, online "
-        "distillation + mutual learning, one pass per cycle, batch 256, AdamW lr 5e-3, single seed "
+        "distillation + mutual learning, one pass per cycle, batch 128, AdamW lr 5e-3, single seed "
         f"({args.seed}); total {seconds / 60:.1f} min",
         "- each cycle c trains on day c and is evaluated on day c+1 (progressive); the reference is the "
         "oracle AUC of the true p_click on that day and the frozen day-0 model",

@@ -6,7 +6,7 @@ test day is the ceiling. Ablations: DeRes vs plain residual and loops vs none (t
 (student), mutual learning when fine-tuning from a warm start vs from scratch.
 
     .venv/bin/python -m benchmarks.bench_quality                 # defaults: ~10-15 min on 2 CPU cores
-    .venv/bin/python -m benchmarks.bench_quality --impressions 20000 --no-ablations   # quick look
+    .venv/bin/python -m benchmarks.bench_quality --part main --impressions 20000   # quick look
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ BASELINE = {"d_embed": 16, "hidden": [64, 32], "seq_len": 20}
 def base_config(seed: int, **overrides: Any) -> TrainConfig:
     return TrainConfig.from_dict({
         "teacher_grade": "G1", "teacher": TEACHER, "students": 2, "student": STUDENT, "baseline": BASELINE,
-        "batch_size": 256, "lr": 5e-3, "epochs": 1, "seed": seed, "device": "auto", "threads": 1,
+        "batch_size": 128, "lr": 5e-3, "epochs": 1, "seed": seed, "device": "auto", "threads": 1,
         "lambda_kd": 1.0, "lambda_ml": 1.0, "temperature": 2.0,
     } | overrides)
 
@@ -51,7 +51,7 @@ def _auc(result, name: str) -> float:
     return result.metrics[name]["auc"]
 
 
-def run_seed(settings: Settings, split: DaySplit, seed: int, ablations: bool) -> dict[str, float]:
+def run_seed(settings: Settings, split: DaySplit, seed: int, part: str) -> dict[str, float]:
     """AUC per table row for one seed (every arm trains on split.train, tests on split.test)."""
     train, test, manifest = split.train, split.test, split.manifest
 
@@ -59,9 +59,19 @@ def run_seed(settings: Settings, split: DaySplit, seed: int, ablations: bool) ->
         t0 = time.perf_counter()
         res = run_cycle(settings, table, manifest, config, holdout_table=test, parent=parent, save=save,
                         report=False, progress=False)
-        print(f"  seed {seed}: {sorted(res.metrics)} in {time.perf_counter() - t0:.0f}s", flush=True)
+        aucs = {n: round(m["auc"], 4) for n, m in res.metrics.items()}
+        print(f"  seed {seed}: {aucs} in {time.perf_counter() - t0:.0f}s", flush=True)
         return res
 
+    out: dict[str, float] = {}
+    if part in ("main", "all"):
+        out |= main_table(cycle, seed)
+    if part in ("ablations", "all"):
+        out |= ablations(cycle, split, seed)
+    return out
+
+
+def main_table(cycle, seed: int) -> dict[str, float]:
     out: dict[str, float] = {}
     cohort = cycle(base_config(seed, baselines=BASELINES))
     for kind in BASELINES:
@@ -74,11 +84,15 @@ def run_seed(settings: Settings, split: DaySplit, seed: int, ablations: bool) ->
     out["student alone"] = _auc(alone, "student_0")
     distilled = cycle(base_config(seed, students=1))
     out["distilled student (KD, no peers)"] = _auc(distilled, "student_0")
-    if not ablations:
-        return out
+    return out
 
+
+def ablations(cycle, split: DaySplit, seed: int) -> dict[str, float]:
+    out: dict[str, float] = {}
     teacher_only = {"students": 0}
-    out["teacher alone: DeRes, loops 2"] = _auc(cycle(base_config(seed, **teacher_only)), "teacher")
+    reference = cycle(base_config(seed, **teacher_only))
+    out["oracle"] = reference.metrics["teacher"].get("oracle_auc", float("nan"))
+    out["teacher alone: DeRes, loops 2"] = _auc(reference, "teacher")
     out["teacher alone: plain residual"] = _auc(
         cycle(base_config(seed, **teacher_only, teacher=TEACHER | {"connector": "residual"})), "teacher")
     out["teacher alone: no loops"] = _auc(
@@ -111,7 +125,7 @@ def render(rows: dict[str, list[float]], split: DaySplit, args: argparse.Namespa
     main_rows = ["lr", "dnn", "deepfm", "dcnv2", "din", "student alone", "distilled student (KD, no peers)",
                  "distilled + mutual student (mean of 2)", "teacher (in cohort)", "oracle"]
     ablation_rows = [r for r in rows if r not in main_rows]
-    best_baseline = max(statistics.mean(rows[k]) for k in BASELINES)
+    main_rows = [r for r in main_rows if r in rows]
     lines = [
         "# Quality benchmark (simulated log with drift)",
         "",
@@ -123,24 +137,32 @@ def render(rows: dict[str, list[float]], split: DaySplit, args: argparse.Namespa
         f"({'mean ± std' if args.seeds > 1 else 'single seed'}); total {seconds / 60:.1f} min",
         "- models: teacher G1 ladder rung shrunk for CPU (d=32, entry 1 / shared 1 looped ×2 / exit 1, "
         "DeRes), LightSUAN students (d=32, 2 UABs, local 4 + dilation 4), baselines d_embed 16; "
-        "sequence length 20; one epoch, batch 256, AdamW lr 5e-3, 1 CPU thread; λ_kd=1, λ_ml=1, t=2",
+        "sequence length 20; one epoch, batch 128, AdamW lr 5e-3, 1 CPU thread; λ_kd=1, λ_ml=1, t=2",
         "- reference: the oracle AUC of the true p_click on the test day (the ceiling); the goal is "
         "distilled student > student alone",
         "",
-        "| model | test AUC | gap to oracle |",
-        "|---|---|---|",
     ]
     oracle = statistics.mean(rows["oracle"])
-    for name in main_rows:
-        gap = "" if name == "oracle" else f"{oracle - statistics.mean(rows[name]):.4f}"
-        lines.append(f"| {name} | {_fmt(rows[name])} | {gap} |")
+    if len(main_rows) > 1:
+        lines += ["| model | test AUC | gap to oracle |", "|---|---|---|"]
+        for name in main_rows:
+            gap = "" if name == "oracle" else f"{oracle - statistics.mean(rows[name]):.4f}"
+            lines.append(f"| {name} | {_fmt(rows[name])} | {gap} |")
     if ablation_rows:
-        lines += ["", "## Ablations (same train/test days)", "", "| arm | test AUC |", "|---|---|"]
+        lines += ["", f"## Ablations (same train/test days; oracle {oracle:.4f})", "",
+                  "| arm | test AUC |", "|---|---|"]
         lines += [f"| {name} | {_fmt(rows[name])} |" for name in ablation_rows]
+    if len(main_rows) > 1:
+        lines += _reading(rows)
+    return "\n".join(lines) + "\n"
+
+
+def _reading(rows: dict[str, list[float]]) -> list[str]:
+    best_baseline = max(statistics.mean(rows[k]) for k in BASELINES)
     alone = statistics.mean(rows["student alone"])
     distilled = statistics.mean(rows["distilled student (KD, no peers)"])
     mutual = statistics.mean(rows["distilled + mutual student (mean of 2)"])
-    lines += [
+    return [
         "",
         "## Reading",
         "",
@@ -149,17 +171,17 @@ def render(rows: dict[str, list[float]], split: DaySplit, args: argparse.Namespa
         f"- best baseline {best_baseline:.4f}; distilled + mutual student {mutual:.4f} "
         f"({mutual - best_baseline:+.4f})",
     ]
-    return "\n".join(lines) + "\n"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--impressions", type=int, default=60_000, help="simulated impressions, all days")
+    parser.add_argument("--impressions", type=int, default=40_000, help="simulated impressions, all days")
     parser.add_argument("--users", type=int, default=3_000)
     parser.add_argument("--items", type=int, default=2_000)
     parser.add_argument("--days", type=int, default=5)
     parser.add_argument("--seeds", type=int, default=1)
-    parser.add_argument("--ablations", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--part", choices=("main", "ablations", "all"), default="all",
+                        help="the model table, the ablations, or both (run the two in parallel to save time)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     started = time.perf_counter()
@@ -170,7 +192,7 @@ def main() -> int:
         print(f"data: {split.source}; train {split.train.num_rows}, test {split.test.num_rows}", flush=True)
         rows: dict[str, list[float]] = {}
         for seed in range(args.seeds):
-            for name, value in run_seed(settings, split, seed, args.ablations).items():
+            for name, value in run_seed(settings, split, seed, args.part).items():
                 rows.setdefault(name, []).append(value)
     text = render(rows, split, args, time.perf_counter() - started)
     args.out.parent.mkdir(parents=True, exist_ok=True)
