@@ -7,6 +7,10 @@ from pathlib import Path
 
 import typer
 
+# Keep Prefect on loopback: no telemetry or analytics calls out of the machine (before Prefect imports).
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
 app = typer.Typer(
     name="ctrflow",
     help="Streaming CTR feature pipeline and continual training.",
