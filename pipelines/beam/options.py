@@ -29,8 +29,11 @@ def pipeline_options(
         raise ValueError(f"direct_running_mode must be one of {RUNNING_MODES}, got {mode!r}")
     options = PipelineOptions(list(beam_args))
     direct = options.view_as(DirectOptions)
-    direct.direct_num_workers = num_workers
-    direct.direct_running_mode = mode
+    # Explicit pass-through Beam flags win over the job's own knobs.
+    if not any(a.startswith("--direct_num_workers") for a in beam_args):
+        direct.direct_num_workers = num_workers
+    if not any(a.startswith("--direct_running_mode") for a in beam_args):
+        direct.direct_running_mode = mode
     return options
 
 

@@ -105,5 +105,8 @@ def test_runner_is_explicit_and_beam_options_pass_through() -> None:
     flink = pipeline_options(["--runner=FlinkRunner", "--flink_master=localhost:8081", "--parallelism=4"])
     assert runner_for(flink) == "FlinkRunner"
     assert flink.get_all_options()["flink_master"] == "localhost:8081"
+    passed = pipeline_options(["--direct_num_workers=3", "--direct_running_mode=multi_threading"])
+    assert passed.view_as(DirectOptions).direct_num_workers == 3
+    assert passed.view_as(DirectOptions).direct_running_mode == "multi_threading"
     with pytest.raises(ValueError, match="direct_running_mode"):
         pipeline_options(running_mode="threads")
