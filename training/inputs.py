@@ -13,6 +13,7 @@ candidate token for the same item look up the same embedding row.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -162,7 +163,7 @@ class Batch:
     def __len__(self) -> int:
         return int(self.label.shape[0])
 
-    def _map(self, fn) -> Batch:
+    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Batch:
         return Batch(**{f.name: None if getattr(self, f.name) is None else fn(getattr(self, f.name))
                         for f in fields(self)})
 
