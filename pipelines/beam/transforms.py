@@ -24,6 +24,7 @@ from pipelines.beam.sinks import ALL_TABLES, SourceRange, to_table_schema, write
 from pipelines.beam.staging import load_staged, stage_table
 from pipelines.beam.steps import ItemShardState, UserShardState, item_shard_step, user_shard_step
 from pipelines.events import DEADLETTER_SCHEMA, EVENT_SCHEMA
+from pipelines.kafka import make_producer
 
 ACCOUNTING = "ctrflow.accounting"
 OUTPUT = "ctrflow.output"
@@ -226,12 +227,11 @@ class ProduceDeadLetters(beam.DoFn):
         self.topic = topic
         self._producer = None
 
-    def setup(self) -> None:
-        from pipelines.kafka import make_producer
-
-        self._producer = make_producer(self.bootstrap, client_id="ctrflow-deadletter")
-
     def process(self, parsed: Parsed) -> Iterator[int]:
+        if not parsed.dead:
+            return  # the common case: no producer connection at all
+        if self._producer is None:
+            self._producer = make_producer(self.bootstrap, client_id="ctrflow-deadletter")
         for letter in parsed.dead:
             self._producer.send(self.topic, value=letter.to_json(), key=str(letter.partition).encode())
         self._producer.flush()
