@@ -18,13 +18,18 @@ from orchestration.cli.app import app
 
 console = Console(stderr=True)
 
-# Sized so the models learn something real on an idle 2-core CPU in a minute or two; bigger grades
-# (`ctrflow train --teacher-grade G2..G5`) are for longer runs and GPUs.
+# Sized so the models learn something real on a 2-core CPU in a couple of minutes (the CPU cohort of
+# benchmarks/bench_quality.py); bigger grades (`ctrflow train --teacher-grade G2..G5`) are for GPUs.
 DEMO_TRAIN_CONFIG: dict[str, Any] = {
     "teacher_grade": "G1",
+    "teacher": {"d_model": 32, "n_heads": 2, "seq_len": 20, "n_entry": 1, "n_shared": 1, "n_exit": 1,
+                "loops": 2, "d_embed": 16, "head_hidden": [64, 32]},
     "students": 2,
-    "student": {"d_model": 32, "seq_len": 50},
-    "batch_size": 512,
+    "student": {"d_model": 32, "n_heads": 2, "seq_len": 20, "local_window": 4, "dilation": 4,
+                "d_embed": 16, "head_hidden": [64, 32]},
+    "batch_size": 128,
+    "lr": 5e-3,
+    "threads": 1,
 }
 
 
