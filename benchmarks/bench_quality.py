@@ -3,7 +3,8 @@
 Trains on the first days of a simulated log with interest drift and tests on the last day, so every
 number is progressive (future data). The oracle AUC of the simulator's true click probabilities on the
 test day is the ceiling. Ablations: DeRes vs plain residual and loops vs none (teacher alone), KD on/off
-(student), mutual learning when fine-tuning from a warm start vs from scratch.
+(student), mutual learning when fine-tuning from a warm start vs from scratch. The `light` part repeats
+KD on/off for a student much lighter than its long-sequence teacher (the regime distillation is for).
 
     .venv/bin/python -m benchmarks.bench_quality                 # defaults: ~10-15 min on 2 CPU cores
     .venv/bin/python -m benchmarks.bench_quality --part main --impressions 20000   # quick look
@@ -37,6 +38,11 @@ TEACHER = {"d_model": 32, "n_heads": 2, "seq_len": 20, "n_entry": 1, "n_shared":
 STUDENT = {"d_model": 32, "n_heads": 2, "seq_len": 20, "local_window": 4, "dilation": 4, "d_embed": 16,
            "head_hidden": [64, 32]}
 BASELINE = {"d_embed": 16, "hidden": [64, 32], "seq_len": 20}
+# The serving regime distillation is for: a student much lighter than its teacher (half the width, a
+# tenth of the teacher's sequence), and a teacher that can afford a long behaviour sequence.
+LIGHT_STUDENT = {"d_model": 16, "n_heads": 2, "seq_len": 10, "local_window": 4, "dilation": 4,
+                 "d_embed": 16, "head_hidden": [32, 16]}
+LONG_TEACHER = TEACHER | {"d_model": 48, "seq_len": 50}
 
 
 def base_config(seed: int, **overrides: Any) -> TrainConfig:
@@ -68,7 +74,21 @@ def run_seed(settings: Settings, split: DaySplit, seed: int, part: str) -> dict[
         out |= main_table(cycle, seed)
     if part in ("ablations", "all"):
         out |= ablations(cycle, split, seed)
+    if part in ("light", "all"):
+        out |= light_student_table(cycle, seed)
     return out
+
+
+def light_student_table(cycle, seed: int) -> dict[str, float]:
+    """KD on/off for a light student next to a teacher with 5x its sequence and 3x its width."""
+    alone = cycle(base_config(seed, teacher_grade=None, students=1, student=LIGHT_STUDENT))
+    distilled = cycle(base_config(seed, students=1, student=LIGHT_STUDENT, teacher=LONG_TEACHER))
+    return {
+        "oracle": alone.metrics["student_0"].get("oracle_auc", float("nan")),
+        "light student alone (d=16, L=10)": _auc(alone, "student_0"),
+        "light student distilled from a long-sequence teacher": _auc(distilled, "student_0"),
+        "long-sequence teacher (d=48, L=50, in cohort)": _auc(distilled, "teacher"),
+    }
 
 
 def main_table(cycle, seed: int) -> dict[str, float]:
@@ -154,6 +174,13 @@ def render(rows: dict[str, list[float]], split: DaySplit, args: argparse.Namespa
         lines += [f"| {name} | {_fmt(rows[name])} |" for name in ablation_rows]
     if len(main_rows) > 1:
         lines += _reading(rows)
+    light = [r for r in ablation_rows if r.startswith("light student")]
+    if len(light) == 2:
+        alone, distilled = (statistics.mean(rows[r]) for r in light)
+        lines += ["", "## Reading", "",
+                  f"- light student: distilled − alone = {distilled - alone:+.4f} AUC "
+                  f"({'goal met' if distilled > alone else 'goal NOT met'}), per seed: "
+                  + ", ".join(f"{d - a:+.4f}" for a, d in zip(rows[light[0]], rows[light[1]], strict=True))]
     return "\n".join(lines) + "\n"
 
 
@@ -180,7 +207,7 @@ def main() -> int:
     parser.add_argument("--items", type=int, default=2_000)
     parser.add_argument("--days", type=int, default=5)
     parser.add_argument("--seeds", type=int, default=1)
-    parser.add_argument("--part", choices=("main", "ablations", "all"), default="all",
+    parser.add_argument("--part", choices=("main", "ablations", "light", "all"), default="all",
                         help="the model table, the ablations, or both (run the two in parallel to save time)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
