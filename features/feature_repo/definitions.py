@@ -18,8 +18,11 @@ from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSo
 from feast.data_format import ParquetFormat
 from feast.types import Array, FeastType, Float64, Int32, Int64
 
+from features.services import DEFAULT_SERVICE, SERVICE_VIEWS
 from pipelines import tables
 from pipelines.settings import Settings
+
+__all__ = ["DEFAULT_SERVICE", "SERVICE_VIEWS", "build_definitions"]
 
 PROJECT = "ctrflow"
 
@@ -36,12 +39,6 @@ VIEW_TABLES: dict[str, str] = {
     "item_stats": "item_stats",
     "user_sequence": "user_sequences",
 }
-# Feature service per model family: sequence models (teacher, student, DIN) and tabular baselines.
-SERVICE_VIEWS: dict[str, tuple[str, ...]] = {
-    "sequence_ctr": ("user_stats", "item_stats", "user_sequence"),
-    "tabular_ctr": ("user_stats", "item_stats"),
-}
-DEFAULT_SERVICE = "sequence_ctr"
 
 
 def _stat_schema() -> list[Field]:

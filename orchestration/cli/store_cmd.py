@@ -1,36 +1,27 @@
 """The Feast repository, point-in-time training sets and the Great Expectations gates on the CLI:
 `ctrflow features apply|materialize|online`, `ctrflow dataset build|show`,
-`ctrflow validate events|dataset`."""
+`ctrflow validate events|dataset`.
+
+Feast, GX and the dataset builder are imported inside the commands: they take seconds to import, and
+every `ctrflow` invocation would pay for them otherwise."""
 
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from features.datasets import ENGINES, DatasetError, build_dataset, load_dataset
-from features.feature_repo.definitions import DEFAULT_SERVICE, SERVICE_VIEWS
-from features.online import materialize_range, online_features
-from features.store import (
-    REPO_DIR,
-    FeatureStoreNotReady,
-    apply_repo,
-    feature_store,
-    render_feature_store_yaml,
-)
-from features.validation import (
-    ValidationBounds,
-    ValidationInputError,
-    ValidationReport,
-    validate_dataset,
-    validate_events,
-)
+from features.services import DEFAULT_SERVICE, SERVICE_VIEWS
 from orchestration.cli.app import app, dataset_app, features_app
 from pipelines.settings import get_settings
+
+if TYPE_CHECKING:
+    from features.validation import ValidationBounds, ValidationReport
 
 console = Console(stderr=True, soft_wrap=True)
 validate_app = typer.Typer(
@@ -64,6 +55,8 @@ def _service_option() -> str:
 @features_app.command("apply")
 def features_apply() -> None:
     """Register the Feast repository (like `feast apply`) and print the feature_store.yaml in use."""
+    from features.store import REPO_DIR, apply_repo, feature_store, render_feature_store_yaml
+
     settings = get_settings()
     apply_repo(feature_store(settings, apply=False), settings)
     path = render_feature_store_yaml(settings)
@@ -77,6 +70,9 @@ def features_materialize(
     end: str = typer.Option(..., "--end", help="Window end (ISO-8601, UTC if no zone)."),
 ) -> None:
     """Load the newest warehouse feature rows in [start, end] into the online store (explicit range)."""
+    from features.online import materialize_range
+    from features.store import FeatureStoreNotReady
+
     settings = get_settings()
     try:
         with console.status(f"materializing {start} .. {end}"):
@@ -94,6 +90,8 @@ def features_online(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per item on stdout."),
 ) -> None:
     """Print the online features serving sees for a user and candidate items (missing ones filled)."""
+    from features.online import online_features
+
     item_ids = [i.strip() for i in items.split(",") if i.strip()]
     try:
         rows = online_features(get_settings(), user, item_ids, service).to_pylist()
@@ -124,10 +122,14 @@ def dataset_build(
     start: str | None = typer.Option(None, "--start", help="Window start, inclusive (ISO-8601)."),
     end: str | None = typer.Option(None, "--end", help="Window end, exclusive (ISO-8601)."),
     service: str = _service_option(),
-    engine: str = typer.Option("asof", "--engine", help=f"Join engine: {', '.join(ENGINES)}."),
+    engine: str = typer.Option("asof", "--engine", help="Join engine: asof (DuckDB, default) or feast."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON on stdout."),
 ) -> None:
     """Build a point-in-time training set (no window = everything in the warehouse)."""
+    from features.datasets import ENGINES, DatasetError, build_dataset
+
+    if engine not in ENGINES:
+        raise _fail(f"unknown --engine {engine!r}; expected one of {', '.join(ENGINES)}")
     settings = get_settings()
     try:
         with console.status("building training set") as status:
@@ -148,6 +150,8 @@ def dataset_build(
 @dataset_app.command("show")
 def dataset_show(name: str | None = typer.Argument(None, help="Dataset name; default LATEST.")) -> None:
     """Print a built training set's manifest."""
+    from features.datasets import DatasetError, load_dataset
+
     try:
         _, manifest = load_dataset(get_settings(), name)
     except DatasetError as exc:
@@ -157,6 +161,8 @@ def dataset_show(name: str | None = typer.Argument(None, help="Dataset name; def
 
 def _bounds(max_age_s: int | None, min_rows: int, max_rows: int, min_label_rate: float,
             max_label_rate: float) -> ValidationBounds:
+    from features.validation import ValidationBounds
+
     if min_rows < 0 or max_rows < min_rows:
         raise typer.BadParameter("need 0 <= --min-rows <= --max-rows")
     if not 0 <= min_label_rate <= max_label_rate <= 1:
@@ -191,6 +197,8 @@ def validate_events_cmd(
     max_rows: int = _MAX_ROWS,
 ) -> None:
     """Validate a raw event log; exit 1 if any expectation fails."""
+    from features.validation import ValidationInputError, validate_events
+
     try:
         report = validate_events(get_settings(), path, run, _bounds(max_age, min_rows, max_rows, 0.0, 1.0))
     except ValidationInputError as exc:
@@ -205,6 +213,9 @@ def validate_dataset_cmd(
     max_rows: int = _MAX_ROWS, min_label_rate: float = _MIN_RATE, max_label_rate: float = _MAX_RATE,
 ) -> None:
     """Validate a built training set; exit 1 if any expectation fails."""
+    from features.datasets import DatasetError
+    from features.validation import validate_dataset
+
     bounds = _bounds(max_age, min_rows, max_rows, min_label_rate, max_label_rate)
     try:
         with console.status("validating training set"):
