@@ -45,8 +45,12 @@ LIGHT_STUDENT = {"d_model": 16, "n_heads": 2, "seq_len": 10, "local_window": 4, 
 LONG_TEACHER = TEACHER | {"d_model": 48, "seq_len": 50}
 
 
+# Objective settings shared by every arm of a run (set from the command line in main()).
+OBJECTIVE: dict[str, Any] = {"kd_rampup_steps": 0}
+
+
 def base_config(seed: int, **overrides: Any) -> TrainConfig:
-    return TrainConfig.from_dict({
+    return TrainConfig.from_dict(OBJECTIVE | {
         "teacher_grade": "G1", "teacher": TEACHER, "students": 2, "student": STUDENT, "baseline": BASELINE,
         "batch_size": 128, "lr": 5e-3, "epochs": 1, "seed": seed, "device": "auto", "threads": 1,
         "lambda_kd": 1.0, "lambda_ml": 1.0, "temperature": 2.0,
@@ -210,7 +214,10 @@ def main() -> int:
     parser.add_argument("--part", choices=("main", "ablations", "light", "all"), default="all",
                         help="the model table, the ablations, or both (run the two in parallel to save time)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--kd-rampup-steps", type=int, default=0,
+                        help="λ_kd grows from 0 over this many steps (MODELS.md: an immature teacher hurts)")
     args = parser.parse_args()
+    OBJECTIVE["kd_rampup_steps"] = args.kd_rampup_steps
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ctrflow-bench-quality-") as tmp:
         settings = Settings(home=Path(tmp) / "home")
