@@ -38,7 +38,7 @@ def plot_learning_curves(results: Mapping[str, Mapping[str, Any]], path: Path) -
         window = max(1, len(hist) // 50)
         ax.plot(np.arange(len(_smooth(hist, window))) + window, _smooth(hist, window), label=name)
     ax.set_xlabel("step")
-    ax.set_ylabel("training loss (moving average)")
+    ax.set_ylabel("training objective, moving average\n(students: BCE + KD + peer terms)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
