@@ -27,6 +27,7 @@ MIN_EVENT_TIME_MS = 631_152_000_000
 MAX_EVENT_TIME_MS = 4_102_444_800_000
 MAX_ID_LENGTH = 256
 MAX_POSITION = 10_000
+HOUR_RANGE = (0, 23)  # hour of day; the columnar form stores it as int8
 MAX_RECORD_BYTES = 64 * 1024
 
 # Required fields and their JSON types, per event type.
@@ -127,6 +128,9 @@ def validate_event(record: Any) -> dict[str, Any]:
         )
     if kind == IMPRESSION and not 0 <= record["position"] <= MAX_POSITION:
         raise MalformedEvent(f"position {record['position']} is outside [0, {MAX_POSITION}]")
+    hour = record.get("hour")
+    if hour is not None and not HOUR_RANGE[0] <= hour <= HOUR_RANGE[1]:
+        raise MalformedEvent(f"hour {hour} is outside [{HOUR_RANGE[0]}, {HOUR_RANGE[1]}]")
     p = record.get("p_click")
     if p is not None and not (math.isfinite(p) and 0.0 <= p <= 1.0):
         raise MalformedEvent(f"p_click {p!r} is not a probability")

@@ -39,6 +39,7 @@ from pipelines.events import (
     CLICK_REQUIRED,
     EVENT_COLUMNS,
     EVENT_SCHEMA,
+    HOUR_RANGE,
     IMPRESSION,
     IMPRESSION_REQUIRED,
     MAX_EVENT_TIME_MS,
@@ -338,6 +339,9 @@ def check_block(lines: list[bytes]) -> CheckedBlock | None:
     position = table["position"]
     position_ok = pc.and_(pc.greater_equal(position, 0), pc.less_equal(position, MAX_POSITION))
     valid = pc.and_(valid, pc.or_(pc.invert(impression), pc.fill_null(position_ok, False)))
+    hour = table["hour"]
+    hour_ok = pc.and_(pc.greater_equal(hour, HOUR_RANGE[0]), pc.less_equal(hour, HOUR_RANGE[1]))
+    valid = pc.and_(valid, pc.or_(pc.is_null(hour), pc.fill_null(hour_ok, False)))
     p = table["p_click"]
     p_ok = pc.and_(pc.is_finite(p), pc.and_(pc.greater_equal(p, 0.0), pc.less_equal(p, 1.0)))
     valid = pc.and_(valid, pc.or_(pc.is_null(p), pc.fill_null(p_ok, False)))

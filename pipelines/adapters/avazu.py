@@ -21,15 +21,14 @@ from datetime import UTC, datetime
 from pipelines.adapters.common import (
     AdapterStream,
     BadLine,
-    Skipped,
-    click_for,
-    dead_letter,
+    SkipLine,
     decode_line,
+    impressions_with_clicks,
     parse_int,
     require_id,
     split_fields,
 )
-from pipelines.events import MalformedEvent, stable_int_id, validate_event
+from pipelines.events import stable_int_id, validate_event
 
 COLUMNS = (
     "id", "click", "hour", "C1", "banner_pos", "site_id", "site_domain", "site_category", "app_id",
@@ -42,18 +41,7 @@ HOUR_MS = 3_600_000
 
 
 def adapt(lines: Iterable[tuple[int, bytes]], source: str) -> AdapterStream:
-    for line_no, raw in lines:
-        if raw.startswith(b"id,click,"):
-            yield Skipped(line_no, "header line")
-            continue
-        try:
-            impression, clicked = _parse(raw)
-        except (BadLine, MalformedEvent) as exc:
-            yield dead_letter(source, line_no, str(exc), raw)
-            continue
-        yield impression
-        if clicked:
-            yield click_for(impression)
+    return impressions_with_clicks(lines, source, _parse)
 
 
 def hour_start_ms(yymmddhh: str) -> int:
@@ -67,7 +55,9 @@ def hour_start_ms(yymmddhh: str) -> int:
     return int(start.timestamp() * 1000)
 
 
-def _parse(raw: bytes) -> tuple[dict, bool]:
+def _parse(line_no: int, raw: bytes) -> tuple[dict, bool]:
+    if raw.startswith(b"id,click,"):
+        raise SkipLine("header line")
     row = dict(zip(COLUMNS, split_fields(decode_line(raw), ",", len(COLUMNS)), strict=True))
     label = parse_int(row["click"], "click", 0, 1)
     impression_id = require_id(row["id"], "id")

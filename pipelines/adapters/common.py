@@ -7,11 +7,11 @@ that deliberately produce no event (a header, a Taobao ``cart``): nothing vanish
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pipelines.events import DeadLetter
+from pipelines.events import MAX_ID_LENGTH, DeadLetter, MalformedEvent
 
 # Formats without click times get the click this long after its impression.
 CLICK_DELAY_MS = 1_000
@@ -31,6 +31,10 @@ AdapterStream = Iterator[AdapterOutput]
 
 class BadLine(ValueError):
     """Raised inside an adapter's line parser; becomes a DeadLetter with this message."""
+
+
+class SkipLine(Exception):
+    """Raised inside an adapter's line parser for a well-formed line that maps to no event."""
 
 
 def dead_letter(source: str, line_no: int, error: str, raw: bytes) -> DeadLetter:
@@ -62,9 +66,32 @@ def parse_int(value: str, name: str, low: int | None = None, high: int | None = 
 
 
 def require_id(value: str, name: str) -> str:
-    if not value or len(value) > 256:
-        raise BadLine(f"field '{name}' must be 1..256 characters")
+    if not value or len(value) > MAX_ID_LENGTH:
+        raise BadLine(f"field '{name}' must be 1..{MAX_ID_LENGTH} characters")
     return value
+
+
+# A line parser of the one-impression-per-line formats: (line number, raw bytes) -> (impression, clicked).
+LineParser = Callable[[int, bytes], tuple[dict[str, Any], bool]]
+
+
+def impressions_with_clicks(
+    lines: Iterable[tuple[int, bytes]], source: str, parse: LineParser
+) -> AdapterStream:
+    """The loop of formats where each line is one impression with a click flag (Criteo, Avazu, MovieLens):
+    a malformed line becomes a dead letter with its reason, a clicked impression is followed by its click."""
+    for line_no, raw in lines:
+        try:
+            impression, clicked = parse(line_no, raw)
+        except SkipLine as skip:
+            yield Skipped(line_no, str(skip))
+            continue
+        except (BadLine, MalformedEvent) as exc:
+            yield dead_letter(source, line_no, str(exc), raw)
+            continue
+        yield impression
+        if clicked:
+            yield click_for(impression)
 
 
 def click_for(impression: dict[str, Any], delay_ms: int = CLICK_DELAY_MS) -> dict[str, Any]:

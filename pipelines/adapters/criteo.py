@@ -21,14 +21,12 @@ from datetime import UTC, datetime
 
 from pipelines.adapters.common import (
     AdapterStream,
-    BadLine,
-    click_for,
-    dead_letter,
     decode_line,
+    impressions_with_clicks,
     parse_int,
     split_fields,
 )
-from pipelines.events import MalformedEvent, stable_int_id, validate_event
+from pipelines.events import stable_int_id, validate_event
 
 INT_COLUMNS = tuple(f"I{i}" for i in range(1, 14))
 CAT_COLUMNS = tuple(f"C{i}" for i in range(1, 27))
@@ -41,15 +39,9 @@ def adapt(
     start_ms: int = DEFAULT_START_MS,
     interval_ms: int = 100,
 ) -> AdapterStream:
-    for line_no, raw in lines:
-        try:
-            impression, clicked = _parse(raw, line_no, start_ms + (line_no - 1) * interval_ms)
-        except (BadLine, MalformedEvent) as exc:
-            yield dead_letter(source, line_no, str(exc), raw)
-            continue
-        yield impression
-        if clicked:
-            yield click_for(impression)
+    return impressions_with_clicks(
+        lines, source, lambda line_no, raw: _parse(raw, line_no, start_ms + (line_no - 1) * interval_ms)
+    )
 
 
 def _parse(raw: bytes, line_no: int, event_time: int) -> tuple[dict, bool]:

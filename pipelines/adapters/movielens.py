@@ -13,25 +13,20 @@ from collections.abc import Iterable
 from pipelines.adapters.common import (
     AdapterStream,
     BadLine,
-    click_for,
-    dead_letter,
     decode_line,
+    impressions_with_clicks,
     parse_int,
     require_id,
 )
-from pipelines.events import MAX_EVENT_TIME_MS, MIN_EVENT_TIME_MS, MalformedEvent, validate_event
+from pipelines.events import MAX_EVENT_TIME_MS, MIN_EVENT_TIME_MS, validate_event
 
 
 def adapt(lines: Iterable[tuple[int, bytes]], source: str, click_threshold: int = 4) -> AdapterStream:
-    for line_no, raw in lines:
-        try:
-            impression, rating = _parse(raw, line_no)
-        except (BadLine, MalformedEvent) as exc:
-            yield dead_letter(source, line_no, str(exc), raw)
-            continue
-        yield impression
-        if rating >= click_threshold:
-            yield click_for(impression)
+    def parse(line_no: int, raw: bytes) -> tuple[dict, bool]:
+        impression, rating = _parse(raw, line_no)
+        return impression, rating >= click_threshold
+
+    return impressions_with_clicks(lines, source, parse)
 
 
 def _parse(raw: bytes, line_no: int) -> tuple[dict, int]:

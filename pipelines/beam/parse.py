@@ -7,7 +7,6 @@ Arrow compute so a backfill never touches events one by one in Python.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,8 +17,6 @@ import pyarrow.json as pajson
 
 from pipelines import events as ev
 
-# The columnar form stores hour as int8; beyond a day's hours it cannot be a valid hour anyway.
-HOUR_RANGE = (0, 23)
 # Columnar input may carry nulls anywhere; they are found and dead-lettered before the strict cast.
 NULLABLE_EVENT_SCHEMA = pa.schema([f.with_nullable(True) for f in ev.EVENT_SCHEMA])
 
@@ -47,12 +44,6 @@ class Parsed:
         return pc.max(self.events["event_time"]).as_py()
 
 
-def _check_columnar_fit(record: dict) -> None:
-    hour = record.get("hour")
-    if hour is not None and not HOUR_RANGE[0] <= hour <= HOUR_RANGE[1]:
-        raise ev.MalformedEvent(f"hour {hour} is outside [{HOUR_RANGE[0]}, {HOUR_RANGE[1]}]")
-
-
 def parse_records(
     source: str, partition: int, start: int, end: int, offsets: Sequence[int], values: Sequence[bytes]
 ) -> Parsed:
@@ -65,7 +56,6 @@ def parse_records(
             continue
         try:
             record = ev.decode_event(raw)
-            _check_columnar_fit(record)
         except ev.MalformedEvent as exc:
             dead.append(ev.DeadLetter(source, partition, offset, str(exc), bytes(raw)))
             continue
@@ -109,8 +99,8 @@ def _reason_masks(table: pa.Table) -> list[tuple[str, pa.Array]]:
     hour = table["hour"]
     checks.append(
         (
-            f"hour is outside [{HOUR_RANGE[0]}, {HOUR_RANGE[1]}]",
-            pc.or_(pc.less(hour, HOUR_RANGE[0]), pc.greater(hour, HOUR_RANGE[1])),
+            f"hour is outside [{ev.HOUR_RANGE[0]}, {ev.HOUR_RANGE[1]}]",
+            pc.or_(pc.less(hour, ev.HOUR_RANGE[0]), pc.greater(hour, ev.HOUR_RANGE[1])),
         )
     )
     p = table["p_click"]
@@ -198,7 +188,6 @@ def parse_json_batch(
         raw = values[row]
         try:
             ev.decode_event(raw)
-            _check_columnar_fit(json.loads(raw))
             reason = reasons[row]
         except ev.MalformedEvent as exc:
             reason = str(exc)

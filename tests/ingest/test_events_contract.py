@@ -54,6 +54,7 @@ def test_good_events_pass_unchanged() -> None:
         ({**GOOD_IMPRESSION, "event_time": 1_767_571_214}, "in seconds instead of milliseconds"),
         ({**GOOD_IMPRESSION, "event_time": 10**17}, "is outside"),
         ({**GOOD_IMPRESSION, "position": -1}, "position -1 is outside"),
+        ({**GOOD_IMPRESSION, "hour": 24}, "hour 24 is outside"),
         ({**GOOD_IMPRESSION, "p_click": 1.5}, "p_click 1.5 is not a probability"),
         ({**GOOD_IMPRESSION, "p_click": float("nan")}, "p_click nan is not a probability"),
         (["impression"], "record must be a JSON object, got list"),

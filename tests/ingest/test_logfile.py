@@ -110,6 +110,7 @@ TRICKY_LINES = [
     encode_event(_impression(8) | {"type": "view"}),
     encode_event({"type": "click", "impression_id": "1", "user_id": "1", "event_time": T0}),
     encode_event(_impression(9) | {"request_id": None}),
+    encode_event(_impression(14) | {"hour": 24}),
 ]
 BLOCK_BREAKERS = [
     encode_event(_impression(10) | {"position": True}),
@@ -132,7 +133,7 @@ def test_block_check_accepts_exactly_what_validate_event_accepts() -> None:
             verdicts.append(True)
         except MalformedEvent:
             verdicts.append(False)
-    assert checked.valid == verdicts == [True] * 4 + [False] * 7
+    assert checked.valid == verdicts == [True] * 4 + [False] * 8
     assert checked.types[:2] == ["impression", "click"] and checked.user_ids[0] == "1"
 
 
