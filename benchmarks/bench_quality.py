@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from benchmarks.ctr_data import DaySplit, simulated_days
 from pipelines.settings import Settings
+from training.config import CPU_BASELINE, CPU_STUDENT, CPU_TEACHER
 from training.cycle import run_cycle
 from training.trainer import TrainConfig
 
@@ -33,13 +34,9 @@ RESULTS = Path(__file__).parent / "results" / "quality.md"
 BASELINES = ("lr", "dnn", "deepfm", "dcnv2", "din")
 
 # Small enough for CPU: a few minutes per cohort pass over ~50k rows on 2 busy cores.
-TEACHER = {"d_model": 32, "n_heads": 2, "seq_len": 20, "n_entry": 1, "n_shared": 1, "n_exit": 1,
-           "loops": 2, "d_embed": 16, "head_hidden": [64, 32]}
-STUDENT = {"d_model": 32, "n_heads": 2, "seq_len": 20, "local_window": 4, "dilation": 4, "d_embed": 16,
-           "head_hidden": [64, 32]}
-BASELINE = {"d_embed": 16, "hidden": [64, 32], "seq_len": 20}
-# The serving regime distillation is for: a student much lighter than its teacher (half the width, a
-# tenth of the teacher's sequence), and a teacher that can afford a long behaviour sequence.
+TEACHER, STUDENT, BASELINE = CPU_TEACHER, CPU_STUDENT, CPU_BASELINE
+# The serving regime distillation is for: a student much lighter than its teacher (a third of its width,
+# a fifth of its behaviour sequence), and a teacher that can afford the long sequence.
 LIGHT_STUDENT = {"d_model": 16, "n_heads": 2, "seq_len": 10, "local_window": 4, "dilation": 4,
                  "d_embed": 16, "head_hidden": [32, 16]}
 LONG_TEACHER = TEACHER | {"d_model": 48, "seq_len": 50}

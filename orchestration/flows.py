@@ -23,7 +23,7 @@ _task = task(cache_policy=NO_CACHE, persist_result=False)
 
 
 @_task
-def simulate_log(settings: Settings, out: Path, days: int, users: int, items: int, impressions: int,
+def simulate_log(out: Path, days: int, users: int, items: int, impressions: int,
                  seed: int) -> dict[str, Any]:
     from pipelines.simulator import SimulatorConfig, simulate
 
@@ -134,7 +134,7 @@ def end_to_end_flow(days: int = 3, users: int = 500, items: int = 300, impressio
     log_path = settings.datasets_dir / "simulated_log.jsonl"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {
-        "simulation": simulate_log(settings, log_path, days, users, items, impressions, seed),
+        "simulation": simulate_log(log_path, days, users, items, impressions, seed),
         "events_validation": validate_event_log(settings, log_path),
     }
     # The embedded broker (or the configured cluster) must live across replay and the feature job.

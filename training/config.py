@@ -155,3 +155,12 @@ def config_for(family: str, config: dict[str, Any] | None = None) -> ModelConfig
             raise ValueError(f"baseline config kind {config['kind']!r} does not match family {family!r}")
         return BaselineConfig.from_dict(config)
     raise ValueError(f"unknown model family {family!r}; choose from {FAMILIES}")
+
+
+# The CPU-sized cohort (the demo, the quality and continual benchmarks): the G1 rung shrunk so two CPU
+# cores train ~40k rows in a couple of minutes. Overrides on top of the family defaults.
+CPU_TEACHER: dict[str, Any] = {"d_model": 32, "n_heads": 2, "seq_len": 20, "n_entry": 1, "n_shared": 1,
+                               "n_exit": 1, "loops": 2, "d_embed": 16, "head_hidden": [64, 32]}
+CPU_STUDENT: dict[str, Any] = {"d_model": 32, "n_heads": 2, "seq_len": 20, "local_window": 4, "dilation": 4,
+                               "d_embed": 16, "head_hidden": [64, 32]}
+CPU_BASELINE: dict[str, Any] = {"d_embed": 16, "hidden": [64, 32], "seq_len": 20}

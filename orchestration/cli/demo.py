@@ -15,18 +15,17 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestration.cli.app import app
+from training.config import CPU_STUDENT, CPU_TEACHER
 
 console = Console(stderr=True)
 
-# Sized so the models learn something real on a 2-core CPU in a couple of minutes (the CPU cohort of
-# benchmarks/bench_quality.py); bigger grades (`ctrflow train --teacher-grade G2..G5`) are for GPUs.
+# Sized so the models learn something real on a 2-core CPU in a couple of minutes (the CPU cohort the
+# quality benchmark uses too); bigger grades (`ctrflow train --teacher-grade G2..G5`) are for GPUs.
 DEMO_TRAIN_CONFIG: dict[str, Any] = {
     "teacher_grade": "G1",
-    "teacher": {"d_model": 32, "n_heads": 2, "seq_len": 20, "n_entry": 1, "n_shared": 1, "n_exit": 1,
-                "loops": 2, "d_embed": 16, "head_hidden": [64, 32]},
+    "teacher": CPU_TEACHER,
     "students": 2,
-    "student": {"d_model": 32, "n_heads": 2, "seq_len": 20, "local_window": 4, "dilation": 4,
-                "d_embed": 16, "head_hidden": [64, 32]},
+    "student": CPU_STUDENT,
     "batch_size": 128,
     "lr": 5e-3,
     "threads": 1,
