@@ -53,33 +53,51 @@ class Attribution:
     pending_impressions: pa.Table  # EVENT_SCHEMA, still inside their window
     pending_clicks: pa.Table  # CLICK_SCHEMA, waiting for their impression or its window to close
     recent: pa.Table  # RECENT_SCHEMA: recently labelled impressions (to tell late clicks apart)
+    click_categories: pa.Array  # per input click: its own category, else its impression's, else null
 
 
-def _lookup(
-    ids: pa.ChunkedArray | pa.Array, keys: pa.ChunkedArray | pa.Array, values: np.ndarray
-) -> np.ndarray:
-    """values[index of id in keys] per id, -1 where absent (keys are unique)."""
-    idx = pc.index_in(ids, value_set=keys if isinstance(keys, pa.Array) else keys.combine_chunks())
-    pos = idx.to_numpy(zero_copy_only=False)
-    found = idx.is_valid().to_numpy(zero_copy_only=False)
-    out = np.full(len(ids), -1, dtype=np.int64)
-    out[found] = values[pos[found].astype(np.int64)]
-    return out
-
-
-def _first_per_id(impressions: pa.Table) -> pa.Table:
+def _earliest_per_id(impressions: pa.Table) -> pa.Table:
     """One impression per id: the earliest (a re-sent impression must not count twice)."""
-    if impressions.num_rows == 0:
-        return impressions
-    if (
-        len(pc.dictionary_encode(impressions["impression_id"].combine_chunks()).dictionary)
-        == impressions.num_rows
-    ):
-        return impressions  # the common case: ids are unique
     ordered = impressions.sort_by([("event_time", "ascending"), ("impression_id", "ascending")])
     ids = ordered["impression_id"].combine_chunks()
     first = pc.index_in(ids, value_set=ids).to_numpy(zero_copy_only=False)
     return ordered.filter(pa.array(first == np.arange(len(first))))
+
+
+def _match_clicks(
+    impressions: pa.Table, recent: pa.Table, clicks: pa.Table
+) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+    """(impressions with one row per id, each click's impression row, each click's ``recent`` row),
+    -1 where a click has none. One hash pass over all the ids: hashing strings is the costly part."""
+    tables = (impressions, recent, clicks)
+    ids = pa.chunked_array([c for t in tables for c in t["impression_id"].chunks], pa.string())
+    codes = pc.dictionary_encode(ids.combine_chunks()).indices.to_numpy(zero_copy_only=False)
+    n_imp, n_rec = impressions.num_rows, recent.num_rows
+    row_of = np.full(int(codes.max(initial=-1)) + 1, -1, dtype=np.int64)
+    row_of[codes[:n_imp][::-1]] = np.arange(n_imp - 1, -1, -1)  # reversed: the first row of an id wins
+    if np.count_nonzero(row_of >= 0) < n_imp:
+        return _match_clicks(_earliest_per_id(impressions), recent, clicks)
+    click_codes = codes[n_imp + n_rec :]
+    imp_row = row_of[click_codes]
+    row_of[:] = -1
+    row_of[codes[n_imp : n_imp + n_rec][::-1]] = np.arange(n_rec - 1, -1, -1)
+    return impressions, imp_row, row_of[click_codes]
+
+
+def _categories(
+    clicks: pa.Table, impressions: pa.Table, imp_row: np.ndarray, recent: pa.Table, recent_row: np.ndarray
+) -> pa.Array:
+    """A click's category: its own when present, else its impression's (a pending one first, else a
+    recently labelled one) if the click came at most RECENT_RETENTION_MS after it; else null."""
+    own = clicks["category"].combine_chunks()
+    row = np.where(imp_row >= 0, imp_row, np.where(recent_row >= 0, recent_row + impressions.num_rows, -1))
+    if not (row >= 0).any():
+        return own
+    known = pa.concat_tables([impressions.select(RECENT_SCHEMA.names).cast(RECENT_SCHEMA), recent])
+    at = np.maximum(row, 0)
+    delay = clicks["event_time"].to_numpy() - known["event_time"].to_numpy()[at]
+    remembered = (row >= 0) & (delay >= 0) & (delay <= RECENT_RETENTION_MS)
+    return pc.coalesce(own, pc.take(known["category"], pa.array(at, mask=~remembered)))
 
 
 def attribute(
@@ -95,14 +113,17 @@ def attribute(
     the new ones. ``recent`` are the ids labelled in earlier steps.
     """
     final = watermark_ms is None
-    impressions = _first_per_id(impressions)
     clicks = clicks.select(CLICK_SCHEMA.names).cast(CLICK_SCHEMA)
+    recent = recent.select(RECENT_SCHEMA.names).cast(RECENT_SCHEMA)
+    impressions, imp_index, recent_index = _match_clicks(impressions, recent, clicks)
     imp_times = impressions["event_time"].to_numpy()
     click_times = clicks["event_time"].to_numpy()
-    imp_index = _lookup(clicks["impression_id"], impressions["impression_id"], np.arange(len(imp_times)))
     has_imp = imp_index >= 0
     matched = np.where(has_imp, imp_times[np.maximum(imp_index, 0)] if len(imp_times) else -1, -1)
-    recent_time = _lookup(clicks["impression_id"], recent["impression_id"], recent["event_time"].to_numpy())
+    recent_times = recent["event_time"].to_numpy()
+    recent_time = np.where(
+        recent_index >= 0, recent_times[np.maximum(recent_index, 0)] if len(recent_times) else -1, -1
+    )
     delta = click_times - matched
     in_window = has_imp & (delta >= 0) & (delta <= window_ms)
 
@@ -141,7 +162,8 @@ def attribute(
         {n: labelled_rows[n] for n in RECENT_SCHEMA.names},
         schema=RECENT_SCHEMA,
     )
-    recent = pa.concat_tables([recent.select(RECENT_SCHEMA.names).cast(RECENT_SCHEMA), newly])
+    categories = _categories(clicks, impressions, imp_index, recent, recent_index)
+    recent = pa.concat_tables([recent, newly])
     if not final:
         recent = recent.filter(
             pc.greater_equal(recent["event_time"], watermark_ms - RECENT_RETENTION_MS - window_ms)
@@ -152,6 +174,7 @@ def attribute(
         pending_impressions=impressions.filter(pa.array(~closed_imp)),
         pending_clicks=clicks.filter(pa.array(pending_click)),
         recent=recent,
+        click_categories=categories,
     )
 
 

@@ -34,6 +34,7 @@ from pipelines.beam.sinks import (
     read_batch_files,
     refresh_views,
 )
+from pipelines.beam.steps import ITEM_EVENT_SCHEMA
 from pipelines.beam.transforms import (
     ACCOUNTING,
     OUTPUT,
@@ -239,7 +240,8 @@ def _run_batch(
             )
             item_rows = (
                 (
-                    parsed | "ByItem" >> beam.FlatMap(shard_events, "item_id", shards, staging),
+                    parsed
+                    | "ByItem" >> beam.FlatMap(shard_events, "item_id", shards, staging, ITEM_EVENT_SCHEMA),
                     p | "AllItemShards" >> beam.Create(every_shard),
                 )
                 | "FlattenItems" >> beam.Flatten()

@@ -59,3 +59,17 @@ class KeySpace:
 
     def entity_start(self, codes: np.ndarray) -> np.ndarray:
         return codes * self.span
+
+
+def distinct_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct keys, the index of one occurrence of each).
+
+    Like ``np.unique(..., return_index=True)`` but with the 3x faster unstable sort: callers only use
+    the index to fetch values that are equal across all occurrences of a key.
+    """
+    order = np.argsort(keys)
+    ordered = keys[order]
+    head = np.empty(len(ordered), dtype=bool)
+    head[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=head[1:])
+    return ordered[head], order[head]

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.beam.keys import KeySpace, entity_codes
+from pipelines.beam.keys import KeySpace, distinct_keys, entity_codes
 from pipelines.tables import CTR_PRIOR_CLICKS, CTR_PRIOR_IMPRESSIONS, STAT_WINDOWS
 
 MAX_WINDOW_MS = max(STAT_WINDOWS.values()) * 1000
@@ -40,36 +40,39 @@ def distinct_points(events: pa.Table, entity: str) -> pa.Table:
     (codes,) = entity_codes(events[entity])
     times = events["event_time"].to_numpy()
     space = KeySpace.covering([times], 0, int(codes.max()) + 1)
-    _, first = np.unique(space.key(codes, times), return_index=True)
+    _, first = distinct_keys(space.key(codes, times))
     return events.select([entity, "event_time"]).take(pa.array(first))
 
 
-def window_stats(history: pa.Table, points: pa.Table, entity: str) -> pa.Table:
-    """Statistics of ``entity`` at each row of ``points`` from ``history`` (must contain all events
-    of those entities in the last 7 days before each point)."""
-    h_codes, q_codes = entity_codes(history[entity], points[entity])
+def window_stats(history: pa.Table, events: pa.Table, entity: str) -> pa.Table:
+    """Statistics of ``entity`` at each distinct (entity, event_time) of ``events``, from ``history``
+    (which must hold every event of those entities in the 7 days before each point).
+
+    One sort of the history answers every window: with the cumulative click count along the sorted
+    keys, a window's impressions and clicks both come from the same two bisections.
+    """
+    h_codes, e_codes = entity_codes(history[entity], events[entity])
     h_times = history["event_time"].to_numpy()
-    q_times = points["event_time"].to_numpy()
+    e_times = events["event_time"].to_numpy()
     space = KeySpace.covering(
-        [h_times, q_times], MAX_WINDOW_MS, int(max(h_codes.max(initial=-1), q_codes.max(initial=-1))) + 1
+        [h_times, e_times], MAX_WINDOW_MS, int(max(h_codes.max(initial=-1), e_codes.max(initial=-1))) + 1
     )
+    # Distinct query keys come out sorted, so the bisections below walk memory in order.
+    q_keys, first = distinct_keys(space.key(e_codes, e_times))
+    points = events.select([entity, "event_time"]).take(pa.array(first))
     h_keys = space.key(h_codes, h_times)
-    # Sorted queries make the bisections walk memory in order (several times faster than random).
-    q_order = np.argsort(space.key(q_codes, q_times), kind="stable")
-    points = points.take(pa.array(q_order))
-    q_keys = space.key(q_codes[q_order], q_times[q_order])
-    is_click = history["is_click"].to_numpy(zero_copy_only=False).astype(bool)
-    sorted_by_kind = {"impressions": np.sort(h_keys[~is_click]), "clicks": np.sort(h_keys[is_click])}
+    order = np.argsort(h_keys)  # ties need no order: counts are read at the edges of equal runs
+    h_keys = h_keys[order]
+    is_click = history["is_click"].to_numpy(zero_copy_only=False).astype(np.int64)[order]
+    clicks_before = np.zeros(len(h_keys) + 1, dtype=np.int64)
+    np.cumsum(is_click, out=clicks_before[1:])
+    upto = np.searchsorted(h_keys, q_keys, side="left")
     columns: dict[str, object] = {entity: points[entity], "event_time": points["event_time"]}
     for name, seconds in STAT_WINDOWS.items():
-        counts = {}
-        for kind, keys in sorted_by_kind.items():
-            upto = np.searchsorted(keys, q_keys, side="left")
-            since = np.searchsorted(keys, q_keys - seconds * 1000, side="left")
-            counts[kind] = upto - since
-        columns[f"impressions_{name}"] = counts["impressions"]
-        columns[f"clicks_{name}"] = counts["clicks"]
-        columns[f"ctr_{name}"] = (counts["clicks"] + CTR_PRIOR_CLICKS) / (
-            counts["impressions"] + CTR_PRIOR_IMPRESSIONS
-        )
+        since = np.searchsorted(h_keys, q_keys - seconds * 1000, side="left")
+        clicks = clicks_before[upto] - clicks_before[since]
+        impressions = (upto - since) - clicks
+        columns[f"impressions_{name}"] = impressions
+        columns[f"clicks_{name}"] = clicks
+        columns[f"ctr_{name}"] = (clicks + CTR_PRIOR_CLICKS) / (impressions + CTR_PRIOR_IMPRESSIONS)
     return pa.table(columns)

@@ -22,7 +22,13 @@ from pipelines.beam.parse import Parsed, parse_columns, parse_json_batch
 from pipelines.beam.shards import split_by_shard
 from pipelines.beam.sinks import ALL_TABLES, SourceRange, to_table_schema, write_table
 from pipelines.beam.staging import load_staged, stage_table
-from pipelines.beam.steps import ItemShardState, UserShardState, item_shard_step, user_shard_step
+from pipelines.beam.steps import (
+    ITEM_EVENT_SCHEMA,
+    ItemShardState,
+    UserShardState,
+    item_shard_step,
+    user_shard_step,
+)
 from pipelines.events import DEADLETTER_SCHEMA, EVENT_SCHEMA
 from pipelines.kafka import make_producer
 
@@ -103,14 +109,17 @@ def progress_of(parsed: Parsed) -> tuple[str, int | None]:
     return key, top
 
 
-def shard_events(parsed: Parsed, column: str, num_shards: int, staging: str) -> Iterator[tuple[int, str]]:
-    """(shard, staged events of that shard) for every shard this range has events of."""
-    for shard, table in split_by_shard(parsed.events, column, num_shards).items():
+def shard_events(
+    parsed: Parsed, column: str, num_shards: int, staging: str, schema: pa.Schema = EVENT_SCHEMA
+) -> Iterator[tuple[int, str]]:
+    """(shard, staged events of that shard, ``schema``'s columns) for every shard this range has events of."""
+    events = parsed.events.select(schema.names)
+    for shard, table in split_by_shard(events, column, num_shards).items():
         yield shard, stage_table(staging, f"{column}-{shard}", table)
 
 
-def _events(paths: list[str | None]) -> pa.Table:
-    return load_staged(paths, EVENT_SCHEMA).cast(EVENT_SCHEMA)
+def _events(paths: list[str | None], schema: pa.Schema = EVENT_SCHEMA) -> pa.Table:
+    return load_staged(paths, schema).cast(schema)
 
 
 def _stage_rows(staging: str, rows: dict[str, pa.Table]) -> Iterator[tuple[str, str]]:
@@ -187,7 +196,7 @@ class ItemShardFeatures(beam.DoFn):
             held=st.read_state(self.state_in, "held", "item_id", shard, self.num_shards),
             item_history=st.read_state(self.state_in, "item_history", "item_id", shard, self.num_shards),
         )
-        rows, history = item_shard_step(state, _events(list(paths)), watermark_ms)
+        rows, history = item_shard_step(state, _events(list(paths), ITEM_EVENT_SCHEMA), watermark_ms)
         st.write_state(self.state_out, "item_history", f"shard-{shard:04d}", history)
         yield from _stage_rows(self.staging, rows)
 
