@@ -5,8 +5,10 @@
 2. Backfill from a Parquet log (events/s, goal: >= 500k/s on 2 cores), vs a plain pyarrow read of the
    same file.
 
-    .venv/bin/python benchmarks/bench_features.py [--events 300000] [--backfill-events 2000000]
-                                                   [--workers 1] [--no-online] [--out PATH]
+    .venv/bin/python benchmarks/bench_features.py [--events 300000] [--backfill-events 1000000]
+        [--workers N] [--shards N] [--piece-records N] [--no-online] [--out PATH]
+
+Job settings default to the job's own defaults (JobConfig): what `ctrflow features build` runs.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def raw_consume(bootstrap: str, topics: list[str]) -> tuple[int, float]:
     return n, seconds
 
 
-def bench_end_to_end(work: Path, impressions: int, workers: int, online: bool) -> dict:
+def bench_end_to_end(work: Path, impressions: int, config: JobConfig, online: bool) -> dict:
     log = simulated_log(work / "e2e.parquet", impressions, days=3)
     with EmbeddedBroker() as broker:
         settings = Settings(home=work / "home-e2e", kafka_bootstrap=broker.bootstrap, topic_prefix="bench")
@@ -77,7 +79,7 @@ def bench_end_to_end(work: Path, impressions: int, workers: int, online: bool) -
             def sink(table, frame):
                 return push_latest(settings, table, frame)
 
-        report = run_kafka(settings, final=True, online_sink=sink, config=JobConfig(num_workers=workers))
+        report = run_kafka(settings, final=True, online_sink=sink, config=config)
         raw_after = raw_consume(broker.bootstrap, topics)
     raw_rate = (raw_rate * 2 + raw_after[0] / raw_after[1]) / 3
     job_rate = report.consumed / report.seconds
@@ -95,13 +97,13 @@ def bench_end_to_end(work: Path, impressions: int, workers: int, online: bool) -
     }
 
 
-def bench_backfill(work: Path, impressions: int, workers: int) -> dict:
+def bench_backfill(work: Path, impressions: int, config: JobConfig) -> dict:
     log = simulated_log(work / "backfill.parquet", impressions, days=7)
     started = time.perf_counter()
     rows = pq.read_table(log).num_rows
     read_rate = rows / (time.perf_counter() - started)
     settings = Settings(home=work / "home-backfill")
-    report = run_file(settings, log, config=JobConfig(num_workers=workers, piece_size=1_000_000))
+    report = run_file(settings, log, config=config)
     rate = report.consumed / report.seconds
     return {"events": report.consumed, "rate": rate, "read_rate": read_rate, "seconds": report.seconds,
             "rows": report.rows}  # fmt: skip
@@ -118,8 +120,8 @@ def _machine() -> str:
 def results_markdown(args: argparse.Namespace, e2e: dict, bf: dict) -> str:
     command = (
         f"python benchmarks/bench_features.py --events {args.events} "
-        f"--backfill-events {args.backfill_events} --workers {args.workers}"
-        + (" --no-online" if args.no_online else "")
+        f"--backfill-events {args.backfill_events} --workers {args.workers} --shards {args.shards} "
+        f"--piece-records {args.piece_records}" + (" --no-online" if args.no_online else "")
     )
     push = "" if args.no_online else " + online push"
     rows = [
@@ -156,19 +158,25 @@ def main() -> int:
     )
     parser.add_argument("--events", type=int, default=300_000, help="Impressions in the end-to-end log.")
     parser.add_argument("--backfill-events", type=int, default=1_000_000, help="Impressions, backfill log.")
-    parser.add_argument("--workers", type=int, default=1, help="Beam direct_num_workers.")
+    defaults = JobConfig()
+    parser.add_argument("--workers", type=int, default=defaults.num_workers, help="Beam workers (threads).")
+    parser.add_argument("--shards", type=int, default=defaults.num_shards, help="Entity shards.")
+    parser.add_argument(
+        "--piece-records", type=int, default=defaults.piece_size, help="Records per parallel read."
+    )
     parser.add_argument("--no-online", action="store_true", help="Skip the Feast online push.")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ctrflow-bench-features-"))
     try:
-        e2e = bench_end_to_end(work, args.events, args.workers, not args.no_online)
+        config = JobConfig(num_workers=args.workers, num_shards=args.shards, piece_size=args.piece_records)
+        e2e = bench_end_to_end(work, args.events, config, not args.no_online)
         print(
             f"end to end: {e2e['events']} events, job {e2e['job_rate']:,.0f}/s vs raw kafka-python "
             f"{e2e['raw_rate']:,.0f}/s = {e2e['ratio']:.2f}x (goal >= {E2E_GOAL}x)",
             flush=True,
         )
-        bf = bench_backfill(work, args.backfill_events, args.workers)
+        bf = bench_backfill(work, args.backfill_events, config)
         print(
             f"backfill: {bf['events']} events in {bf['seconds']:.2f}s = {bf['rate']:,.0f}/s "
             f"({bf['rate'] / BACKFILL_TARGET:.2f}x the {BACKFILL_TARGET:,}/s target; "

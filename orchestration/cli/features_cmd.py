@@ -85,10 +85,21 @@ def _print_report(report: RunReport, as_json: bool) -> None:
 
 
 # Options shared by build and stream.
-_SHARDS = typer.Option(2, "--shards", min=1, max=1024, help="Entity shards (parallel feature tasks).")
-_BATCH = typer.Option(200_000, "--batch-records", min=1, help="Max records per partition per micro-batch.")
-_PIECE = typer.Option(50_000, "--piece-records", min=1, help="Records per parallel read (range piece).")
-_WORKERS = typer.Option(1, "--direct-num-workers", min=1, max=64, help="Local Beam workers.")
+_SHARDS = typer.Option(
+    JobConfig.num_shards, "--shards", min=1, max=1024, help="Entity shards (parallel feature tasks)."
+)
+_BATCH = typer.Option(
+    JobConfig.max_records_per_partition,
+    "--batch-records",
+    min=1,
+    help="Max records per partition per micro-batch.",
+)
+_PIECE = typer.Option(
+    JobConfig.piece_size, "--piece-records", min=1, help="Records per parallel read (range piece)."
+)
+_WORKERS = typer.Option(
+    JobConfig.num_workers, "--direct-num-workers", min=1, max=64, help="Local Beam workers (threads)."
+)
 _MODE = typer.Option(None, "--running-mode", help="in_memory | multi_threading | multi_processing.")
 _BEAM = typer.Option(
     None, "--beam-arg", help="Pass-through Beam option, e.g. --beam-arg=--runner=FlinkRunner."

@@ -1,8 +1,9 @@
 """Feature job entry points: one micro-batch, bounded builds (Kafka or a log file), continuous streaming.
 
 A micro-batch is one Beam pipeline run over planned offset ranges:
-read -> parse (dead letters aside) -> shard by user / by item -> features with the previous state ->
-Parquet sinks. Then, on the driver: online push of the batch's newest rows, the checkpoint commit
+read -> parse (dead letters aside) -> shard by user / by item -> features with the previous state, each
+shard writing its own Parquet files. Before it, the driver removes what an earlier attempt of the same
+ranges wrote; after it, on the driver: online push of the batch's newest rows, the checkpoint commit
 (offsets + state, atomically) and the DuckDB views. A crash anywhere before the commit leaves the last
 checkpoint in force; the rerun rewrites the same-named files.
 """
@@ -10,6 +11,7 @@ checkpoint in force; the rerun rewrites the same-named files.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import threading
@@ -33,19 +35,19 @@ from pipelines.beam.sinks import (
     batch_file_name,
     read_batch_files,
     refresh_views,
+    remove_batch_files,
 )
-from pipelines.beam.steps import ITEM_EVENT_SCHEMA
 from pipelines.beam.transforms import (
     ACCOUNTING,
     OUTPUT,
     FileSlice,
-    ItemShardFeatures,
     ParseRaw,
     ProduceDeadLetters,
     ReadFileSlice,
-    UserShardFeatures,
-    WriteWarehouseTable,
-    dead_letter_rows,
+    ShardFeatures,
+    WarehouseWriter,
+    WriteDeadLetters,
+    all_shard_keys,
     progress_of,
     shard_events,
 )
@@ -59,14 +61,19 @@ ONLINE_TABLES = ("user_stats", "item_stats", "user_sequences")
 SOURCE_TOPICS = ("impressions", "clicks")
 
 
+# Local parallelism: every core, as threads (see options.pipeline_options).
+DEFAULT_WORKERS = min(os.cpu_count() or 1, 8)
+
+
 @dataclass
 class JobConfig:
     """How a feature job runs (the feature definitions themselves come from Settings)."""
 
-    num_shards: int = 2
+    # Several shards per worker: shards differ in size, and small ones fill the gaps of big ones.
+    num_shards: int = 8
     max_records_per_partition: int = 200_000  # per micro-batch
     piece_size: int = 50_000  # records per parallel read
-    num_workers: int = 1
+    num_workers: int = DEFAULT_WORKERS
     running_mode: str | None = None
     beam_args: Sequence[str] = ()
 
@@ -179,7 +186,7 @@ def _run_batch(
     seq = checkpoint.batch_seq + 1
     file_name = batch_file_name(plan.ranges, fallback=f"final-{seq:08d}")
     state_in = str(job_directory / checkpoint.state_dir) if job_directory and checkpoint.state_dir else None
-    # Scratch space of this batch (staged tables; for one-shot builds also the discarded state).
+    # Scratch space of this batch (staged tables).
     scratch_root = job_directory or settings.home_dir / "tmp"
     scratch_root.mkdir(parents=True, exist_ok=True)
     if job_directory is not None:
@@ -187,19 +194,20 @@ def _run_batch(
             shutil.rmtree(stale, ignore_errors=True)
     scratch = Path(tempfile.mkdtemp(prefix=f"batch-{seq:08d}-", dir=scratch_root))
     staging = str(scratch / "staging")
-    if job_directory is None:  # one-shot build: no state to keep
-        state_out = scratch / "state"
-    else:
+    state_out = None  # a one-shot build keeps no state
+    if job_directory is not None:
         state_out = job_directory / st.state_dir_name(seq)
         shutil.rmtree(state_out, ignore_errors=True)  # leftovers of a killed attempt
     created_base = max(int(time.time() * 1000), checkpoint.last_created_ms + 1)
     warehouse = settings.warehouse_dir
     options = pipeline_options(config.beam_args, config.num_workers, config.running_mode)
     shards = config.num_shards
+    writer = WarehouseWriter(str(warehouse), plan.ranges, file_name, created_base)
+    remove_batch_files(warehouse, plan.ranges, file_name)  # a rerun replaces, never duplicates
     started = time.perf_counter()
     try:
         with beam.Pipeline(runner=runner_for(options), options=options) as p:
-            pieces = p | "Plan" >> beam.Create(plan.sources) | "Spread" >> beam.Reshuffle()
+            pieces = p | "Plan" >> beam.Create(plan.sources)  # Create reshuffles: pieces spread out
             if bootstrap is not None:
                 raw = pieces | "ReadKafka" >> beam.ParDo(ReadOffsetRange(bootstrap))
                 parsed = raw | "Parse" >> beam.ParDo(ParseRaw())
@@ -208,6 +216,7 @@ def _run_batch(
                 )
             else:
                 parsed = pieces | "ReadFile" >> beam.ParDo(ReadFileSlice())
+            _ = parsed | "DeadLetterTable" >> beam.ParDo(WriteDeadLetters(writer))
             watermark = (
                 parsed
                 | "Progress" >> beam.Map(progress_of)
@@ -216,58 +225,30 @@ def _run_batch(
                     WatermarkFn(checkpoint.max_event_times, plan.lagging, checkpoint.watermark_ms, plan.final)
                 )
             )
-            # Every shard runs, with or without new events: pending state must advance with the watermark.
-            every_shard = [(s, None) for s in range(shards)]
-            user_rows = (
+            # User and item shards share one shuffle and one stage, so they run side by side.
+            _ = (
                 (
-                    parsed | "ByUser" >> beam.FlatMap(shard_events, "user_id", shards, staging),
-                    p | "AllUserShards" >> beam.Create(every_shard),
+                    parsed | "ByShard" >> beam.FlatMap(shard_events, shards, staging),
+                    p | "AllShards" >> beam.Create(all_shard_keys(shards)),
                 )
-                | "FlattenUsers" >> beam.Flatten()
-                | "GroupUsers" >> beam.GroupByKey()
-                | "UserFeatures"
+                | "FlattenShards" >> beam.Flatten()
+                | "GroupShards" >> beam.GroupByKey()
+                | "ShardFeatures"
                 >> beam.ParDo(
-                    UserShardFeatures(
+                    ShardFeatures(
                         state_in,
-                        str(state_out),
-                        staging,
+                        str(state_out) if state_out else None,
                         shards,
                         settings.attribution_window_s * 1000,
                         settings.sequence_length,
+                        writer,
                     ),
                     watermark_ms=beam.pvalue.AsSingleton(watermark),
                 )
             )
-            item_rows = (
-                (
-                    parsed
-                    | "ByItem" >> beam.FlatMap(shard_events, "item_id", shards, staging, ITEM_EVENT_SCHEMA),
-                    p | "AllItemShards" >> beam.Create(every_shard),
-                )
-                | "FlattenItems" >> beam.Flatten()
-                | "GroupItems" >> beam.GroupByKey()
-                | "ItemFeatures"
-                >> beam.ParDo(
-                    ItemShardFeatures(state_in, str(state_out), staging, shards),
-                    watermark_ms=beam.pvalue.AsSingleton(watermark),
-                )
-            )
-            # Every table is visited, so a rerun also clears this range's files of now-empty tables.
-            every_table = [(name, None) for name in ALL_TABLES]
-            _ = (
-                (
-                    user_rows,
-                    item_rows,
-                    parsed | "DeadLetters" >> beam.FlatMap(dead_letter_rows, staging),
-                    p | "AllTables" >> beam.Create(every_table),
-                )
-                | "FlattenRows" >> beam.Flatten()
-                | "GroupTables" >> beam.GroupByKey()
-                | "Write"
-                >> beam.ParDo(WriteWarehouseTable(str(warehouse), plan.ranges, file_name, created_base))
-            )
         result = p.result
-        accounting, maxima, rows = _metric_values(result)
+        accounting, maxima, written = _metric_values(result)
+        rows = {name: written.get(name, 0) for name in ALL_TABLES}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -293,7 +274,8 @@ def _run_batch(
         offsets=offsets,
         max_event_times=progress,
         watermark_ms=watermark_ms,
-        last_created_ms=created_base + max(rows.values(), default=1) - 1,
+        # Shard i's rows take created_base + i + k * shards (WarehouseWriter): none reaches this.
+        last_created_ms=created_base + max(rows.values(), default=1) * shards - 1,
         state_dir=st.state_dir_name(seq) if job_directory else None,
         final=plan.final,
     )

@@ -102,22 +102,39 @@ def state_dir_name(batch_seq: int) -> str:
     return f"state-{batch_seq:08d}"
 
 
+# The entity column each kind's files are sharded by when written.
+SHARDED_BY: dict[str, str] = {k: "item_id" if k == "item_history" else "user_id" for k in STATE_KINDS}
+
+
+def state_file_name(shard: int, num_shards: int) -> str:
+    return f"shard-{shard:04d}-of-{num_shards:04d}.parquet"
+
+
 def read_state(state_root: Path | None, kind: str, column: str, shard: int, num_shards: int) -> pa.Table:
-    """Rows of one state kind whose ``column`` falls in ``shard`` (empty when there is no state yet)."""
+    """Rows of one state kind whose ``column`` falls in ``shard`` (empty when there is no state yet).
+
+    A shard reads just its own file when the state was written by as many shards, by the same column;
+    otherwise (another shard count, or held events read by item) it filters every file of the kind.
+    """
     schema = STATE_KINDS[kind]
     if state_root is None or not (state_root / kind).is_dir():
         return schema.empty_table()
-    files = sorted((state_root / kind).glob("*.parquet"))
+    directory = state_root / kind
+    own = directory / state_file_name(shard, num_shards)
+    if column == SHARDED_BY[kind] and own.exists():
+        return pq.read_table(own, schema=schema)
+    files = sorted(directory.glob("*.parquet"))
     if not files:
         return schema.empty_table()
     table = pa.concat_tables([pq.read_table(f, schema=schema) for f in files])
     return rows_of_shard(table, column, shard, num_shards)
 
 
-def write_state(state_root: Path, kind: str, shard_name: str, table: pa.Table) -> None:
+def write_state(state_root: Path, kind: str, shard: int, num_shards: int, table: pa.Table) -> None:
     """Write one shard of one kind (temp file + rename: a half-written file is never read)."""
     directory = state_root / kind
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".{shard_name}.tmp"
+    name = state_file_name(shard, num_shards)
+    tmp = directory / f".{name}.tmp"
     pq.write_table(table.select(STATE_KINDS[kind].names).cast(STATE_KINDS[kind]), tmp)
-    os.replace(tmp, directory / f"{shard_name}.parquet")
+    os.replace(tmp, directory / name)

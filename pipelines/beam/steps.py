@@ -28,6 +28,9 @@ class UserShardState:
     recent: pa.Table
 
 
+USER_STATE_KINDS = tuple(UserShardState.__dataclass_fields__)
+
+
 @dataclass
 class ItemShardState:
     held: pa.Table

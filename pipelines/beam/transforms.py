@@ -1,8 +1,9 @@
-"""The Beam transforms of the feature job: parse, shard, per-shard features, sinks.
+"""The Beam transforms of the feature job: read and parse, shard, per-shard features and sinks.
 
-Every step works on a whole offset range, shard or table at once (Arrow, vectorised); shuffles carry
-paths of staged Arrow files (``staging``), not the rows. Beam provides the parallelism (ranges, shards,
-tables), the watermark side input, metrics for the accounting, and the runner portability.
+Every step works on a whole offset range or shard at once (Arrow, vectorised); the one shuffle carries
+paths of staged Arrow files (``staging``), not the rows. Each shard writes its own part of every table
+(no table is gathered, sorted or written in one place). Beam provides the parallelism (ranges, shards),
+the watermark side input, metrics for the accounting, and the runner portability.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from pipelines.beam import state as st
 from pipelines.beam.kafka_source import RawBatch
 from pipelines.beam.parse import Parsed, parse_columns, parse_json_batch
 from pipelines.beam.shards import split_by_shard
-from pipelines.beam.sinks import ALL_TABLES, SourceRange, to_table_schema, write_table
+from pipelines.beam.sinks import SourceRange, part_file_name, range_tag, to_table_schema, write_table
 from pipelines.beam.staging import load_staged, stage_table
 from pipelines.beam.steps import (
     ITEM_EVENT_SCHEMA,
+    USER_STATE_KINDS,
     ItemShardState,
     UserShardState,
     item_shard_step,
@@ -109,100 +111,30 @@ def progress_of(parsed: Parsed) -> tuple[str, int | None]:
     return key, top
 
 
-def shard_events(
-    parsed: Parsed, column: str, num_shards: int, staging: str, schema: pa.Schema = EVENT_SCHEMA
-) -> Iterator[tuple[int, str]]:
-    """(shard, staged events of that shard, ``schema``'s columns) for every shard this range has events of."""
-    events = parsed.events.select(schema.names)
-    for shard, table in split_by_shard(events, column, num_shards).items():
-        yield shard, stage_table(staging, f"{column}-{shard}", table)
+USER, ITEM = "user", "item"
+# What each kind of shard is keyed by and which event columns it needs.
+SHARD_KINDS: dict[str, tuple[str, pa.Schema]] = {
+    USER: ("user_id", EVENT_SCHEMA),
+    ITEM: ("item_id", ITEM_EVENT_SCHEMA),
+}
+ShardKey = tuple[str, int]  # (USER or ITEM, shard number)
 
 
-def _events(paths: list[str | None], schema: pa.Schema = EVENT_SCHEMA) -> pa.Table:
-    return load_staged(paths, schema).cast(schema)
+def all_shard_keys(num_shards: int) -> list[tuple[ShardKey, None]]:
+    """Every shard of every kind, with no events: pending state must advance with the watermark."""
+    return [((kind, s), None) for kind in SHARD_KINDS for s in range(num_shards)]
 
 
-def _stage_rows(staging: str, rows: dict[str, pa.Table]) -> Iterator[tuple[str, str]]:
-    for name, table in rows.items():
-        if table.num_rows:
-            yield name, stage_table(staging, name, table)
+def shard_events(parsed: Parsed, num_shards: int, staging: str) -> Iterator[tuple[ShardKey, str]]:
+    """((kind, shard), staged events of that shard) for every user and item shard this range has events of."""
+    for kind, (column, schema) in SHARD_KINDS.items():
+        events = parsed.events.select(schema.names)
+        for shard, table in split_by_shard(events, column, num_shards).items():
+            yield (kind, shard), stage_table(staging, f"{kind}-{shard}", table)
 
 
-class UserShardFeatures(beam.DoFn):
-    """(user shard, event tables) -> (table name, rows); writes the shard's next state."""
-
-    def __init__(
-        self,
-        state_in: str | None,
-        state_out: str,
-        staging: str,
-        num_shards: int,
-        window_ms: int,
-        sequence_length: int,
-    ):
-        self.staging = staging
-        self.state_in = Path(state_in) if state_in else None
-        self.state_out = Path(state_out)
-        self.num_shards = num_shards
-        self.window_ms = window_ms
-        self.sequence_length = sequence_length
-
-    def process(
-        self, element: tuple[int, list[str | None]], watermark_ms: int | None
-    ) -> Iterator[tuple[str, str]]:
-        shard, paths = element
-
-        def load(kind: str) -> pa.Table:
-            return st.read_state(self.state_in, kind, "user_id", shard, self.num_shards)
-
-        state = UserShardState(
-            held=load("held"),
-            user_history=load("user_history"),
-            click_history=load("click_history"),
-            pending_impressions=load("pending_impressions"),
-            pending_clicks=load("pending_clicks"),
-            recent=load("recent"),
-        )
-        rows, nxt = user_shard_step(
-            state, _events(list(paths)), watermark_ms, self.window_ms, self.sequence_length
-        )
-        name = f"shard-{shard:04d}"
-        for kind in (
-            "held",
-            "user_history",
-            "click_history",
-            "pending_impressions",
-            "pending_clicks",
-            "recent",
-        ):
-            st.write_state(self.state_out, kind, name, getattr(nxt, kind))
-        yield from _stage_rows(self.staging, rows)
-
-
-class ItemShardFeatures(beam.DoFn):
-    """(item shard, event tables) -> ("item_stats", rows); writes the shard's item history."""
-
-    def __init__(self, state_in: str | None, state_out: str, staging: str, num_shards: int):
-        self.staging = staging
-        self.state_in = Path(state_in) if state_in else None
-        self.state_out = Path(state_out)
-        self.num_shards = num_shards
-
-    def process(
-        self, element: tuple[int, list[str | None]], watermark_ms: int | None
-    ) -> Iterator[tuple[str, str]]:
-        shard, paths = element
-        state = ItemShardState(
-            held=st.read_state(self.state_in, "held", "item_id", shard, self.num_shards),
-            item_history=st.read_state(self.state_in, "item_history", "item_id", shard, self.num_shards),
-        )
-        rows, history = item_shard_step(state, _events(list(paths), ITEM_EVENT_SCHEMA), watermark_ms)
-        st.write_state(self.state_out, "item_history", f"shard-{shard:04d}", history)
-        yield from _stage_rows(self.staging, rows)
-
-
-class WriteWarehouseTable(beam.DoFn):
-    """(table name, row tables) -> written file paths, replacing this range's earlier files."""
+class WarehouseWriter:
+    """Writes one batch's rows into the warehouse: every file carries the batch's source ranges."""
 
     def __init__(self, warehouse: str, ranges: list[SourceRange], file_name: str, created_base_ms: int):
         self.warehouse = Path(warehouse)
@@ -210,22 +142,78 @@ class WriteWarehouseTable(beam.DoFn):
         self.file_name = file_name
         self.created_base_ms = created_base_ms
 
-    def process(self, element: tuple[str, list[str | None]]) -> Iterator[str]:
-        name, paths = element
-        staged = [p for p in paths if p is not None]
-        if staged:
-            table = to_table_schema(name, load_staged(staged, ALL_TABLES[name]), self.created_base_ms)
-        else:
-            table = ALL_TABLES[name].empty_table()
+    def write(self, name: str, rows: pa.Table, part: str, created: tuple[int, int] = (0, 1)) -> None:
+        """Rows of table ``name`` into ``<batch file name>.<part>`` files; ``created`` = (offset, stride)
+        interleaves this part's ``created`` values with the other parts' (see sinks.to_table_schema)."""
+        table = to_table_schema(name, rows, self.created_base_ms + created[0], created[1])
         Metrics.counter(OUTPUT, f"rows/{name}").inc(table.num_rows)
-        for path in write_table(self.warehouse, name, table, self.ranges, self.file_name):
-            yield str(path)
+        write_table(self.warehouse, name, table, self.ranges, part_file_name(self.file_name, part))
 
 
-def dead_letter_rows(parsed: Parsed, staging: str) -> Iterator[tuple[str, str]]:
-    if parsed.dead:
-        table = pa.Table.from_pylist([d.__dict__ for d in parsed.dead], schema=DEADLETTER_SCHEMA)
-        yield "dead_letters", stage_table(staging, "dead_letters", table)
+class ShardFeatures(beam.DoFn):
+    """((kind, shard), staged events) -> the shard's warehouse files and its next state.
+
+    A user shard labels impressions and computes user stats and sequences; an item shard computes item
+    stats. Each shard writes its own files, so no table is gathered (or sorted) in one place.
+    """
+
+    def __init__(
+        self,
+        state_in: str | None,
+        state_out: str | None,
+        num_shards: int,
+        window_ms: int,
+        sequence_length: int,
+        writer: WarehouseWriter,
+    ):
+        self.state_in = Path(state_in) if state_in else None
+        self.state_out = Path(state_out) if state_out else None  # None: a one-shot build, no state kept
+        self.num_shards = num_shards
+        self.window_ms = window_ms
+        self.sequence_length = sequence_length
+        self.writer = writer
+
+    def _load(self, kind: str, column: str, shard: int) -> pa.Table:
+        return st.read_state(self.state_in, kind, column, shard, self.num_shards)
+
+    def _save(self, kind: str, shard: int, table: pa.Table) -> None:
+        if self.state_out is not None:
+            st.write_state(self.state_out, kind, shard, self.num_shards, table)
+
+    def process(self, element: tuple[ShardKey, list[str | None]], watermark_ms: int | None) -> Iterator[str]:
+        (kind, shard), paths = element
+        schema = SHARD_KINDS[kind][1]
+        events = load_staged(paths, schema).cast(schema)
+        if kind == USER:
+            state = UserShardState(**{k: self._load(k, "user_id", shard) for k in USER_STATE_KINDS})
+            rows, nxt = user_shard_step(state, events, watermark_ms, self.window_ms, self.sequence_length)
+            for k in USER_STATE_KINDS:
+                self._save(k, shard, getattr(nxt, k))
+        else:
+            state = ItemShardState(
+                held=self._load("held", "item_id", shard),
+                item_history=self._load("item_history", "item_id", shard),
+            )
+            rows, history = item_shard_step(state, events, watermark_ms)
+            self._save("item_history", shard, history)
+        for name, table in rows.items():
+            if table.num_rows:
+                self.writer.write(name, table, f"s{shard:04d}", (shard, self.num_shards))
+        yield f"{kind}-{shard}"
+
+
+class WriteDeadLetters(beam.DoFn):
+    """Parsed -> the range's dead letters as a warehouse file (the table is exactly once, like the rest)."""
+
+    def __init__(self, writer: WarehouseWriter):
+        self.writer = writer
+
+    def process(self, parsed: Parsed) -> Iterator[int]:
+        if parsed.dead:
+            table = pa.Table.from_pylist([d.__dict__ for d in parsed.dead], schema=DEADLETTER_SCHEMA)
+            part = "dead." + range_tag(SourceRange(parsed.source, parsed.partition, parsed.start, parsed.end))
+            self.writer.write("dead_letters", table, part)
+            yield len(parsed.dead)
 
 
 class ProduceDeadLetters(beam.DoFn):
@@ -237,14 +225,13 @@ class ProduceDeadLetters(beam.DoFn):
         self._producer = None
 
     def process(self, parsed: Parsed) -> Iterator[int]:
-        if not parsed.dead:
-            return  # the common case: no producer connection at all
-        if self._producer is None:
-            self._producer = make_producer(self.bootstrap, client_id="ctrflow-deadletter")
-        for letter in parsed.dead:
-            self._producer.send(self.topic, value=letter.to_json(), key=str(letter.partition).encode())
-        self._producer.flush()
-        yield len(parsed.dead)
+        if parsed.dead:  # the common case, no dead letters, opens no producer connection at all
+            if self._producer is None:
+                self._producer = make_producer(self.bootstrap, client_id="ctrflow-deadletter")
+            for letter in parsed.dead:
+                self._producer.send(self.topic, value=letter.to_json(), key=str(letter.partition).encode())
+            self._producer.flush()
+            yield len(parsed.dead)
 
     def teardown(self) -> None:
         if self._producer is not None:

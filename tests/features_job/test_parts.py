@@ -101,7 +101,7 @@ def test_runner_is_explicit_and_beam_options_pass_through() -> None:
 
     local = pipeline_options(num_workers=2)
     assert isinstance(runner_for(local), FnApiRunner)  # never the Prism-downloading default
-    assert local.view_as(DirectOptions).direct_running_mode == "multi_processing"
+    assert local.view_as(DirectOptions).direct_running_mode == "multi_threading"
     flink = pipeline_options(["--runner=FlinkRunner", "--flink_master=localhost:8081", "--parallelism=4"])
     assert runner_for(flink) == "FlinkRunner"
     assert flink.get_all_options()["flink_master"] == "localhost:8081"
