@@ -72,7 +72,9 @@ class JobConfig:
     # Several shards per worker: shards differ in size, and small ones fill the gaps of big ones.
     num_shards: int = 8
     max_records_per_partition: int = 200_000  # per micro-batch
-    piece_size: int = 50_000  # records per parallel read
+    # Records per parallel read: big enough to amortise a piece's per-shard hand-off files, small
+    # enough that a big batch still spreads over every worker.
+    piece_size: int = 250_000
     num_workers: int = DEFAULT_WORKERS
     running_mode: str | None = None
     beam_args: Sequence[str] = ()
@@ -386,7 +388,7 @@ def run_file(
     config: JobConfig | None = None,
 ) -> RunReport:
     """Backfill from a finished canonical log file (Parquet or JSON Lines), in final mode, statelessly."""
-    config = config or JobConfig(piece_size=1_000_000)
+    config = config or JobConfig()
     path = path.resolve()
     slices, n = file_slices(path, config.piece_size)
     plan = _BatchPlan(slices, [SourceRange(str(path), -1, 0, n)], [], final=True)
