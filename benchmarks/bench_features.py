@@ -6,7 +6,7 @@
    same file.
 
     .venv/bin/python benchmarks/bench_features.py [--events 300000] [--backfill-events 1000000]
-        [--workers N] [--shards N] [--piece-records N] [--no-online] [--out PATH]
+        [--workers N] [--shards N] [--piece-records N] [--rounds 3] [--no-online] [--out PATH]
 
 Job settings default to the job's own defaults (JobConfig): what `ctrflow features build` runs.
 """
@@ -61,67 +61,83 @@ def raw_consume(bootstrap: str, topics: list[str]) -> tuple[int, float]:
     return n, seconds
 
 
-def bench_end_to_end(work: Path, impressions: int, config: JobConfig, online: bool) -> dict:
+def _median_round(rounds: list[dict], key: str) -> dict:
+    """The round with the median ``key``, plus every round's ``key`` for the spread."""
+    ordered = sorted(rounds, key=lambda r: r[key])
+    return {**ordered[len(ordered) // 2], "all": [r[key] for r in rounds]}
+
+
+def bench_end_to_end(work: Path, impressions: int, config: JobConfig, online: bool, rounds: int) -> dict:
+    """Each round: a fresh job (new home, no checkpoint) over the same topics, between two raw reads."""
     log = simulated_log(work / "e2e.parquet", impressions, days=3)
+    results = []
     with EmbeddedBroker() as broker:
-        settings = Settings(home=work / "home-e2e", kafka_bootstrap=broker.bootstrap, topic_prefix="bench")
-        stats = replay(log, settings, broker.bootstrap)
-        topics = [settings.topic("impressions"), settings.topic("clicks")]
-        raw = [raw_consume(broker.bootstrap, topics) for _ in range(2)]
-        raw_rate = sum(n for n, _ in raw) / sum(s for _, s in raw)
-        sink = None
-        if online:
-            from features.online import push_latest
-            from features.store import feature_store
+        first = Settings(home=work / "home-e2e-0", kafka_bootstrap=broker.bootstrap, topic_prefix="bench")
+        stats = replay(log, first, broker.bootstrap)
+        topics = [first.topic("impressions"), first.topic("clicks")]
+        raw_consume(broker.bootstrap, topics)  # warm-up: the broker's first read of the segments
+        for i in range(rounds):
+            settings = first.model_copy(update={"home": work / f"home-e2e-{i}"})
+            sink = None
+            if online:
+                from features.online import push_latest
+                from features.store import feature_store
 
-            feature_store(settings)  # one-time Feast apply of a fresh home: setup, not per-event work
+                feature_store(settings)  # one-time Feast apply of a fresh home: setup, not per-event work
 
-            def sink(table, frame):
-                return push_latest(settings, table, frame)
+                def sink(table, frame, settings=settings):
+                    return push_latest(settings, table, frame)
 
-        report = run_kafka(settings, final=True, online_sink=sink, config=config)
-        raw_after = raw_consume(broker.bootstrap, topics)
-    raw_rate = (raw_rate * 2 + raw_after[0] / raw_after[1]) / 3
-    job_rate = report.consumed / report.seconds
-    assert report.balanced and report.consumed == stats.produced
-    return {
-        "events": report.consumed,
-        "raw_rate": raw_rate,
-        "job_rate": job_rate,
-        "ratio": job_rate / raw_rate,
-        "batches": len(report.batches),
-        "online_rows": sum(sum(b.online_rows.values()) for b in report.batches),
-        "job_seconds": report.seconds,
-        "pipeline_s": sum(b.pipeline_s for b in report.batches),
-        "online_s": sum(b.online_s for b in report.batches),
-    }
+            before = raw_consume(broker.bootstrap, topics)
+            report = run_kafka(settings, final=True, online_sink=sink, config=config)
+            after = raw_consume(broker.bootstrap, topics)
+            assert report.balanced and report.consumed == stats.produced
+            raw_rate = (before[0] + after[0]) / (before[1] + after[1])
+            job_rate = report.consumed / report.seconds
+            results.append(
+                {
+                    "events": report.consumed,
+                    "raw_rate": raw_rate,
+                    "job_rate": job_rate,
+                    "ratio": job_rate / raw_rate,
+                    "batches": len(report.batches),
+                    "online_rows": sum(sum(b.online_rows.values()) for b in report.batches),
+                    "job_seconds": report.seconds,
+                    "pipeline_s": sum(b.pipeline_s for b in report.batches),
+                    "online_s": sum(b.online_s for b in report.batches),
+                }
+            )
+            print(f"  end to end round {i + 1}: {job_rate:,.0f}/s vs raw {raw_rate:,.0f}/s = "
+                  f"{job_rate / raw_rate:.2f}x", flush=True)  # fmt: skip
+    return _median_round(results, "ratio")
 
 
-def bench_backfill(work: Path, impressions: int, config: JobConfig) -> dict:
+def bench_backfill(work: Path, impressions: int, config: JobConfig, rounds: int) -> dict:
     log = simulated_log(work / "backfill.parquet", impressions, days=7)
-    started = time.perf_counter()
-    rows = pq.read_table(log).num_rows
-    read_rate = rows / (time.perf_counter() - started)
-    settings = Settings(home=work / "home-backfill")
-    report = run_file(settings, log, config=config)
-    rate = report.consumed / report.seconds
-    return {"events": report.consumed, "rate": rate, "read_rate": read_rate, "seconds": report.seconds,
-            "rows": report.rows}  # fmt: skip
+    results = []
+    for i in range(rounds):
+        started = time.perf_counter()
+        rows = pq.read_table(log).num_rows
+        read_rate = rows / (time.perf_counter() - started)
+        report = run_file(Settings(home=work / f"home-backfill-{i}"), log, config=config)
+        rate = report.consumed / report.seconds
+        results.append({"events": report.consumed, "rate": rate, "read_rate": read_rate,
+                        "seconds": report.seconds, "rows": report.rows})  # fmt: skip
+        print(f"  backfill round {i + 1}: {rate:,.0f} events/s", flush=True)
+    return _median_round(results, "rate")
 
 
 def _machine() -> str:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (
-        f"{os.cpu_count()}-core {platform.machine()} CPU, 24 GiB, no GPU; shared with other engineers' "
-        f"work (load average at the end: {load})"
-    )
+    return f"{os.cpu_count()}-core {platform.machine()} CPU, 24 GiB, no GPU (load average at the end: {load})"
 
 
 def results_markdown(args: argparse.Namespace, e2e: dict, bf: dict) -> str:
     command = (
         f"python benchmarks/bench_features.py --events {args.events} "
         f"--backfill-events {args.backfill_events} --workers {args.workers} --shards {args.shards} "
-        f"--piece-records {args.piece_records}" + (" --no-online" if args.no_online else "")
+        f"--piece-records {args.piece_records} --rounds {args.rounds}"
+        + (" --no-online" if args.no_online else "")
     )
     push = "" if args.no_online else " + online push"
     rows = [
@@ -148,6 +164,10 @@ def results_markdown(args: argparse.Namespace, e2e: dict, bf: dict) -> str:
             f"{e2e['online_rows']:,} rows pushed online (Feast registry applied before timing).",
             f"Backfill: {bf['seconds']:.1f} s; rows written: {bf['rows']}.",
             "",
+            f"Median of {args.rounds} rounds (each round measures its own reference). All rounds: end-to-end "
+            f"ratio {', '.join(f'{x:.2f}x' for x in e2e['all'])}; backfill "
+            f"{', '.join(f'{x:,.0f}/s' for x in bf['all'])}.",
+            "",
         ]
     )
 
@@ -164,19 +184,20 @@ def main() -> int:
     parser.add_argument(
         "--piece-records", type=int, default=defaults.piece_size, help="Records per parallel read."
     )
+    parser.add_argument("--rounds", type=int, default=3, help="Rounds of each; the median is reported.")
     parser.add_argument("--no-online", action="store_true", help="Skip the Feast online push.")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ctrflow-bench-features-"))
     try:
         config = JobConfig(num_workers=args.workers, num_shards=args.shards, piece_size=args.piece_records)
-        e2e = bench_end_to_end(work, args.events, config, not args.no_online)
+        e2e = bench_end_to_end(work, args.events, config, not args.no_online, args.rounds)
         print(
             f"end to end: {e2e['events']} events, job {e2e['job_rate']:,.0f}/s vs raw kafka-python "
             f"{e2e['raw_rate']:,.0f}/s = {e2e['ratio']:.2f}x (goal >= {E2E_GOAL}x)",
             flush=True,
         )
-        bf = bench_backfill(work, args.backfill_events, config)
+        bf = bench_backfill(work, args.backfill_events, config, args.rounds)
         print(
             f"backfill: {bf['events']} events in {bf['seconds']:.2f}s = {bf['rate']:,.0f}/s "
             f"({bf['rate'] / BACKFILL_TARGET:.2f}x the {BACKFILL_TARGET:,}/s target; "
