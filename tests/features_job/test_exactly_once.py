@@ -95,3 +95,13 @@ def test_killed_and_restarted_job_equals_clean_run(
     again = run_kafka(killed, final=True, config=config)
     assert again.consumed == stats.produced
     assert _snapshot(killed.home) == (got_tables, got_files)
+
+    # Again with another shard count: every file of the earlier layout is replaced, none left behind.
+    reset_checkpoint(killed)
+    run_kafka(
+        killed, final=True, config=JobConfig(num_shards=3, max_records_per_partition=BATCH, piece_size=PIECE)
+    )
+    tables, files = _snapshot(killed.home)
+    assert tables == got_tables
+    parts = {Path(f).stem.rsplit(".", 1)[-1] for f in files if not f.startswith("dead_letters")}
+    assert parts == {"s0000", "s0001", "s0002"}
