@@ -16,6 +16,7 @@ import yaml
 from feast import FeatureService, FeatureStore, RepoConfig
 
 from features.feature_repo.definitions import PROJECT, build_definitions
+from features.sqlite_online import STORE_TYPE as BATCHED_SQLITE
 from pipelines.settings import Settings
 
 REPO_DIR = Path(__file__).resolve().parent / "feature_repo"
@@ -42,7 +43,8 @@ def repo_config_dict(settings: Settings) -> dict[str, Any]:
     if settings.feast_profile == "compose":
         online: dict[str, Any] = {"type": "redis", "connection_string": settings.redis_connection}
     else:
-        online = {"type": "sqlite", "path": str(online_path(settings))}
+        # Feast's SQLite layout, written in one executemany per push (features/sqlite_online.py).
+        online = {"type": BATCHED_SQLITE, "path": str(online_path(settings))}
     return {
         "project": PROJECT,
         "provider": "local",
