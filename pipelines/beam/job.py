@@ -219,14 +219,17 @@ def _run_batch(
             else:
                 parsed = pieces | "ReadFile" >> beam.ParDo(ReadFileSlice())
             _ = parsed | "DeadLetterTable" >> beam.ParDo(WriteDeadLetters(writer))
-            watermark = (
-                parsed
-                | "Progress" >> beam.Map(progress_of)
-                | "Watermark"
-                >> beam.CombineGlobally(
-                    WatermarkFn(checkpoint.max_event_times, plan.lagging, checkpoint.watermark_ms, plan.final)
+            # Progress metrics feed the checkpoint; a final batch (a finished log) needs no watermark.
+            progress = parsed | "Progress" >> beam.Map(progress_of)
+            watermark: object = None
+            if not plan.final:
+                watermark = beam.pvalue.AsSingleton(
+                    progress
+                    | "Watermark"
+                    >> beam.CombineGlobally(
+                        WatermarkFn(checkpoint.max_event_times, plan.lagging, checkpoint.watermark_ms)
+                    )
                 )
-            )
             # User and item shards share one shuffle and one stage, so they run side by side.
             _ = (
                 (
@@ -245,7 +248,7 @@ def _run_batch(
                         settings.sequence_length,
                         writer,
                     ),
-                    watermark_ms=beam.pvalue.AsSingleton(watermark),
+                    watermark_ms=watermark,
                 )
             )
         result = p.result

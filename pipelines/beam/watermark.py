@@ -35,16 +35,12 @@ def next_watermark(
 
 
 class WatermarkFn(beam.CombineFn):
-    """Combines (partition key, max event time) pairs of one batch into the batch's watermark.
+    """Combines (partition key, max event time) pairs of one batch into the batch's watermark."""
 
-    Yields None in final mode (a finished log: everything is ready).
-    """
-
-    def __init__(self, previous: Mapping[str, int], lagging: list[str], previous_ms: int | None, final: bool):
+    def __init__(self, previous: Mapping[str, int], lagging: list[str], previous_ms: int | None):
         self.previous = dict(previous)
         self.lagging = list(lagging)
         self.previous_ms = previous_ms
-        self.final = final
 
     def create_accumulator(self) -> dict[str, int]:
         return {}
@@ -62,6 +58,4 @@ class WatermarkFn(beam.CombineFn):
         return out
 
     def extract_output(self, acc: dict[str, int]) -> int | None:
-        if self.final:
-            return None
         return next_watermark(merge_progress(self.previous, acc), self.lagging, self.previous_ms)
