@@ -13,6 +13,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -104,17 +105,40 @@ def part_file_name(file_name: str, part: str) -> str:
     return f"{file_name}.{part}"
 
 
+def _may_overlap(stem: str, ranges: Sequence[SourceRange]) -> bool:
+    """False when the file name alone shows no overlap with ``ranges`` (its footer need not be read).
+
+    A readable name is its ranges' tags joined by "+" (``batch_file_name``), so every range of a source
+    shows up as ``<tag>.<start>-<end>`` at the start of the name or after a "+". Tags drop topic
+    prefixes and long names are hashed, so True only means "read the footer to know".
+    """
+    if "more-" in stem:  # a hashed name lists only its first range
+        return True
+    for r in ranges:
+        pattern = rf"(?:^|\+){re.escape(_source_tag(r))}\.(\d+)-(\d+)"
+        if any(r.start < int(end) and int(start) < r.end for start, end in re.findall(pattern, stem)):
+            return True
+    return False
+
+
 def remove_batch_files(warehouse: Path, ranges: Sequence[SourceRange], file_name: str) -> int:
     """Delete every table's files produced from any of ``ranges`` (or by a batch of the same name),
-    before a batch writes: a rerun of a range replaces its output instead of duplicating it."""
+    before a batch writes: a rerun of a range replaces its output instead of duplicating it.
+
+    Only files whose names may overlap have their footers read: a streaming warehouse holds many
+    thousands of files, and this runs before every micro-batch.
+    """
     removed = 0
     for table in ALL_TABLES:
         table_dir = warehouse / table
         if not table_dir.is_dir():
             continue
         for path in table_dir.rglob("*.parquet"):
-            same_batch = path.stem == file_name or path.stem.startswith(f"{file_name}.")
-            if same_batch or any(a.overlaps(b) for a in _ranges_of(path) for b in ranges):
+            stem = path.stem
+            same_batch = stem == file_name or stem.startswith(f"{file_name}.")
+            if same_batch or (
+                _may_overlap(stem, ranges) and any(a.overlaps(b) for a in _ranges_of(path) for b in ranges)
+            ):
                 path.unlink()
                 removed += 1
     return removed

@@ -110,3 +110,30 @@ def test_runner_is_explicit_and_beam_options_pass_through() -> None:
     assert passed.view_as(DirectOptions).direct_running_mode == "multi_threading"
     with pytest.raises(ValueError, match="direct_running_mode"):
         pipeline_options(running_mode="threads")
+
+
+def test_removing_a_batch_reads_only_footers_whose_names_may_overlap(tmp_path, monkeypatch) -> None:
+    from pipelines.beam import sinks
+
+    letter = {"source": "p.impressions", "partition": 0, "offset": 1, "error": "x", "raw": b"{"}
+    table = pa.Table.from_pylist([letter], schema=sinks.DEADLETTER_SCHEMA)
+    written = {}
+    for ranges in (
+        [SourceRange("p.impressions", 0, 0, 100)],
+        [SourceRange("p.impressions", 0, 100, 200), SourceRange("p.clicks", 0, 0, 10)],
+        [SourceRange("q.impressions", 0, 150, 250)],  # another topic prefix: same tag, other source
+        [SourceRange("p.impressions", 1, 150, 250)],
+    ):
+        name = sinks.part_file_name(sinks.batch_file_name(ranges, "x"), "s0000")
+        (path,) = sinks.write_table(tmp_path, "dead_letters", table, ranges, name)
+        written[path.stem] = path
+    footers = []
+    real = sinks._ranges_of
+    monkeypatch.setattr(sinks, "_ranges_of", lambda path: footers.append(path.stem) or real(path))
+
+    removed = sinks.remove_batch_files(tmp_path, [SourceRange("p.impressions", 0, 150, 300)], "new")
+    assert removed == 1
+    left = {p.stem for p in tmp_path.rglob("*.parquet")}
+    assert left == set(written) - {"clicks.0.0-10+impressions.0.100-200.s0000"}
+    # Names rule out the first and last files; the same-tag file of another prefix needs its footer.
+    assert sorted(footers) == ["clicks.0.0-10+impressions.0.100-200.s0000", "impressions.0.150-250.s0000"]
