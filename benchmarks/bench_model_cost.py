@@ -33,6 +33,9 @@ from rich.progress import track
 from rich.table import Table
 from torch.utils.flop_counter import FlopCounterMode
 
+from features.manifest import SEQUENCE_COLUMNS, SEQUENCE_VIEW, manifest_columns
+from features.services import DEFAULT_SERVICE
+from pipelines.tables import STAT_WINDOWS
 from training.config import StudentConfig, TeacherConfig
 from training.inputs import Batch, InputSchema
 from training.models import CTRModel, FeatureEmbedding, SequenceModel, build_model
@@ -46,20 +49,11 @@ BASELINE = {"d_embed": 16, "hidden": [128, 64], "seq_len": 50}
 
 def contract_schema(max_seq_len: int) -> InputSchema:
     """The input schema of a training set written under the dataset contract."""
-    dense = [f"{view}__{stat}_{w}" for view in ("user_stats", "item_stats")
-             for w in ("1h", "24h", "7d") for stat in ("impressions", "clicks", "ctr")]
-    manifest = {
-        "feature_service": "ctr_model_v1",
-        "has_p_click": False,
-        "columns": {
-            "label": "label", "time": "event_time", "user": "user_id", "item": "item_id",
-            "categorical": ["user_id", "item_id", "category", "position", "hour", "device", "page"],
-            "dense": dense + ["user_sequence__seq_length"],
-            "sequence": {"item_ids": "user_sequence__seq_item_ids",
-                         "category_ids": "user_sequence__seq_category_ids",
-                         "event_times": "user_sequence__seq_event_times"},
-        },
-    }
+    stats = [f"{view}__{stat}_{w}" for view in ("user_stats", "item_stats")
+             for w in STAT_WINDOWS for stat in ("impressions", "clicks", "ctr")]  # fmt: skip
+    sequence = [*SEQUENCE_COLUMNS.values(), f"{SEQUENCE_VIEW}__seq_length"]
+    manifest = {"feature_service": DEFAULT_SERVICE, "has_p_click": False,
+                "columns": manifest_columns(stats + sequence)}  # fmt: skip
     return InputSchema.from_manifest(manifest, max_seq_len=max_seq_len)
 
 

@@ -51,6 +51,7 @@ import pyarrow.parquet as pq
 
 from features.asof import ROW_ID, asof_features, parquet_glob
 from features.feature_repo.definitions import DEFAULT_SERVICE, SERVICE_VIEWS, full_feature_names
+from features.manifest import manifest_columns
 from features.normalize import normalize_features
 from features.store import feature_store
 from pipelines import tables
@@ -58,7 +59,6 @@ from pipelines.settings import Settings
 
 Engine = Literal["asof", "feast"]
 ENGINES: tuple[str, ...] = ("asof", "feast")
-CATEGORICAL = ["user_id", "item_id", "category", "position", "hour", "device", "page"]
 LATEST_FILE = "LATEST"
 
 
@@ -166,8 +166,6 @@ def content_hash(table: pa.Table) -> str:
 
 def make_manifest(name: str, table: pa.Table, service: str, start: datetime | None, end: datetime | None,
                   digest: str, engine: str) -> dict[str, Any]:
-    features = full_feature_names(service)
-    has_sequence = "user_sequence" in SERVICE_VIEWS[service]
     rows = table.num_rows
     labels = pc.sum(table.column("label").cast(pa.int64())).as_py() or 0
     return {
@@ -179,19 +177,7 @@ def make_manifest(name: str, table: pa.Table, service: str, start: datetime | No
         "content_hash": digest,
         "created_at": datetime.now(UTC).isoformat(),
         "engine": engine,
-        "columns": {
-            "label": "label",
-            "time": "event_time",
-            "user": "user_id",
-            "item": "item_id",
-            "categorical": CATEGORICAL,
-            "dense": [f for f in features if not f.startswith("user_sequence__")],
-            "sequence": {
-                "item_ids": "user_sequence__seq_item_ids",
-                "category_ids": "user_sequence__seq_category_ids",
-                "event_times": "user_sequence__seq_event_times",
-            } if has_sequence else None,
-        },
+        "columns": manifest_columns(full_feature_names(service)),
         "has_p_click": table.column("p_click").null_count < rows if rows else False,
     }
 

@@ -16,15 +16,16 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from features.manifest import SEQUENCE_COLUMNS, SEQUENCE_VIEW, manifest_columns
+from features.services import DEFAULT_SERVICE
 from pipelines.events import stable_int_id
 from pipelines.settings import Settings
 from pipelines.tables import CTR_PRIOR_CLICKS, CTR_PRIOR_IMPRESSIONS, STAT_WINDOWS, TS
 
-CATEGORICAL = ["user_id", "item_id", "category", "position", "hour", "device", "page"]
-SEQ_ITEMS = "user_sequence__seq_item_ids"
-SEQ_CATS = "user_sequence__seq_category_ids"
-SEQ_TIMES = "user_sequence__seq_event_times"
-SEQ_LEN_COL = "user_sequence__seq_length"
+SEQ_ITEMS = SEQUENCE_COLUMNS["item_ids"]
+SEQ_CATS = SEQUENCE_COLUMNS["category_ids"]
+SEQ_TIMES = SEQUENCE_COLUMNS["event_times"]
+SEQ_LEN_COL = f"{SEQUENCE_VIEW}__seq_length"
 
 
 def _dense_columns() -> list[str]:
@@ -41,20 +42,12 @@ DENSE = _dense_columns()
 def make_manifest(name: str, rows: int, label_rate: float, has_p_click: bool = True) -> dict[str, Any]:
     return {
         "name": name,
-        "feature_service": "ctr_model_v1",
+        "feature_service": DEFAULT_SERVICE,
         "window": {"start": "2026-01-01T00:00:00Z", "end": "2026-01-02T00:00:00Z"},
         "rows": rows,
         "label_rate": label_rate,
         "content_hash": f"synthetic-{name}",
-        "columns": {
-            "label": "label",
-            "time": "event_time",
-            "user": "user_id",
-            "item": "item_id",
-            "categorical": CATEGORICAL,
-            "dense": DENSE + [SEQ_LEN_COL],
-            "sequence": {"item_ids": SEQ_ITEMS, "category_ids": SEQ_CATS, "event_times": SEQ_TIMES},
-        },
+        "columns": manifest_columns([*DENSE, SEQ_ITEMS, SEQ_CATS, SEQ_TIMES, SEQ_LEN_COL]),
         "has_p_click": has_p_click,
     }
 

@@ -23,9 +23,12 @@ def test_schema_comes_from_the_manifest_and_round_trips_through_json(dataset):
     _, manifest = dataset
     schema = InputSchema.from_manifest(manifest, max_seq_len=6)
     assert schema.categorical[0] == "user_id" and schema.item == "item_id" and schema.category == "category"
-    assert schema.seq_item_ids == SEQ_ITEMS and schema.feature_service == "ctr_model_v1"
+    assert schema.seq_item_ids == SEQ_ITEMS
+    assert schema.feature_service == manifest["feature_service"] == "sequence_ctr"
     assert schema.has_p_click
-    assert set(schema.profile_dense) == {d for d in DENSE if d.startswith("user_stats")} | {SEQ_LEN_COL}
+    # The sequence length is no dense input (the builder's layout): the mask carries it.
+    assert set(schema.profile_dense) == {d for d in DENSE if d.startswith("user_stats")}
+    assert SEQ_LEN_COL not in schema.dense
     assert dict(zip(schema.dense, schema.dense_kinds, strict=True))["item_stats__ctr_24h"] == "rate"
     assert dict(zip(schema.dense, schema.dense_kinds, strict=True))["user_stats__clicks_7d"] == "count"
     assert InputSchema.from_dict(json.loads(json.dumps(schema.to_dict()))) == schema
