@@ -111,6 +111,19 @@ def _table_row(name: str, values: list[float]) -> str:
     return f"| {name} | " + " | ".join(f"{v:.4f}" for v in values) + f" | {statistics.mean(values):.4f} |"
 
 
+def _auc_table(title: str, rows, key: str, cycles: range, extra: dict[str, list[float]]) -> list[str]:
+    """One markdown table: a strategy per row, the AUC of ``key`` per cycle and its mean."""
+    lines = [
+        "",
+        f"## {title}",
+        "",
+        "| strategy | " + " | ".join(f"cycle {c}" for c in cycles) + " | mean |",
+        "|---|" + "---|" * (len(cycles) + 1),
+    ]
+    lines += [_table_row(name, [r[key] for r in per_cycle]) for name, per_cycle in rows.items()]
+    return lines + [_table_row(name, values) for name, values in extra.items()]
+
+
 def render(rows, args, source: str, seconds: float, lineage: list[str | None]) -> str:
     date = subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip()
     cycles = range(1, args.cycles + 1)
@@ -128,24 +141,10 @@ def render(rows, args, source: str, seconds: float, lineage: list[str | None]) -
         "oracle AUC of the true p_click on that day and the frozen day-0 model",
         f"- warm-start lineage recorded in the registry: {sum(p is not None for p in lineage)} versions "
         "with a parent",
-        "",
-        "## Student AUC (mean of the 2 students) on the next day",
-        "",
-        "| strategy | " + " | ".join(f"cycle {c}" for c in cycles) + " | mean |",
-        "|---|" + "---|" * (len(cycles) + 1),
     ]
-    for name, per_cycle in rows.items():
-        lines.append(_table_row(name, [r["student"] for r in per_cycle]))
-    lines.append(_table_row("oracle", oracle))
-    lines += [
-        "",
-        "## Teacher AUC on the next day",
-        "",
-        "| strategy | " + " | ".join(f"cycle {c}" for c in cycles) + " | mean |",
-        "|---|" + "---|" * (len(cycles) + 1),
-    ]
-    for name, per_cycle in rows.items():
-        lines.append(_table_row(name, [r["teacher"] for r in per_cycle]))
+    lines += _auc_table("Student AUC (mean of the 2 students) on the next day", rows, "student", cycles,
+                        {"oracle": oracle})  # fmt: skip
+    lines += _auc_table("Teacher AUC on the next day", rows, "teacher", cycles, {})
     warm = statistics.mean(r["student"] for r in rows["warm start"])
     scratch = statistics.mean(r["student"] for r in rows["scratch (newest day)"])
     frozen = statistics.mean(r["student"] for r in rows["frozen"])

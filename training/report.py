@@ -41,10 +41,7 @@ def plot_learning_curves(results: Mapping[str, Mapping[str, Any]], path: Path) -
     ax.set_ylabel("training objective, moving average\n(students: BCE + KD + peer terms)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_auc_by_model(
@@ -64,10 +61,7 @@ def plot_auc_by_model(
     ax.set_ylim(max(0.0, lo - 0.02), min(1.0, hi + 0.01))
     ax.set_ylabel("holdout AUC")
     ax.tick_params(axis="x", rotation=30)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_calibration(results: Mapping[str, Mapping[str, Any]], path: Path) -> Path | None:
@@ -83,6 +77,10 @@ def plot_calibration(results: Mapping[str, Mapping[str, Any]], path: Path) -> Pa
     ax.set_ylabel("observed CTR (bin)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -7,6 +7,15 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+# Each warehouse table's natural key: a canonical row order for run-vs-run comparisons.
+TABLE_KEYS: dict[str, list[str]] = {
+    "labelled_samples": ["impression_id"],
+    "user_stats": ["user_id", "event_time"],
+    "item_stats": ["item_id", "event_time"],
+    "user_sequences": ["user_id", "event_time"],
+    "unattributed_clicks": ["impression_id", "event_time", "reason"],
+}
+
 
 def read_table(home: Path, name: str) -> pa.Table:
     """A warehouse table as DuckDB sees it through the job's view (the same path users query)."""

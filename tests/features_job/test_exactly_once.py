@@ -10,25 +10,18 @@ import sys
 import time
 from pathlib import Path
 
-from features_job.helpers import comparable, read_table
+from features_job.helpers import TABLE_KEYS, comparable, read_table
 from pipelines.beam import state as st
 from pipelines.beam.job import JobConfig, reset_checkpoint, run_kafka
 from pipelines.replay import replay
 from pipelines.settings import Settings
 
-KEYS = {
-    "labelled_samples": ["impression_id"],
-    "user_stats": ["user_id", "event_time"],
-    "item_stats": ["item_id", "event_time"],
-    "user_sequences": ["user_id", "event_time"],
-    "unattributed_clicks": ["impression_id", "event_time", "reason"],
-}
 BATCH, PIECE = 400, 200
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _snapshot(home: Path) -> tuple[dict[str, list[dict]], set[str]]:
-    tables = {name: comparable(read_table(home, name), keys) for name, keys in KEYS.items()}
+    tables = {name: comparable(read_table(home, name), keys) for name, keys in TABLE_KEYS.items()}
     files = {str(p.relative_to(home / "warehouse")) for p in (home / "warehouse").rglob("*.parquet")}
     return tables, files
 
@@ -86,7 +79,7 @@ def test_killed_and_restarted_job_equals_clean_run(
 
     want_tables, want_files = _snapshot(clean.home)
     got_tables, got_files = _snapshot(killed.home)
-    for name in KEYS:
+    for name in TABLE_KEYS:
         assert got_tables[name] == want_tables[name], name
     assert got_files == want_files  # same offset-range-named files: the killed batch was replaced
 

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from kafka import TopicPartition
 
-from features_job.helpers import comparable, read_table
+from features_job.helpers import TABLE_KEYS, comparable, read_table
 from pipelines.beam import state as st
 from pipelines.beam.job import JobConfig, RunReport, run_file, run_kafka
 from pipelines.events import DeadLetter
@@ -21,13 +21,6 @@ from pipelines.kafka import high_watermarks, make_consumer, make_producer
 from pipelines.replay import replay
 from pipelines.settings import Settings
 
-KEYS = {
-    "labelled_samples": ["impression_id"],
-    "user_stats": ["user_id", "event_time"],
-    "item_stats": ["item_id", "event_time"],
-    "user_sequences": ["user_id", "event_time"],
-    "unattributed_clicks": ["impression_id", "event_time", "reason"],
-}
 MALFORMED = [
     b"{not json",
     b'{"type":"impression","impression_id":"x1","request_id":"r","user_id":"u","item_id":"i","position":1,"event_time":5}',
@@ -73,7 +66,7 @@ def test_micro_batches_equal_one_shot_backfill(
 
     reference = Settings(home=tmp_path / "ref", attribution_window_s=kafka_settings.attribution_window_s)
     run_file(reference, small_log, config=JobConfig(num_shards=5))
-    for table, keys in KEYS.items():
+    for table, keys in TABLE_KEYS.items():
         got, want = read_table(kafka_settings.home, table), read_table(reference.home, table)
         assert want.num_rows > 0
         assert comparable(got, keys) == comparable(want, keys), table
