@@ -8,7 +8,6 @@ All state lives under ``home``: two runs with different homes never interfere.
 
 from __future__ import annotations
 
-from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -50,7 +49,7 @@ class Settings(BaseSettings):
     serving_port: int = Field(default=8000, ge=0, le=65535)
 
     # --- derived paths (not configurable on their own: they follow `home`) ---------------------------
-    @cached_property
+    @property
     def home_dir(self) -> Path:
         return self.home.expanduser().resolve()
 

@@ -31,3 +31,11 @@ def test_out_of_bounds_values_are_rejected() -> None:
         Settings(topic_partitions=0)
     with pytest.raises(ValidationError):
         Settings(sequence_length=100_000)
+
+
+def test_a_copy_with_another_home_derives_every_path_from_it(tmp_path: Path) -> None:
+    first = Settings(home=tmp_path / "a")
+    assert first.warehouse_dir == (tmp_path / "a" / "warehouse").resolve()  # derived paths read once
+    second = first.model_copy(update={"home": tmp_path / "b"})
+    assert second.home_dir == (tmp_path / "b").resolve()
+    assert second.warehouse_dir.parent == second.checkpoints_dir.parent == (tmp_path / "b").resolve()
