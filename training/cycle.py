@@ -25,7 +25,6 @@ from training.trainer import (
     cohort_configs,
     evaluate_model,
     inference_ms,
-    parameter_count,
     seed_everything,
     select_device,
     time_range,
@@ -115,7 +114,7 @@ def run_cycle(
             "metrics": metrics,
             "reliability": curve,
             "loss_history": history.losses[name],
-            "params": parameter_count(model),
+            "params": model.num_parameters(trainable_only=False),
             "infer_ms_100": inference_ms(model, holdout_batch, device),
             # The cohort steps together: this is the joint rate, the same for every member.
             "train_samples_per_s": history.samples_per_s,

@@ -39,7 +39,7 @@ def _dense_kind(name: str) -> DenseKind:
     leaf = name.rsplit("__", 1)[-1]
     if leaf.startswith("ctr"):
         return "rate"
-    if leaf.startswith(("impressions", "clicks")) or leaf.endswith("length"):
+    if leaf.startswith(("impressions", "clicks")):
         return "count"
     return "raw"
 
@@ -92,6 +92,11 @@ class InputSchema:
             label, time = cols["label"], cols["time"]
             seq_items, seq_cats, seq_times = seq["item_ids"], seq["category_ids"], seq["event_times"]
         except (KeyError, TypeError) as exc:
+            if isinstance(manifest.get("columns"), dict) and manifest["columns"].get("sequence", 0) is None:
+                raise ValueError(
+                    f"training set of feature service {manifest.get('feature_service')!r} has no behaviour "
+                    "sequence; every model family reads one: build it with the sequence_ctr service"
+                ) from exc
             raise ValueError(f"manifest has no usable 'columns' block: missing {exc}") from exc
         category = cols.get("category", "category")
 

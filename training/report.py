@@ -108,7 +108,7 @@ def metrics_table(results: Mapping[str, Mapping[str, Any]]) -> str:
 
 def cost_table(results: Mapping[str, Mapping[str, Any]]) -> str:
     lines = [
-        "| model | parameters | train samples/s | inference ms / 100 candidates |",
+        "| model | parameters | train samples/s | inference ms / 100 rows (batched) |",
         "|---|---|---|---|",
     ]
     for name, r in results.items():

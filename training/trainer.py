@@ -335,7 +335,9 @@ def evaluate_model(model: nn.Module, data: Batch, device: torch.device, batch_si
 @torch.no_grad()
 def inference_ms(model: nn.Module, data: Batch, device: torch.device, candidates: int = 100,
                  reps: int = 5) -> float:
-    """Median latency of one forward over `candidates` rows (the serving batch), in milliseconds."""
+    """Median latency of one forward over `candidates` holdout rows batched together, in milliseconds
+    (rows of many users: the row-batched path, not a student's candidate-parallel serving path, which
+    benchmarks/bench_model_cost.py measures)."""
     batch = data.slice(0, candidates).to(device)
     model.eval()
     model(batch)  # warm-up: first call pays allocation
@@ -349,10 +351,6 @@ def inference_ms(model: nn.Module, data: Batch, device: torch.device, candidates
             torch.cuda.synchronize()
         times.append((time.perf_counter() - t0) * 1000)
     return float(np.median(times))
-
-
-def parameter_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 # --- data windows -----------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import pytest
 import torch
 from synthetic import DENSE, SEQ_CATS, SEQ_ITEMS, SEQ_LEN_COL, SEQ_TIMES, make_dataset
 
+from features.manifest import manifest_columns
 from pipelines.events import stable_int_id
 from training.inputs import PRIOR_CTR, InputSchema, encode, hash_ids
 
@@ -42,6 +43,9 @@ def test_bad_manifests_and_bounds_are_refused(dataset):
         InputSchema.from_manifest(manifest, max_seq_len=0)
     with pytest.raises(ValueError, match="unknown"):
         InputSchema.from_dict({**InputSchema.from_manifest(manifest, 4).to_dict(), "surprise": 1})
+    tabular = {**manifest, "feature_service": "tabular_ctr", "columns": manifest_columns(DENSE)}
+    with pytest.raises(ValueError, match="no behaviour sequence.*sequence_ctr"):
+        InputSchema.from_manifest(tabular, max_seq_len=4)
 
 
 def test_encode_shapes_right_alignment_and_truncation(dataset):

@@ -225,6 +225,8 @@ def test_models_run_under_cpu_bf16_autocast(data):
 
 def test_every_family_learns_the_synthetic_signal(data):
     schema, batch = data
+    rate = batch.label.mean().item()
+    base_rate_logloss = -(rate * math.log(rate) + (1 - rate) * math.log(1 - rate))
     for family, config in [("teacher", TINY_TEACHER), ("student", TINY_STUDENT),
                            *[(kind, BASELINE) for kind in ("lr", "dnn", "deepfm", "dcnv2", "din")]]:
         torch.manual_seed(0)
@@ -239,7 +241,8 @@ def test_every_family_learns_the_synthetic_signal(data):
             loss.backward()
             opt.step()
             losses.append(loss.item())
-        assert math.isfinite(losses[-1]) and losses[-1] < 0.8 * losses[0], (family, losses[0], losses[-1])
+        # Below what the click rate alone buys (a constant prediction's logloss): the model used the features.
+        assert math.isfinite(losses[-1]) and losses[-1] < 0.92 * base_rate_logloss, (family, losses[-1])
 
 
 def test_student_is_exportable(data):

@@ -16,6 +16,7 @@ from training.trainer import (
     autocast_dtype,
     build_cohort,
     cohort_step_losses,
+    kd_weight,
     time_split,
     train_window,
     warm_start,
@@ -152,3 +153,15 @@ def test_time_split_holds_out_the_latest_rows(data) -> None:
     assert min(holdout.column("event_time").to_pylist()) >= latest_train
     with pytest.raises(ValueError, match="holdout fraction"):
         time_split(table, "event_time", 1.5)
+
+
+def test_kd_weight_ramps_up_and_the_student_loss_follows_it(data) -> None:
+    config = _config(students=1, lambda_kd=2.0, lambda_ml=0.0, kd_rampup_steps=4)
+    assert [kd_weight(config, s) for s in range(6)] == [0.5, 1.0, 1.5, 2.0, 2.0, 2.0]
+    assert kd_weight(_config(lambda_kd=2.0), 0) == 2.0  # no ramp: full weight from the first step
+    table, manifest = data
+    cohort = build_cohort(config, schema_for(manifest, config))
+    batch = encode(table.slice(0, 64), schema_for(manifest, config))
+    with torch.no_grad():
+        early, full = (cohort_step_losses(cohort, batch, config, step=s)["student_0"] for s in (0, 10))
+    assert early < full  # the soft-label term is positive: a quarter of its weight at step 0

@@ -34,7 +34,6 @@ class FeatureEmbedding(nn.Module):
         self.register_buffer("offsets", torch.tensor(offsets, dtype=torch.long), persistent=False)
         self.item_offset = offsets[schema.slot(schema.item)]
         self.category_offset = offsets[schema.slot(schema.category)]
-        self.user_slot = schema.slot(schema.user)
         self.table = nn.Embedding(sum(schema.buckets), d_embed)
         nn.init.normal_(self.table.weight, std=init_std)
 

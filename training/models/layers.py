@@ -73,8 +73,9 @@ class MoESwiGLU(nn.Module):
 
 
 class RelativeBias(nn.Module):
-    """HSTU/SUAN relative attention bias: learned by relative position and by log2-bucketed time gap,
-    shared across heads. Positions are explicit so every candidate can sit at the same position."""
+    """HSTU/SUAN relative attention bias: learned by relative position and by log-bucketed time gap
+    (``time_bucket``), shared across heads. Positions are explicit so every candidate can sit at the
+    same position."""
 
     def __init__(self, seq_len: int, time_buckets: int = 128) -> None:
         super().__init__()
@@ -87,12 +88,13 @@ class RelativeBias(nn.Module):
         """positions [N] in [0, seq_len], times [B, N] seconds -> bias [B, 1, N, N]."""
         rel = (positions[:, None] - positions[None, :]).clamp(-self.seq_len, self.seq_len) + self.seq_len
         dt = (times[:, :, None] - times[:, None, :]).abs().clamp(min=1).float()
-        bucket = (dt.log() / 0.301).long().clamp(0, self.time_buckets)
+        bucket = time_bucket(dt, self.time_buckets)
         return (self.pos[rel][None] + self.time[bucket]).unsqueeze(1)
 
 
 def time_bucket(seconds: torch.Tensor, buckets: int) -> torch.Tensor:
-    """Non-negative gaps in seconds -> log2 buckets in [0, buckets] (0 for gaps under 2 s)."""
+    """Non-negative gaps in seconds -> log buckets in [0, buckets]: ``ln(gap) / 0.301``, i.e. about
+    2.3 buckets per doubling (HSTU's bucketing, kept because it is finer than log2 for short gaps)."""
     return (seconds.clamp(min=1).float().log() / 0.301).long().clamp(0, buckets)
 
 
@@ -134,13 +136,12 @@ def additive_mask(allow: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
 class Attention(nn.Module):
     """Multi-head attention (no biases, as SUAN) through F.scaled_dot_product_attention."""
 
-    def __init__(self, dim: int, n_heads: int, kv_dim: int | None = None) -> None:
+    def __init__(self, dim: int, n_heads: int) -> None:
         super().__init__()
-        kv_dim = kv_dim or dim
         self.n_heads = n_heads
         self.q = nn.Linear(dim, dim, bias=False)
-        self.k = nn.Linear(kv_dim, dim, bias=False)
-        self.v = nn.Linear(kv_dim, dim, bias=False)
+        self.k = nn.Linear(dim, dim, bias=False)
+        self.v = nn.Linear(dim, dim, bias=False)
         self.o = nn.Linear(dim, dim, bias=False)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
