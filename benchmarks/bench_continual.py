@@ -23,8 +23,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from benchmarks.bench_quality import base_config
+from benchmarks.bench_quality import base_config, model_lines
 from benchmarks.ctr_data import simulated_days
+from benchmarks.machine import machine
 from pipelines.settings import Settings
 from training import artifacts
 from training.cycle import run_cycle
@@ -132,11 +133,11 @@ def render(rows, args, source: str, seconds: float, lineage: list[str | None]) -
         "# Continual training benchmark (daily cycles, progressive validation)",
         "",
         f"- command: `.venv/bin/python -m benchmarks.bench_continual {' '.join(sys.argv[1:])}`".rstrip(),
-        f"- machine: 2-core x86_64 CPU, 24 GiB, no GPU (shared with other work while it ran); date: {date}",
+        f"- machine: {machine()} (shared with other work while it ran); date: {date}",
         f"- data: {source}",
-        "- cohort: teacher (G1 rung shrunk for CPU, DeRes, loops 2) + 2 LightSUAN students, online "
-        "distillation + mutual learning, one pass per cycle, batch 128, AdamW lr 5e-3, single seed "
-        f"({args.seed}); total {seconds / 60:.1f} min",
+        f"- one pass per cycle, online distillation + mutual learning, single seed ({args.seed}); total "
+        f"{seconds / 60:.1f} min",
+        *model_lines(kd_rampup_steps=0, light=False),
         "- each cycle c trains on day c and is evaluated on day c+1 (progressive); the reference is the "
         "oracle AUC of the true p_click on that day and the frozen day-0 model",
         f"- warm-start lineage recorded in the registry: {sum(p is not None for p in lineage)} versions "

@@ -5,7 +5,7 @@
 2. Backfill from a Parquet log (events/s, goal: >= 500k/s on 2 cores), vs a plain pyarrow read of the
    same file.
 
-    .venv/bin/python benchmarks/bench_features.py [--events 300000] [--backfill-events 1000000]
+    .venv/bin/python -m benchmarks.bench_features [--events 300000] [--backfill-events 1000000]
         [--workers N] [--shards N] [--piece-records N] [--rounds 3] [--no-online] [--out PATH]
 
 Job settings default to the job's own defaults (JobConfig): what `ctrflow features build` runs.
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from benchmarks.machine import machine
 from pipelines.beam.job import JobConfig, run_file, run_kafka
 from pipelines.kafka import EmbeddedBroker, high_watermarks, make_consumer, partitions_for
 from pipelines.replay import replay
@@ -129,12 +129,12 @@ def bench_backfill(work: Path, impressions: int, config: JobConfig, rounds: int)
 
 def _machine() -> str:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return f"{os.cpu_count()}-core {platform.machine()} CPU, 24 GiB, no GPU (load average at the end: {load})"
+    return f"{machine()} (load average at the end: {load})"
 
 
 def results_markdown(args: argparse.Namespace, e2e: dict, bf: dict) -> str:
     command = (
-        f"python benchmarks/bench_features.py --events {args.events} "
+        f".venv/bin/python -m benchmarks.bench_features --events {args.events} "
         f"--backfill-events {args.backfill_events} --workers {args.workers} --shards {args.shards} "
         f"--piece-records {args.piece_records} --rounds {args.rounds}"
         + (" --no-online" if args.no_online else "")

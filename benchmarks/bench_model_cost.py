@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import platform
 import statistics
 import subprocess
 import time
@@ -33,6 +31,7 @@ from rich.progress import track
 from rich.table import Table
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks.machine import machine
 from features.manifest import SEQUENCE_COLUMNS, SEQUENCE_VIEW, manifest_columns
 from features.services import DEFAULT_SERVICE
 from pipelines.tables import STAT_WINDOWS
@@ -190,14 +189,6 @@ def training_rows(models: dict[str, tuple[str, dict, int]], schema: InputSchema,
     return rows
 
 
-def machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(0)
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    gpu = "GPU present but unused" if torch.cuda.is_available() else "no GPU"
-    return f"{os.cpu_count()}-core {platform.machine()} CPU, {memory:.0f} GiB, {gpu}"
-
-
 def _goal_sentence(ratios: dict[str, tuple[float, str]]) -> str:
     """Whether this run met the >= 5x goal against the teacher as it runs today (row-batched)."""
     batched = {k: v for k, (v, goal) in ratios.items() if goal == ">= 5x"}
@@ -216,7 +207,7 @@ def render(inference: list[dict], training: list[dict], ratios: dict[str, tuple[
         "",
         f"Command: `.venv/bin/python -m benchmarks.bench_model_cost{' --quick' if args.quick else ''}`"
         + (f" `--device {args.device}`" if args.device != "cpu" else ""),
-        f"Machine: {machine(device)} (torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"Machine: {machine(device.type)} (torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"device {device}); "
         "shared with other work, so ratios from the same run are what to compare.",
         f"Date: {date}",
