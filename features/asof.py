@@ -21,6 +21,7 @@ from features.feature_repo.definitions import (
     view_features,
 )
 from pipelines.settings import Settings
+from pipelines.tables import ENTITY_KEYS
 
 ROW_ID = "_row"
 
@@ -36,7 +37,7 @@ def parquet_glob(directory: Path) -> str:
 
 def _view_relation_sql(settings: Settings, view: str) -> str:
     """The view's rows, deduplicated to one per (entity, event_time): the one created last."""
-    key = "item_id" if view == "item_stats" else "user_id"
+    key = ENTITY_KEYS[VIEW_TABLES[view]]
     columns = ", ".join(_quote(c) for c in [key, "event_time", *view_features(view)])
     source = parquet_glob(settings.warehouse_dir / VIEW_TABLES[view])
     return (
@@ -59,7 +60,7 @@ def asof_join_sql(settings: Settings, service: str, samples_name: str) -> str:
     selects, joins = [f"s.{ROW_ID}"], []
     for n, view in enumerate(SERVICE_VIEWS[service]):
         alias = f"v{n}"
-        key = "item_id" if view == "item_stats" else "user_id"
+        key = ENTITY_KEYS[VIEW_TABLES[view]]
         ttl_s = int(views[view].ttl.total_seconds())
         fresh = f"{alias}.event_time >= s.event_time - INTERVAL '{ttl_s} seconds'"
         for feature in view_features(view):

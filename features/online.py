@@ -24,8 +24,8 @@ from features.normalize import normalize_features
 from features.store import FeatureStoreNotReady, feature_service, feature_store
 from pipelines import tables
 from pipelines.settings import Settings
+from pipelines.tables import ENTITY_KEYS
 
-ENTITY_KEYS: dict[str, str] = {"user_stats": "user_id", "item_stats": "item_id", "user_sequences": "user_id"}
 MAX_LOOKUP_ITEMS = 10_000
 
 

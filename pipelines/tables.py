@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from pipelines.events import EVENT_SCHEMA
+
 TS = pa.timestamp("ms", tz="UTC")
 
 # Sliding windows for user/item statistics: name suffix -> length in seconds.
@@ -32,21 +34,18 @@ def _stat_fields() -> list[pa.Field]:
     return fields
 
 
+# An impression's fields as the event contract types them, then its label and when the job wrote it.
 LABELLED_SAMPLES = pa.schema(
     [
-        pa.field("impression_id", pa.string(), nullable=False),
-        pa.field("request_id", pa.string()),
-        pa.field("user_id", pa.string(), nullable=False),
-        pa.field("item_id", pa.string(), nullable=False),
-        pa.field("category", pa.string()),
-        pa.field("position", pa.int32()),
-        pa.field("hour", pa.int8()),
-        pa.field("device", pa.string()),
-        pa.field("page", pa.string()),
+        EVENT_SCHEMA.field(name)
+        for name in ("impression_id", "request_id", "user_id", "item_id", "category", "position", "hour",
+                     "device", "page")
+    ]  # fmt: skip
+    + [
         pa.field("event_time", TS, nullable=False),
         pa.field("label", pa.int8(), nullable=False),
         pa.field("click_time", TS),
-        pa.field("p_click", pa.float64()),
+        EVENT_SCHEMA.field("p_click"),
         pa.field("created", TS, nullable=False),
     ]
 )
@@ -75,6 +74,9 @@ USER_SEQUENCES = pa.schema(
         pa.field("created", TS, nullable=False),
     ]
 )
+
+# The entity each feature table is keyed by (the Feast entity's join key).
+ENTITY_KEYS: dict[str, str] = {"user_stats": "user_id", "item_stats": "item_id", "user_sequences": "user_id"}
 
 TABLES: dict[str, pa.Schema] = {
     "labelled_samples": LABELLED_SAMPLES,

@@ -41,27 +41,21 @@ VIEW_TABLES: dict[str, str] = {
 }
 
 
-def _stat_schema() -> list[Field]:
-    arrow_to_feast: dict[str, FeastType] = {"int64": Int64, "double": Float64}
-    return [
-        Field(name=f.name, dtype=arrow_to_feast[str(f.type)])
-        for f in tables.USER_STATS
-        if f.name.startswith(("impressions_", "clicks_", "ctr_"))
-    ]
+_ARROW_TO_FEAST: dict[str, FeastType] = {
+    "int32": Int32, "int64": Int64, "double": Float64, "list<item: int64>": Array(Int64),
+}  # fmt: skip
 
 
-SEQUENCE_SCHEMA: list[Field] = [
-    Field(name="seq_item_ids", dtype=Array(Int64)),
-    Field(name="seq_category_ids", dtype=Array(Int64)),
-    Field(name="seq_event_times", dtype=Array(Int64)),
-    Field(name="seq_length", dtype=Int32),
-]
+def _feature_fields(table: str) -> list[Field]:
+    """A warehouse table's feature columns as Feast fields: everything but the entity and the times."""
+    schema = tables.TABLES[table]
+    skip = {tables.ENTITY_KEYS[table], "event_time", "created"}
+    return [Field(name=f.name, dtype=_ARROW_TO_FEAST[str(f.type)]) for f in schema if f.name not in skip]
 
 
 @cache
 def _view_feature_names(view: str) -> tuple[str, ...]:
-    schema = SEQUENCE_SCHEMA if view == "user_sequence" else _stat_schema()
-    return tuple(f.name for f in schema)
+    return tuple(f.name for f in _feature_fields(VIEW_TABLES[view]))
 
 
 def view_features(view: str) -> list[str]:
@@ -112,17 +106,18 @@ def build_definitions(settings: Settings) -> Definitions:
     }
     views = {
         "user_stats": FeatureView(
-            name="user_stats", entities=[user], ttl=STATS_TTL, schema=_stat_schema(),
+            name="user_stats", entities=[user], ttl=STATS_TTL, schema=_feature_fields("user_stats"),
             source=push_sources["user_stats"], online=True,
             description="User impressions, clicks and smoothed CTR over sliding windows, as of each event.",
         ),
         "item_stats": FeatureView(
-            name="item_stats", entities=[item], ttl=STATS_TTL, schema=_stat_schema(),
+            name="item_stats", entities=[item], ttl=STATS_TTL, schema=_feature_fields("item_stats"),
             source=push_sources["item_stats"], online=True,
             description="Item impressions, clicks and smoothed CTR over sliding windows, as of each event.",
         ),
         "user_sequence": FeatureView(
-            name="user_sequence", entities=[user], ttl=SEQUENCE_TTL, schema=SEQUENCE_SCHEMA,
+            name="user_sequence", entities=[user], ttl=SEQUENCE_TTL,
+            schema=_feature_fields("user_sequences"),
             source=push_sources["user_sequences"], online=True,
             description="The user's last N clicked items (ids, categories, times in ms), oldest first.",
         ),

@@ -26,6 +26,7 @@ from features.feature_repo.definitions import (
 )
 from pipelines import tables
 from pipelines.settings import Settings
+from pipelines.tables import ENTITY_KEYS
 
 from .synthetic_warehouse import DAY_MS, T0_MS, write_synthetic_warehouse, write_table
 
@@ -69,7 +70,7 @@ def _reference(written: dict[str, pa.Table], samples: pa.Table, service: str) ->
     views = build_definitions(Settings()).views
     expected: dict[str, list] = defaultdict(list)
     for view in SERVICE_VIEWS[service]:
-        key = "item_id" if view == "item_stats" else "user_id"
+        key = ENTITY_KEYS[VIEW_TABLES[view]]
         by_entity: dict[str, list[dict]] = defaultdict(list)
         for row in written[VIEW_TABLES[view]].to_pylist():
             by_entity[row[key]].append(row)

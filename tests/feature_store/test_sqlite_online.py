@@ -20,6 +20,7 @@ from features.online import latest_per_entity, materialize_range, online_feature
 from features.sqlite_online import BatchedSqliteOnlineStore
 from features.store import REPO_DIR, feature_store, online_path, render_feature_store_yaml, repo_config_dict
 from pipelines.settings import Settings
+from pipelines.tables import ENTITY_KEYS
 
 from .synthetic_warehouse import T0_MS, write_synthetic_warehouse
 
@@ -48,7 +49,7 @@ def _assert_serves_newest(settings: Settings, tables: dict[str, pa.Table]) -> No
     served = _served_by_entity(settings)
     for view, table in VIEW_TABLES.items():
         latest = latest_per_entity(table, tables[table])
-        key = "item_id" if table == "item_stats" else "user_id"
+        key = ENTITY_KEYS[table]
         assert latest.num_rows > 0
         for row in latest.to_pylist():
             for feature in view_features(view):
