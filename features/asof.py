@@ -47,7 +47,8 @@ def _view_relation_sql(settings: Settings, view: str) -> str:
 
 
 def _sql_default(feature: str) -> str:
-    # The same fill rule as features.normalize, applied inside the query so no second pass is needed.
+    # features.normalize's fill rule (feature_default), applied inside the query where it is cheapest;
+    # join_features' normalize pass then finds no nulls and no type to cast, and returns at once.
     default = feature_default(feature)
     if isinstance(default, list):
         return "[]::BIGINT[]"
