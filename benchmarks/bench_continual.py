@@ -28,9 +28,7 @@ from benchmarks.ctr_data import simulated_days
 from benchmarks.machine import machine
 from pipelines.settings import Settings
 from training import artifacts
-from training.cycle import run_cycle
-from training.inputs import InputSchema, encode
-from training.trainer import evaluate_model, select_device
+from training.cycle import evaluate_version, run_cycle
 
 RESULTS = Path(__file__).parent / "results" / "continual.md"
 STUDENTS = ("student_0", "student_1")
@@ -42,18 +40,6 @@ def _row(metrics: dict[str, dict[str, float]]) -> dict[str, float]:
         "teacher": metrics["teacher"]["auc"],
         "oracle": metrics["teacher"].get("oracle_auc", float("nan")),
     }
-
-
-def evaluate_version(settings: Settings, version: str, table: pa.Table) -> dict[str, dict[str, float]]:
-    """Metrics of every model of a saved version on a table (the frozen arm)."""
-    config = artifacts.read_config(settings, version)
-    batch = encode(table, InputSchema.from_dict(config["input_schema"]))
-    device = select_device("auto")
-    out = {}
-    for name in config["models"]:
-        model, _ = artifacts.load_model(settings, version, name)
-        out[name] = evaluate_model(model.to(device), batch, device)[0]
-    return out
 
 
 def main() -> int:

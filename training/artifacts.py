@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from pipelines.settings import Settings
 
@@ -121,9 +122,10 @@ def read_config(settings: Settings, version: str) -> dict[str, Any]:
 
 def read_weights(settings: Settings, version: str, name: str) -> dict[str, torch.Tensor]:
     """One model's state dict from a version (keys without the model-name prefix)."""
-    tensors = load_file(str(version_dir(settings, version) / WEIGHTS_FILE))
     prefix = f"{name}."
-    state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+    # Only this model's tensors: a version holds every model of its cohort in one file.
+    with safe_open(str(version_dir(settings, version) / WEIGHTS_FILE), framework="pt") as f:
+        state = {k[len(prefix) :]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}  # noqa: SIM118 (not a dict)
     if not state:
         raise ArtifactError(f"version {version!r} has no weights for model {name!r}")
     return state

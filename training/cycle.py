@@ -68,6 +68,23 @@ class CycleResult:
         }
 
 
+def evaluate_version(
+    settings: Settings, version: str, table: pa.Table, names: list[str] | None = None
+) -> dict[str, dict[str, float]]:
+    """Holdout metrics of models of a saved version (all of them by default) on a training-set table."""
+    config = artifacts.read_config(settings, version)
+    unknown = [n for n in names or () if n not in config["models"]]
+    if unknown:
+        raise ValueError(f"version {version} has no model {unknown}; it has {sorted(config['models'])}")
+    batch = encode(table, InputSchema.from_dict(config["input_schema"]))
+    device = select_device("auto")
+    metrics = {}
+    for name in names or list(config["models"]):
+        model, _ = artifacts.load_model(settings, version, name)
+        metrics[name] = evaluate_model(model.to(device), batch, device)[0]
+    return metrics
+
+
 def _best_student(metrics: dict[str, dict[str, float]], students: list[str]) -> str | None:
     scored = [(m.get("auc", float("nan")), n) for n, m in metrics.items() if n in students]
     scored = [(a, n) for a, n in scored if a == a]  # drop NaN

@@ -111,30 +111,18 @@ def evaluate(
 ) -> None:
     """Score a saved version's models on a training set: AUC, gAUC, logloss, calibration, oracle gap."""
     from training import artifacts
-    from training.cycle import load_training_set
-    from training.inputs import InputSchema, encode
-    from training.trainer import evaluate_model, select_device, time_split
+    from training.cycle import evaluate_version, load_training_set
+    from training.trainer import time_split
 
     settings = get_settings()
     try:
         version = artifacts.latest_version(settings) if model == "latest" else model
         if version is None:
             raise ValueError("no model versions saved yet (run `ctrflow train`)")
-        config = artifacts.read_config(settings, version)
-        names = [name] if name else list(config["models"])
-        unknown = [n for n in names if n not in config["models"]]
-        if unknown:
-            raise ValueError(f"version {version} has no model {unknown}; it has {sorted(config['models'])}")
         table, manifest = load_training_set(settings, dataset)
         if last_fraction is not None and last_fraction < 1.0:
             table = time_split(table, manifest["columns"]["time"], last_fraction)[1]
-        schema = InputSchema.from_dict(config["input_schema"])
-        batch = encode(table, schema)
-        device = select_device("auto")
-        metrics = {}
-        for n in names:
-            loaded, _ = artifacts.load_model(settings, version, n)
-            metrics[n] = evaluate_model(loaded.to(device), batch, device)[0]
+        metrics = evaluate_version(settings, version, table, [name] if name else None)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         raise _fail(str(exc)) from exc
     if as_json:
