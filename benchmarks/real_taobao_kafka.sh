@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The real Taobao stream slice through the whole path on Kafka: embedded broker -> replay (Taobao adapter)
-# -> Beam job from Kafka -> point-in-time training set -> train. Results: benchmarks/results/real_data.md.
+# -> Beam job from Kafka -> point-in-time training set -> train. Writes the JSON reports under $H;
+# benchmarks/results/real_data.md was written by hand from them.
 #   bash benchmarks/real_taobao_kafka.sh        (from the repository root; ../shared/data must exist)
 set -euo pipefail
 C=${CTRFLOW:-.venv/bin/ctrflow}
@@ -10,7 +11,8 @@ PORT=${PORT:-39092}
 $C broker --port "$PORT" > "$H/broker.log" 2>&1 &
 BROKER=$!
 trap 'kill $BROKER' EXIT
-until grep -q "127.0.0.1:$PORT" "$H/broker.log" 2>/dev/null; do sleep 1; done
+for _ in $(seq 60); do grep -q "127.0.0.1:$PORT" "$H/broker.log" 2>/dev/null && break; sleep 1; done
+grep -q "127.0.0.1:$PORT" "$H/broker.log" || { echo "broker did not start: see $H/broker.log" >&2; exit 1; }
 export CTRFLOW_HOME=$H CTRFLOW_KAFKA_BOOTSTRAP=127.0.0.1:$PORT
 T0=$(date +%s)
 $C replay ../shared/data/taobao-userbehavior/stream_slice_2017-11-26.csv --format taobao --json > "$H/replay.json"

@@ -289,18 +289,21 @@ def train_window(
                 with autocast_context(device, dtype):
                     per_model = cohort_step_losses(cohort, batch, config, history.steps)
                 total = sum(per_model.values())
-                if not torch.isfinite(total):
-                    raise FloatingPointError(f"non-finite loss at step {history.steps}: "
-                                             f"{ {n: float(v) for n, v in per_model.items()} }")
+                # One device-to-host copy per step for the finiteness check and the history (not one
+                # per model): on a GPU each copy is a synchronisation.
+                stacked = torch.stack([v.detach().float() for v in per_model.values()])
+                values = dict(zip(per_model, stacked.tolist(), strict=True))
+                if not all(math.isfinite(v) for v in values.values()):
+                    raise FloatingPointError(f"non-finite loss at step {history.steps}: {values}")
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 optimizer.step()
-                for name, value in per_model.items():
-                    history.losses[name].append(float(value.detach()))
+                for name, value in values.items():
+                    history.losses[name].append(value)
                 history.steps += 1
                 history.samples += len(batch)
                 bar.update(1)
-                bar.set_postfix(loss=f"{float(total.detach()):.4f}")
+                bar.set_postfix(loss=f"{sum(values.values()):.4f}")
     history.seconds = time.perf_counter() - started
     cohort.train(False)
     return history
