@@ -52,6 +52,7 @@ from pipelines.events import (
     MalformedEvent,
     decode_event,
     encode_event,
+    is_utf8,
     validate_event,
 )
 
@@ -313,11 +314,12 @@ def check_block(lines: list[bytes]) -> CheckedBlock | None:
     lengths = list(map(len, lines))
     if min(lengths) == 0 or max(lengths) > MAX_RECORD_BYTES or any(map(bytes.isspace, lines)):
         return None
+    block = b"\n".join(lines)
+    if not is_utf8(block):
+        return None
     try:
-        table = pa_json.read_json(
-            io.BytesIO(b"\n".join(lines)), read_options=_BLOCK_READ, parse_options=_BLOCK_PARSE
-        )
-    except (pa.ArrowInvalid, UnicodeDecodeError):
+        table = pa_json.read_json(io.BytesIO(block), read_options=_BLOCK_READ, parse_options=_BLOCK_PARSE)
+    except pa.ArrowInvalid:
         return None
     if table.num_rows != len(lines):
         return None

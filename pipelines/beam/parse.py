@@ -159,12 +159,15 @@ _JSON_PARSE = pajson.ParseOptions(explicit_schema=NULLABLE_EVENT_SCHEMA, unexpec
 
 def _columnar_json(values: Sequence[bytes]) -> pa.Table | None:
     """All records parsed at once by Arrow's JSON reader, or None when any record needs the careful
-    row-wise path (non-objects, wrong JSON types, multi-line or oversized values, nulls)."""
+    row-wise path (non-objects, wrong JSON types, multi-line or oversized values, nulls, invalid UTF-8)."""
     if any(v is None or b"\n" in v or len(v) > ev.MAX_RECORD_BYTES or not v.startswith(b"{") for v in values):
+        return None
+    block = b"\n".join(values)
+    if not ev.is_utf8(block):  # Arrow would take invalid UTF-8 inside a string value
         return None
     try:
         table = pajson.read_json(
-            pa.py_buffer(b"\n".join(values)),
+            pa.py_buffer(block),
             read_options=pajson.ReadOptions(block_size=1 << 20),  # 1 MiB blocks parse in parallel
             parse_options=_JSON_PARSE,
         )

@@ -93,6 +93,16 @@ def test_vectorised_json_path_equals_row_wise(odd: dict) -> None:
     assert "event_time 1700000000 is outside" in fast.dead[0].error
 
 
+def test_vectorised_json_path_refuses_invalid_utf8_inside_a_string() -> None:
+    # Arrow's JSON reader does not check UTF-8 inside string values: the batch must go row-wise.
+    values = [encode_event(GOOD), encode_event(GOOD)[:-1] + b',"device":"\xff"}', encode_event(GOOD)]
+    fast = parse_json_batch("topic", 0, 0, 3, [0, 1, 2], values)
+    slow = parse_records("topic", 0, 0, 3, [0, 1, 2], values)
+    assert fast.accepted == slow.accepted == 2
+    assert [(d.offset, d.error, d.raw) for d in fast.dead] == [(d.offset, d.error, d.raw) for d in slow.dead]
+    assert "not UTF-8" in fast.dead[0].error and fast.dead[0].raw == values[1]
+
+
 def test_runner_is_explicit_and_beam_options_pass_through() -> None:
     from apache_beam.options.pipeline_options import DirectOptions
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner

@@ -120,6 +120,8 @@ BLOCK_BREAKERS = [
     b"   ",
     b"[1, 2]",
     b"\xff{}",
+    # Arrow's reader does not check UTF-8 inside string values; decode_event refuses the line.
+    encode_event(_impression(15))[:-1] + b',"device":"\xff"}',
 ]
 
 
