@@ -185,13 +185,15 @@ class DeadLetter:
     raw: bytes
 
     def to_json(self) -> bytes:
+        # surrogateescape maps each undecodable byte to its own lone surrogate, which json writes as a
+        # \udcXX escape: from_json gets exactly the same bytes back (backslashreplace could not).
         return json.dumps(
             {
                 "source": self.source,
                 "partition": self.partition,
                 "offset": self.offset,
                 "error": self.error,
-                "raw": self.raw.decode("utf-8", errors="backslashreplace"),
+                "raw": self.raw.decode("utf-8", errors="surrogateescape"),
             },
             separators=(",", ":"),
         ).encode()
@@ -199,7 +201,8 @@ class DeadLetter:
     @classmethod
     def from_json(cls, data: bytes) -> DeadLetter:
         d = json.loads(data)
-        return cls(d["source"], d["partition"], d["offset"], d["error"], d["raw"].encode())
+        raw = d["raw"].encode("utf-8", errors="surrogateescape")
+        return cls(d["source"], d["partition"], d["offset"], d["error"], raw)
 
 
 _INT63 = (1 << 63) - 1

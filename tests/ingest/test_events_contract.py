@@ -79,9 +79,15 @@ def test_undecodable_lines_name_their_reason(raw: bytes, reason: str) -> None:
         decode_event(raw)
 
 
-def test_dead_letter_round_trips_raw_bytes_and_reason() -> None:
-    letter = DeadLetter("log.jsonl", -1, 42, "invalid JSON", b'{"broken')
-    assert DeadLetter.from_json(letter.to_json()) == letter
+@pytest.mark.parametrize(
+    "raw",
+    [b'{"broken', b'{"a":"\xff\xfe"}', b"\\xff", b"\xed\xb2\x80", "\u00e9\u20ac".encode(), bytes(range(256))],
+)
+def test_dead_letter_round_trips_raw_bytes_and_reason(raw: bytes) -> None:
+    letter = DeadLetter("log.jsonl", -1, 42, "invalid JSON", raw)
+    encoded = letter.to_json()
+    encoded.decode("ascii")  # plain JSON text, whatever the raw bytes
+    assert DeadLetter.from_json(encoded) == letter
 
 
 def test_stable_int_id_keeps_decimal_ids_readable_and_hashes_others() -> None:

@@ -77,6 +77,7 @@ MALFORMED = {
     "time in seconds": (encode_event(_impression(1) | {"event_time": 1_767_571_214}), "in seconds instead"),
     "absurd time": (encode_event(_impression(1) | {"event_time": 99_999_999_999_999}), "is outside"),
     "undecodable": (b'{"type":"impression\xff\xfe"}', "not UTF-8"),
+    "undecodable value": (encode_event(_impression(1))[:-1] + b',"device":"\xff"}', "not UTF-8"),
     "invalid json": (b"{this is not json}", "invalid JSON"),
     "not an object": (b'["impression"]', "must be a JSON object"),
     "empty line": (b"", "invalid JSON"),
@@ -113,8 +114,7 @@ def test_malformed_lines_are_dead_lettered_exactly_and_no_good_line_is_lost(
     for d in letters:
         assert expected_dead[d.offset] in d.error, (d.offset, d.error)
         assert d.source == str(path) and d.partition == -1
-        if b"\xff" not in lines[d.offset - 1]:
-            assert d.raw == lines[d.offset - 1]  # raw bytes kept (undecodable bytes are escaped)
+        assert d.raw == lines[d.offset - 1]  # the raw bytes, exactly, undecodable ones included
     produced = [json.loads(r.value) for r in read_topic(broker.bootstrap, settings.topic("impressions"))]
     assert sorted(p["impression_id"] for p in produced) == sorted(g["impression_id"] for g in good)
 
