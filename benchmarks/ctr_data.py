@@ -22,7 +22,6 @@ class DaySplit:
     days: list[pa.Table]  # one training-set table per day, oldest first
     manifest: dict[str, Any]
     source: str
-    oracle_auc: float  # of the whole simulated log (per-day oracle AUCs come with the metrics)
 
     @property
     def train(self) -> pa.Table:
@@ -60,7 +59,7 @@ def simulated_days(settings: Settings, days: int, impressions: int, seed: int,
     config = SimulatorConfig(days=days, users=users, items=items, impressions=impressions, seed=seed)
     log = settings.home_dir / "simulated.parquet"
     log.parent.mkdir(parents=True, exist_ok=True)
-    summary = simulate(config, log)
+    simulate(config, log)
     run_file(settings, log)
     first = datetime.fromisoformat(config.start).replace(tzinfo=UTC)
     tables, manifest = [], {}
@@ -74,4 +73,4 @@ def simulated_days(settings: Settings, days: int, impressions: int, seed: int,
         "(pipelines.beam.job.run_file)"
         f" → features.datasets.build_dataset per day; built in {time.perf_counter() - started:.0f}s"
     )
-    return DaySplit(tables, manifest, source, summary.oracle_auc)
+    return DaySplit(tables, manifest, source)

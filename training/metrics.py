@@ -37,23 +37,34 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def gauc(labels: np.ndarray, scores: np.ndarray, users: np.ndarray) -> float:
-    """Impression-weighted mean of per-user AUC over users that have both a click and a non-click."""
+    """Impression-weighted mean of per-user AUC over users that have both a click and a non-click.
+
+    Vectorised over users: one sort by (user, score), ranks within each user with ties sharing their
+    mean rank, and per-user rank sums of the clicks (the Mann-Whitney statistic of ``auc``).
+    """
     y = np.asarray(labels).astype(bool)
     s = np.asarray(scores, dtype=np.float64)
     u = np.asarray(users)
-    order = np.argsort(u, kind="mergesort")
-    u_sorted = u[order]
-    starts = np.flatnonzero(np.r_[True, u_sorted[1:] != u_sorted[:-1]])
-    ends = np.r_[starts[1:], len(u)]
-    total, weight = 0.0, 0
-    for a, b in zip(starts, ends, strict=True):
-        idx = order[a:b]
-        yy = y[idx]
-        if yy.all() or not yy.any():
-            continue
-        total += auc(yy, s[idx]) * len(idx)
-        weight += len(idx)
-    return float(total / weight) if weight else float("nan")
+    if len(y) == 0:
+        return float("nan")
+    order = np.lexsort((s, u))
+    y, s, u = y[order], s[order], u[order]
+    new_user = np.r_[True, u[1:] != u[:-1]]
+    group_start = np.maximum.accumulate(np.where(new_user, np.arange(len(u)), 0))
+    # Runs of equal (user, score): each member gets the run's mean 1-based rank within its user.
+    run_starts = np.flatnonzero(new_user | np.r_[True, s[1:] != s[:-1]])
+    run_ends = np.r_[run_starts[1:], len(u)]
+    mean_rank = np.repeat((run_starts + run_ends + 1) / 2.0, run_ends - run_starts) - group_start
+    starts = np.flatnonzero(new_user)
+    n = np.diff(np.r_[starts, len(u)])
+    pos = np.add.reduceat(y.astype(np.int64), starts)
+    rank_sum = np.add.reduceat(np.where(y, mean_rank, 0.0), starts)
+    both = (pos > 0) & (pos < n)
+    if not both.any():
+        return float("nan")
+    p, neg = pos[both], n[both] - pos[both]
+    per_user = (rank_sum[both] - p * (p + 1) / 2.0) / (p * neg)
+    return float(np.sum(per_user * n[both]) / np.sum(n[both]))
 
 
 def logloss(labels: np.ndarray, probs: np.ndarray) -> float:
@@ -70,16 +81,12 @@ def pcoc(labels: np.ndarray, probs: np.ndarray) -> float:
 
 def ece(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> float:
     """Expected calibration error over equal-width probability bins, weighted by bin size."""
-    y = np.asarray(labels, dtype=np.float64)
-    p = np.asarray(probs, dtype=np.float64)
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(p, edges[1:-1], right=False), 0, bins - 1)
-    err = 0.0
-    for b in range(bins):
-        in_bin = which == b
-        if in_bin.any():
-            err += in_bin.sum() * abs(p[in_bin].mean() - y[in_bin].mean())
-    return float(err / len(p)) if len(p) else float("nan")
+    curve = reliability_curve(labels, probs, bins)
+    total = sum(curve["count"])
+    if not total:
+        return float("nan")
+    gaps = zip(curve["count"], curve["predicted"], curve["observed"], strict=True)
+    return float(sum(c * abs(pr - ob) for c, pr, ob in gaps) / total)
 
 
 def reliability_curve(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> dict[str, list[float]]:

@@ -54,7 +54,7 @@ class MoESwiGLU(nn.Module):
         self.w1 = nn.Parameter(torch.randn(n_experts, dim, hidden) / math.sqrt(dim))
         self.w2 = nn.Parameter(torch.randn(n_experts, dim, hidden) / math.sqrt(dim))
         self.w3 = nn.Parameter(torch.randn(n_experts, hidden, dim) / math.sqrt(hidden))
-        self.shared = SwiGLU(dim, mult=max(1, mult // 2) if mult > 1 else 1)
+        self.shared = SwiGLU(dim, mult=max(1, mult // 2))
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
