@@ -7,6 +7,7 @@ holdout, measure its cost, save the version and write the run report.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -119,6 +120,10 @@ def run_cycle(
 
     cohort = build_cohort(config, schema).to(device)
     loaded = warm_start(cohort, settings, parent) if parent else []
+    if cohort.teacher in loaded and config.kd_rampup_steps:
+        # The ramp shields students from an immature teacher over the first increment (MODELS.md 6.4);
+        # a teacher carried over from the parent is not one.
+        config = dataclasses.replace(config, kd_rampup_steps=0)
     history = train_window(cohort, train_batch, config, device, progress=progress)
 
     results: dict[str, dict[str, Any]] = {}

@@ -120,9 +120,12 @@ def test_cycle_learns_saves_and_warm_starts(settings, data) -> None:
             torch.testing.assert_close(value, parent[key])
 
     later = make_dataset(n_rows=300, seed=4)[0]
-    second = run_cycle(settings, later, manifest, _config(baselines=("lr",)), parent=first.version,
-                       progress=False)
-    assert artifacts.read_config(settings, second.version)["parent"] == first.version
+    second = run_cycle(settings, later, manifest, _config(baselines=("lr",), kd_rampup_steps=50),
+                       parent=first.version, progress=False)
+    second_config = artifacts.read_config(settings, second.version)
+    assert second_config["parent"] == first.version
+    # A warm-started teacher is mature: no KD ramp-up again (the version records what ran).
+    assert second_config["train_config"]["kd_rampup_steps"] == 0
     assert sorted(second.warm_started) == ["lr", "student_0", "student_1", "teacher"]
 
 
