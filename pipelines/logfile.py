@@ -4,7 +4,8 @@ Public API (used by the simulator, the adapters' ``convert``, replay and the Bea
 
 - ``LogWriter(path)``: context manager; ``write(table)`` appends a ``pyarrow.Table`` whose columns are
   a subset of ``events.EVENT_SCHEMA`` (missing columns become null); ``write_records(records)`` appends
-  canonical dicts. Nulls are left out of JSON lines, exactly like ``events.encode_event``.
+  canonical dicts. Nulls are left out of JSON lines, exactly like ``events.encode_event``. Parquet keeps
+  only the contract columns: ``extra_fields_dropped`` counts the records whose extra fields it lost.
 - ``iter_lines(path)``: ``(line_number, raw_bytes)`` of a JSONL log, 1-based, newline stripped.
 - ``iter_events(path)``: every record of a log, validated once: a dict for a good record, a
   ``DeadLetter`` (source = path, partition = -1, offset = 1-based line/row number) for a bad one.
@@ -59,6 +60,7 @@ from pipelines.events import (
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 _READ_BLOCK_BYTES = 4 * 1024 * 1024
+_EVENT_FIELDS = frozenset(EVENT_COLUMNS)
 _STRING_COLUMNS = tuple(f.name for f in EVENT_SCHEMA if pa.types.is_string(f.type))
 # Characters that need JSON escaping; string columns free of them take the vectorised fast path.
 _NEEDS_ESCAPE = r'["\\\x00-\x1f]'
@@ -128,6 +130,8 @@ class LogWriter:
         self.path = Path(path)
         self.format = log_format(self.path)
         self.rows = 0
+        # Records whose extra (non-contract) fields a Parquet log could not keep; JSONL keeps them all.
+        self.extra_fields_dropped = 0
         self._jsonl = None
         self._parquet: pq.ParquetWriter | None = None
 
@@ -158,6 +162,7 @@ class LogWriter:
             self._jsonl.write(b"".join(encode_event(r) + b"\n" for r in records))
             self.rows += len(records)
         else:
+            self.extra_fields_dropped += sum(not record.keys() <= _EVENT_FIELDS for record in records)
             self.write(pa.Table.from_pylist(records, schema=EVENT_SCHEMA))
 
     def __exit__(self, *exc: object) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -131,50 +132,84 @@ def convert_cmd(
 ) -> None:
     """Convert a public log format (or a canonical log) into a canonical, event-time-ordered log.
 
-    Malformed lines are kept aside in OUT.deadletter.jsonl, with their line numbers and reasons."""
+    Malformed lines are kept aside in OUT.deadletter.jsonl, with their line numbers and reasons.
+    A .parquet OUT keeps only the canonical columns; extra fields (Criteo's I/C columns) need .jsonl."""
     if fmt not in FORMATS:
         raise _fail(f"unknown format {fmt!r}: expected one of {list(FORMATS)}")
     options = {"negatives": negatives, "seed": seed} if fmt == "taobao" else {}
     dead_path = out.with_name(out.name + ".deadletter.jsonl")
+    if source.resolve() in (out.resolve(), dead_path.resolve()):
+        raise _fail(f"{out} would overwrite the input {source}: write the converted log to another path")
+    if out.is_dir():
+        raise _fail(f"{out} is a directory: give the path of the log file to write")
     counts = {"events": 0, "dead_lettered": 0, "skipped": 0}
     try:
         log_format(out)
         # "canonical": re-sort a canonical log by event time and/or change JSONL <-> Parquet.
-        stream = iter_events(source) if fmt == "canonical" else adapt_file(fmt, source, **options)
+        # Both streams are lazy: the input's format is checked here, before anything is written.
+        if fmt == "canonical":
+            log_format(source)
+            stream = iter_events(source)
+        else:
+            stream = adapt_file(fmt, source, **options)
     except ValueError as exc:
         raise _fail(str(exc)) from None
 
-    with _progress() as progress, LogWriter(out) as writer, open(dead_path, "wb") as dead:
-        task = progress.add_task(f"converting {source.name}")
+    # Written next to OUT under temporary names and renamed on success: a failed run leaves no
+    # truncated log behind (and an existing OUT intact).
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = _temp_path(out, out.suffix)
+    tmp_dead = _temp_path(out, ".deadletter.jsonl")
+    try:
+        with _progress() as progress, LogWriter(tmp_out) as writer, open(tmp_dead, "wb") as dead:
+            task = progress.add_task(f"converting {source.name}")
 
-        def events():
-            for item in stream:
-                if isinstance(item, dict):
-                    yield item
-                elif isinstance(item, DeadLetter):
-                    dead.write(item.to_json() + b"\n")
-                    counts["dead_lettered"] += 1
-                else:
-                    counts["skipped"] += 1
+            def events():
+                for item in stream:
+                    if isinstance(item, dict):
+                        yield item
+                    elif isinstance(item, DeadLetter):
+                        dead.write(item.to_json() + b"\n")
+                        counts["dead_lettered"] += 1
+                    else:
+                        counts["skipped"] += 1
 
-        batch: list[dict] = []
-        for record in sort_by_event_time(events()):
-            batch.append(record)
-            if len(batch) >= 50_000:
-                writer.write_records(batch)
-                progress.advance(task, len(batch))
-                batch = []
-        writer.write_records(batch)
-        counts["events"] = writer.rows
-    if counts["dead_lettered"] == 0:
-        dead_path.unlink()
+            batch: list[dict] = []
+            for record in sort_by_event_time(events()):
+                batch.append(record)
+                if len(batch) >= 50_000:
+                    writer.write_records(batch)
+                    progress.advance(task, len(batch))
+                    batch = []
+            writer.write_records(batch)
+            counts["events"] = writer.rows
+        os.replace(tmp_out, out)
+        if counts["dead_lettered"]:
+            os.replace(tmp_dead, dead_path)
+        else:
+            dead_path.unlink(missing_ok=True)  # a previous run's dead letters do not describe this OUT
+    except (ValueError, OSError) as exc:
+        raise _fail(f"converting {source} failed, {out} not written: {exc}") from None
+    finally:
+        tmp_out.unlink(missing_ok=True)  # no-ops after the renames
+        tmp_dead.unlink(missing_ok=True)
     console.print(
         f"wrote {counts['events']:,} events to {out}; {counts['skipped']:,} lines skipped by design, "
         f"{counts['dead_lettered']:,} malformed"
         + (f" (kept in {dead_path})" if counts["dead_lettered"] else "")
     )
+    if writer.extra_fields_dropped:
+        console.print(
+            f"[yellow]warning:[/yellow] {writer.extra_fields_dropped:,} records carried fields beyond the "
+            "canonical columns, which Parquet does not keep; write .jsonl to keep them"
+        )
     if as_json:
         print(json.dumps(counts))
+
+
+def _temp_path(out: Path, suffix: str) -> Path:
+    """A hidden file next to ``out`` (same file system, so the final rename is atomic), this process's own."""
+    return out.with_name(f".{out.name}.{os.getpid()}.partial{suffix}")
 
 
 @app.command("replay")

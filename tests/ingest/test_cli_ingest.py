@@ -119,3 +119,60 @@ def test_convert_canonical_sorts_by_event_time_and_changes_format(tmp_path: Path
     assert result.exit_code == 0, result.output
     assert _last_json(result.stdout) == {"events": 10, "dead_lettered": 1, "skipped": 0}
     assert list(iter_records(out)) == sorted(shuffled, key=lambda r: r["event_time"])
+
+
+def _said(result) -> str:
+    """The command's output with rich's line wrapping undone."""
+    return " ".join(result.output.split())
+
+
+def _canonical_lines(n: int) -> bytes:
+    base = 1_767_571_214_000
+    return b"".join(
+        json.dumps({"type": "impression", "impression_id": str(i), "request_id": "r", "user_id": "1",
+                    "item_id": "2", "position": 0, "event_time": base + i}).encode() + b"\n"
+        for i in range(n)
+    )
+
+
+def test_convert_refuses_to_overwrite_its_input(tmp_path: Path) -> None:
+    source = tmp_path / "log.jsonl"
+    source.write_bytes(_canonical_lines(5))
+    for out in (source, tmp_path / "." / "log.jsonl"):
+        result = runner.invoke(app, ["convert", "canonical", str(source), str(out)])
+        assert result.exit_code == 2 and "would overwrite the input" in _said(result), result.output
+    assert source.read_bytes() == _canonical_lines(5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.jsonl"]
+
+
+def test_convert_checks_the_input_format_before_writing_anything(tmp_path: Path) -> None:
+    source = tmp_path / "src.csv"
+    source.write_bytes(_canonical_lines(3))
+    result = runner.invoke(app, ["convert", "canonical", str(source), str(tmp_path / "out.jsonl")])
+    assert result.exit_code == 2 and "cannot tell the log format" in _said(result), result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)  # a message, no traceback
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src.csv"]
+
+
+def test_a_failed_convert_leaves_the_previous_output_and_no_partial_files(tmp_path: Path) -> None:
+    source = tmp_path / "broken.parquet"
+    source.write_bytes(b"PAR1 this is not a parquet file")
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(_canonical_lines(2))
+    result = runner.invoke(app, ["convert", "canonical", str(source), str(out)])
+    assert result.exit_code == 2 and "not written: Parquet magic bytes" in _said(result), result.output
+    assert out.read_bytes() == _canonical_lines(2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.parquet", "out.jsonl"]
+
+
+def test_convert_to_parquet_warns_about_extra_fields_it_cannot_keep(tmp_path: Path) -> None:
+    source = tmp_path / "extra.jsonl"
+    lines = _canonical_lines(4).splitlines()
+    lines[1] = lines[1][:-1] + b', "I1": 7}'
+    source.write_bytes(b"\n".join(lines) + b"\n")
+    result = runner.invoke(app, ["convert", "canonical", str(source), str(tmp_path / "out.parquet")])
+    assert result.exit_code == 0, result.output
+    assert "1 records carried fields beyond the canonical columns" in _said(result)
+    result = runner.invoke(app, ["convert", "canonical", str(source), str(tmp_path / "out.jsonl")])
+    assert result.exit_code == 0 and "beyond the canonical" not in _said(result)
+    assert [r.get("I1") for r in iter_records(tmp_path / "out.jsonl")] == [None, 7, None, None]
