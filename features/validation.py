@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines import events as event_contract
+from pipelines import logfile
 from pipelines.settings import Settings
 
 # GX would otherwise phone home; ctrflow keeps everything on this machine.
@@ -155,8 +156,10 @@ def new_run_name(prefix: str = "validate") -> str:
 
 
 def validate_table(settings: Settings, suite: str, frame: pa.Table, run: str | None = None,
-                   bounds: ValidationBounds | None = None, now: datetime | None = None) -> ValidationReport:
-    """Run a suite on an Arrow table; results and Data Docs go to ``runs_dir/<run>/validation/``."""
+                   bounds: ValidationBounds | None = None, now: datetime | None = None,
+                   read_checks: ReadChecks | None = None) -> ValidationReport:
+    """Run a suite on an Arrow table; results and Data Docs go to ``runs_dir/<run>/validation/``.
+    ``read_checks`` (checks done while reading the data) count and fail like the suite's expectations."""
     import great_expectations as gx
     from great_expectations.checkpoint import UpdateDataDocsAction
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -186,7 +189,8 @@ def validate_table(settings: Settings, suite: str, frame: pa.Table, run: str | N
     result = checkpoint.run(batch_parameters={"dataframe": _for_gx(frame)},
                             expectation_parameters=bounds.parameters(now or datetime.now(UTC)))
 
-    failed, evaluated = [], 0
+    read_checks = read_checks or ReadChecks()
+    failed, evaluated = list(read_checks.failed), read_checks.evaluated
     for suite_result in result.run_results.values():
         for r in suite_result.results:
             evaluated += 1
@@ -198,8 +202,9 @@ def validate_table(settings: Settings, suite: str, frame: pa.Table, run: str | N
             message = _describe(config.type, column, r.result, error)
             failed.append(FailedExpectation(config.type, column, message))
     docs = out_dir / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
-    report = ValidationReport(suite=suite, run=run, success=bool(result.success), evaluated=evaluated,
-                              failed=failed, rows=frame.num_rows, docs_path=docs if docs.exists() else None)
+    report = ValidationReport(suite=suite, run=run, success=bool(result.success) and not read_checks.failed,
+                              evaluated=evaluated, failed=failed, rows=frame.num_rows,
+                              docs_path=docs if docs.exists() else None)
     report.results_path = out_dir / f"{suite}-results.json"
     report.results_path.write_text(json.dumps(
         {**asdict(report), "results_path": str(report.results_path), "docs_path": str(report.docs_path),
@@ -207,15 +212,52 @@ def validate_table(settings: Settings, suite: str, frame: pa.Table, run: str | N
     return report
 
 
-def read_events(path: Path) -> pa.Table:
+# The JSON type of each event column: the contract's per-field types ("type" is the event kind).
+_JSON_TYPES: dict[str, type] = {"type": str, **event_contract.IMPRESSION_REQUIRED,
+                                 **event_contract.CLICK_REQUIRED, **event_contract.OPTIONAL_FIELDS}
+# Bad records are what the suite judges, so the table must be able to hold nulls in every column.
+_READ_SCHEMA = pa.schema([f.with_nullable(True) for f in event_contract.EVENT_SCHEMA])
+SCHEMA_CHECK = "column_values_match_event_schema"
+
+
+@dataclass(frozen=True)
+class ReadChecks:
+    """Checks done while reading, outside GX (one per column), reported with the suite's expectations."""
+
+    evaluated: int = 0
+    failed: tuple[FailedExpectation, ...] = ()
+
+
+def _conforms(value: Any, expected: type, arrow_type: pa.DataType) -> bool:
+    # bool is an int subclass in Python but never a valid id, time or position; an int is a valid float.
+    if isinstance(value, bool):
+        return False
+    if expected is float:
+        return isinstance(value, int | float)
+    if not isinstance(value, expected):
+        return False
+    if pa.types.is_integer(arrow_type):  # e.g. hour is int8: 300 does not fit
+        half = 2 ** (arrow_type.bit_width - 1)
+        return -half <= value < half
+    return True
+
+
+def read_events(path: Path) -> tuple[pa.Table, ReadChecks]:
     """A canonical event log (JSON Lines or Parquet) as a table, without dropping bad records: the suite
-    judges them. Lines that are not JSON objects are an input error with their line number."""
+    judges them. Lines that are not JSON objects are an input error with their line number. A JSON value
+    of the wrong type for its column (``"event_time": "soon"``) becomes null in the table, so the not-null
+    and range expectations see a missing value, and is reported as a failed schema check naming the
+    column, the count and the first line."""
     if not path.exists():
         raise ValidationInputError(f"event log {path} does not exist")
-    if path.suffix == ".parquet":
-        return pq.read_table(path)
-    if path.suffix not in {".jsonl", ".json", ".ndjson"}:
-        raise ValidationInputError(f"{path}: expected .jsonl/.ndjson (JSON Lines) or .parquet")
+    try:
+        log_format = logfile.log_format(path)
+    except ValueError as exc:
+        raise ValidationInputError(str(exc)) from None
+    if log_format == "parquet":
+        return pq.read_table(path), ReadChecks()
+    columns = [(f.name, _JSON_TYPES[f.name], f.type) for f in _READ_SCHEMA]
+    mistyped: dict[str, list] = {}  # column -> [count, first line number, first value]
     records = []
     with path.open("rb") as handle:
         for number, line in enumerate(handle, 1):
@@ -227,16 +269,32 @@ def read_events(path: Path) -> pa.Table:
                 raise ValidationInputError(f"{path}:{number}: not JSON ({exc})") from None
             if not isinstance(record, dict):
                 raise ValidationInputError(f"{path}:{number}: not a JSON object")
-            records.append({name: record.get(name) for name in event_contract.EVENT_COLUMNS})
+            row = {}
+            for name, expected, arrow_type in columns:
+                value = record.get(name)
+                if value is not None and not _conforms(value, expected, arrow_type):
+                    mistyped.setdefault(name, [0, number, value])[0] += 1
+                    value = None
+                row[name] = value
+            records.append(row)
+    failed = tuple(
+        FailedExpectation(SCHEMA_CHECK, name,
+                          f"{name}: {SCHEMA_CHECK} ({count} values not {_JSON_TYPES[name].__name__} "
+                          f"fitting {_READ_SCHEMA.field(name).type}, e.g. line {line}: {value!r:.40}; "
+                          "read as null)")
+        for name, (count, line, value) in mistyped.items()
+    )
+    checks = ReadChecks(evaluated=len(columns), failed=failed)
     if not records:
-        return event_contract.EVENT_SCHEMA.empty_table()
-    return pa.Table.from_pylist(records)
+        return event_contract.EVENT_SCHEMA.empty_table(), checks
+    return pa.Table.from_pylist(records, schema=_READ_SCHEMA), checks
 
 
 def validate_events(settings: Settings, path: Path, run: str | None = None,
                     bounds: ValidationBounds | None = None) -> ValidationReport:
-    """Validate a canonical event log file with the ``events`` suite."""
-    return validate_table(settings, "events", read_events(path), run, bounds)
+    """Validate a canonical event log file with the ``events`` suite (plus the read-time type checks)."""
+    table, checks = read_events(path)
+    return validate_table(settings, "events", table, run, bounds, read_checks=checks)
 
 
 def validate_dataset(settings: Settings, name: str | None = None, run: str | None = None,

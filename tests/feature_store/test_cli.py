@@ -56,6 +56,13 @@ def test_bad_inputs_are_clear_errors(home: Path, tmp_path: Path) -> None:
     assert bad_time.exit_code == 2 and "ISO-8601" in bad_time.output
     missing = _run(home, "validate", "events", str(tmp_path / "none.jsonl"))
     assert missing.exit_code == 2 and "does not exist" in missing.output
+    # A value of the wrong type is a failed check, not a traceback.
+    mistyped = tmp_path / "mistyped.jsonl"
+    mistyped.write_text(json.dumps({"type": "click", "impression_id": "i1", "user_id": "u1", "item_id": "i1",
+                                    "event_time": "soon"}) + "\n")
+    typed = _run(home, "validate", "events", str(mistyped))
+    assert typed.exit_code == 1 and not isinstance(typed.exception, Exception), typed.output
+    assert "event_time: column_values_match_event_schema" in typed.output and "'soon'" in typed.output
 
 
 def test_features_online_prints_what_serving_sees(home: Path) -> None:

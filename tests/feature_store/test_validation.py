@@ -13,6 +13,7 @@ import pytest
 
 from features.datasets import build_dataset, load_dataset
 from features.validation import (
+    SCHEMA_CHECK,
     ValidationBounds,
     ValidationFailed,
     ValidationInputError,
@@ -145,9 +146,32 @@ def test_parquet_event_logs_are_validated_too(built, tmp_path: Path) -> None:
     assert list(_failed_types(report)) == ["expect_compound_columns_to_be_unique:type,impression_id"]
 
 
+def test_values_of_the_wrong_type_fail_the_suite_instead_of_crashing(built, tmp_path: Path) -> None:
+    settings, _ = built
+    records = [_impression(i) for i in range(6)]
+    records[1]["event_time"] = "soon"
+    records[2]["event_time"] = 1.5e12  # a float time: pyarrow would silently truncate it
+    records[3]["hour"] = 300  # an int, but the columnar form stores hour as int8
+    records[4]["user_id"] = 7
+    records[5]["position"] = True
+    report = validate_events(settings, _write_events(tmp_path / "typed.jsonl", records))
+    assert not report.success and report.rows == 6
+    failures = _failed_types(report)
+    assert "2 values not int fitting int64, e.g. line 2: 'soon'" in failures[f"{SCHEMA_CHECK}:event_time"]
+    assert "line 4: 300" in failures[f"{SCHEMA_CHECK}:hour"]
+    assert "line 5: 7" in failures[f"{SCHEMA_CHECK}:user_id"]
+    assert "line 6: True" in failures[f"{SCHEMA_CHECK}:position"]
+    # The mistyped values are read as null, so the suite's own expectations see them as missing.
+    assert "2 of 6 rows unexpected" in failures["expect_column_values_to_not_be_null:event_time"]
+    assert "expect_column_values_to_not_be_null:user_id" in failures
+
+
 def test_unreadable_event_logs_are_input_errors(tmp_path: Path) -> None:
     (tmp_path / "broken.jsonl").write_text('{"type": "click"}\nnot json\n')
     with pytest.raises(ValidationInputError, match="broken.jsonl:2: not JSON"):
         read_events(tmp_path / "broken.jsonl")
     with pytest.raises(ValidationInputError, match="does not exist"):
         read_events(tmp_path / "missing.jsonl")
+    (tmp_path / "log.csv").write_text("type,impression_id\n")
+    with pytest.raises(ValidationInputError, match="cannot tell the log format"):
+        read_events(tmp_path / "log.csv")
