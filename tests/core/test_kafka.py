@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from pipelines.kafka import (
     EmbeddedBroker,
     ensure_ctr_topics,
@@ -33,7 +35,9 @@ def test_high_watermarks_count_every_record_after_batched_produce(broker: Embedd
         consumer.assign(parts)
         consumer.seek_to_beginning(*parts)
         seen = 0
+        deadline = time.monotonic() + 60  # fail, rather than hang, if the marks are never reached
         while any(consumer.position(tp) < marks[tp] for tp in parts):
+            assert time.monotonic() < deadline, f"read {seen} of {n} records in 60 s"
             for records in consumer.poll(timeout_ms=500).values():
                 seen += len(records)
         assert seen == n
