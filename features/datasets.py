@@ -153,14 +153,39 @@ def join_features(settings: Settings, samples: pa.Table, service: str = DEFAULT_
     return normalize_features(joined, columns)
 
 
+HASH_BATCH_ROWS = 1 << 20
+
+
+class _HashingSink:
+    """A write-only file object that feeds every written chunk to a digest and keeps nothing."""
+
+    def __init__(self, digest: Any) -> None:
+        self.digest = digest
+        self.closed = False
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return len(data)
+
+    def writable(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
 def content_hash(table: pa.Table) -> str:
-    """SHA-256 of the table's Arrow IPC stream: equal content and types give the same hash."""
+    """SHA-256 of the table's Arrow IPC stream: equal content and types give the same hash.
+
+    The stream goes straight into the digest instead of into a buffer as big as the table.
+    """
     digest = hashlib.sha256()
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        for batch in table.combine_chunks().to_batches(max_chunksize=1 << 20):
-            writer.write_batch(batch)
-    digest.update(sink.getvalue())
+    with pa.PythonFile(_HashingSink(digest), mode="w") as sink, pa.ipc.new_stream(sink, table.schema) as w:
+        for batch in table.combine_chunks().to_batches(max_chunksize=HASH_BATCH_ROWS):
+            w.write_batch(batch)
     return digest.hexdigest()
 
 
