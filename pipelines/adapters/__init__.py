@@ -22,7 +22,6 @@ ADAPTERS: dict[str, Callable[..., AdapterStream]] = {
     "mind": mind.adapt,
     "movielens": movielens.adapt,
 }
-FORMATS = tuple(ADAPTERS)
 
 
 def adapt_file(fmt: str, path: Path | str, **options: object) -> AdapterStream:
@@ -31,4 +30,4 @@ def adapt_file(fmt: str, path: Path | str, **options: object) -> AdapterStream:
     return ADAPTERS[fmt](iter_lines(path), str(path), **options)
 
 
-__all__ = ["ADAPTERS", "FORMATS", "Skipped", "adapt_file"]
+__all__ = ["ADAPTERS", "Skipped", "adapt_file"]
