@@ -1,7 +1,9 @@
 """Scheduled Prefect deployments: feature refresh on an interval, continual training on a cron.
 
 ``ctrflow flows serve`` serves them from this process against the Prefect API in ``PREFECT_API_URL``
-(schedules need a real ``prefect server start``; the compose stack runs one).
+(schedules need a real ``prefect server start``). The compose stack runs the server and a ``flows``
+service that serves only continual-training: its ``feature-stream`` service already runs the feature
+job, and a feature-refresh run beside it would share its checkpoint.
 """
 
 from __future__ import annotations

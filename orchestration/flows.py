@@ -51,17 +51,19 @@ def replay_log(settings: Settings, bootstrap: str, path: Path, fmt: str, speed: 
 
 @_task
 def refresh_features(settings: Settings, final: bool) -> dict[str, Any]:
-    """One bounded Kafka -> Beam -> Parquet + online-store run up to the current high-water marks."""
+    """One bounded Kafka -> Beam -> Parquet + online-store run up to the current high-water marks.
+    Raises (failing the flow, as ``ctrflow features stream`` exits 1) when a partition's records do not
+    add up: consumed != accepted + dead-lettered means records were lost."""
     from features.online import push_latest
     from pipelines.beam.job import run_kafka
 
     report = run_kafka(settings, final=final,
                        online_sink=lambda table, frame: push_latest(settings, table, frame))
-    rows: dict[str, int] = {}
-    for batch in report.batches:
-        for table, n in batch.rows.items():
-            rows[table] = rows.get(table, 0) + n
-    return {"batches": len(report.batches), "rows": rows, "accounting": report.accounting}
+    if not report.balanced:
+        lost = {key: counts for key, counts in report.accounting.items()
+                if counts["consumed"] != counts["accepted"] + counts["dead_lettered"]}
+        raise RuntimeError(f"feature refresh lost records (consumed != accepted + dead_lettered): {lost}")
+    return {"batches": len(report.batches), "rows": report.rows, "accounting": report.accounting}
 
 
 @_task
@@ -115,7 +117,10 @@ def feature_refresh_flow(final: bool = False) -> dict[str, Any]:
 @flow(name="ctrflow-continual-training", log_prints=True)
 def continual_training_flow(train_config: dict[str, Any] | None = None,
                             warm_start_from_latest: bool = True) -> dict[str, Any]:
-    """Validate -> build the training set -> validate it -> train (warm-started) -> evaluate + save."""
+    """Build the training set from the warehouse -> validate it -> train (warm-started from the newest
+    version) -> evaluate + save. It does not validate raw events: it reads what the feature job wrote
+    (which dead-letters malformed records); ``end_to_end_flow`` and ``ctrflow validate events`` run the
+    events suite on a log file."""
     from training.artifacts import latest_version
 
     settings = get_settings()

@@ -40,10 +40,21 @@ def flows_run(
 
 
 @flows_app.command("serve")
-def flows_serve() -> None:
+def flows_serve(
+    only: list[str] | None = typer.Option(
+        None, "--deployment", "-d",
+        help="Serve only this deployment (repeatable); default all. The compose stack serves only "
+             "continual-training: feature-refresh beside `features stream` would share its checkpoint."),
+) -> None:
     """Serve the scheduled deployments (feature refresh, continual training) until Ctrl-C."""
     from prefect import serve
 
     from orchestration.deployments import build_deployments
 
-    serve(*build_deployments(get_settings()))
+    deployments = build_deployments(get_settings())
+    known = [d.name for d in deployments]
+    unknown = sorted(set(only or ()) - set(known))
+    if unknown:
+        typer.echo(f"error: unknown deployment(s) {unknown}; expected some of {known}", err=True)
+        raise typer.Exit(code=2)
+    serve(*[d for d in deployments if not only or d.name in only])

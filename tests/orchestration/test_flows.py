@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from features.validation import ValidationFailed
 from orchestration.cli import app
 from orchestration.deployments import build_deployments
-from orchestration.flows import continual_training_flow
+from orchestration.flows import continual_training_flow, refresh_features
 from pipelines.beam.job import run_file
 from pipelines.settings import Settings, get_settings
 from pipelines.simulator import SimulatorConfig, simulate
@@ -74,3 +74,33 @@ def test_deployments_carry_the_configured_schedules() -> None:
     refresh = deployments["feature-refresh"].schedules[0].schedule
     assert refresh.interval.total_seconds() == 120
     assert deployments["continual-training"].schedules[0].schedule.cron == "15 3 * * *"
+
+
+def test_feature_refresh_fails_when_records_do_not_add_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines.beam import job
+
+    def lossy_run(settings, **_kwargs) -> job.RunReport:
+        # Partition 0 consumed 10 records but accepted 7 and dead-lettered 2: one vanished.
+        counts = {"consumed": 10, "accepted": 7, "dead_lettered": 2}
+        batch = job.BatchReport(0, "b0", True, None, {"events/0": counts}, {"labelled_samples": 7}, {})
+        return job.RunReport(batches=[batch])
+
+    monkeypatch.setattr(job, "run_kafka", lossy_run)
+    with pytest.raises(RuntimeError, match="lost records.*events/0"):
+        refresh_features.fn(Settings(), final=True)
+
+
+def test_flows_serve_can_serve_only_some_deployments(monkeypatch: pytest.MonkeyPatch) -> None:
+    import prefect
+
+    served: list[str] = []
+    monkeypatch.setattr(prefect, "serve", lambda *deployments: served.extend(d.name for d in deployments))
+    runner = CliRunner()
+    # What the compose `flows` service runs: retraining only, beside its own feature-stream service.
+    assert runner.invoke(app, ["flows", "serve", "--deployment", "continual-training"]).exit_code == 0
+    assert served == ["continual-training"]
+    served.clear()
+    assert runner.invoke(app, ["flows", "serve"]).exit_code == 0
+    assert sorted(served) == ["continual-training", "feature-refresh"]
+    unknown = runner.invoke(app, ["flows", "serve", "-d", "nightly"])
+    assert unknown.exit_code == 2 and "unknown deployment(s) ['nightly']" in unknown.output
