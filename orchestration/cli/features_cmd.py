@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import signal
 import sys
@@ -11,6 +10,8 @@ from decimal import Decimal
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
+import pyarrow.csv as pacsv
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -275,17 +276,27 @@ def features_query(
             table = result.to_arrow_table()
     except duckdb.Error as exc:
         raise _fail(str(exc).splitlines()[0]) from None
-    rows = table.to_pylist()
     if as_json:
-        typer.echo(json.dumps(rows, default=_json_value))
+        typer.echo(json.dumps(table.to_pylist(), default=_json_value))
     elif as_csv:
-        writer = csv.writer(sys.stdout)
-        writer.writerow(table.column_names)
-        writer.writerows([[row[c] for c in table.column_names] for row in rows])
+        sys.stdout.flush()
+        pacsv.write_csv(_csv_ready(table), sys.stdout.buffer)
+        sys.stdout.buffer.flush()
     else:
+        # Only the shown rows become Python objects; a large result stays columnar.
         view = Table(*table.column_names)
-        for row in rows[:limit]:
+        for row in table.slice(0, limit).to_pylist():
             view.add_row(*(str(row[c]) for c in table.column_names))
         Console().print(view)
-        if len(rows) > limit:
-            console.print(f"({len(rows) - limit} more rows; use --limit, --json or --csv)")
+        if table.num_rows > limit:
+            console.print(f"({table.num_rows - limit} more rows; use --limit, --json or --csv)")
+
+
+def _csv_ready(table: pa.Table) -> pa.Table:
+    """The Arrow CSV writer has no nested types: lists and structs (sequence features) become JSON text."""
+    for i, f in enumerate(table.schema):
+        if pa.types.is_nested(f.type):
+            text = pa.array([None if v is None else json.dumps(v, default=_json_value)
+                             for v in table.column(i).to_pylist()], pa.string())
+            table = table.set_column(i, pa.field(f.name, pa.string()), text)
+    return table

@@ -73,6 +73,19 @@ def test_build_from_file_then_query(home: Path, small_log: Path) -> None:
     parsed = list(csv.reader(io.StringIO(c.stdout)))
     assert parsed[0] == ["user_id", "impressions_24h"] and len(parsed) == 4
 
+    # Sequences are lists, which CSV has no type for: they come out as JSON arrays.
+    seq = runner.invoke(app, ["--home", str(home), "features", "query", "--csv",
+                              "SELECT user_id, seq_item_ids FROM user_sequences ORDER BY 1 LIMIT 2"])
+    assert seq.exit_code == 0, seq.output
+    header, *seq_rows = list(csv.reader(io.StringIO(seq.stdout)))
+    assert header == ["user_id", "seq_item_ids"] and len(seq_rows) == 2
+    assert all(isinstance(i, int) for i in json.loads(seq_rows[0][1]))
+
+    shown = runner.invoke(app, ["--home", str(home), "features", "query", "--limit", "2",
+                                "SELECT * FROM labelled_samples"])
+    assert shown.exit_code == 0, shown.output
+    assert "(2398 more rows; use --limit, --json or --csv)" in shown.output
+
     bad = runner.invoke(app, ["--home", str(home), "features", "query", "SELECT * FROM no_such_table"])
     assert bad.exit_code == 2 and "no_such_table" in bad.output
 
