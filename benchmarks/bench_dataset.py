@@ -10,7 +10,6 @@ ASOF LEFT JOINs, no tie-break on ``created``, no TTL, no null filling. Goal: def
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import tempfile
 import time
@@ -22,6 +21,7 @@ import duckdb
 import pyarrow as pa
 from rich.console import Console
 
+from benchmarks.machine import machine
 from features.asof import parquet_glob
 from features.datasets import build_dataset, join_features, read_samples
 from features.feature_repo.definitions import full_feature_names, view_features
@@ -116,7 +116,7 @@ def main() -> None:
             "",
             f"Command: `python -m benchmarks.bench_dataset --samples {args.samples} "
             f"--repeat {args.repeat}`  ",
-            f"Machine: 2-core x86_64 CPU, 24 GiB, no GPU ({platform.processor() or platform.machine()})  ",
+            f"Machine: {machine()}  ",
             f"Data: {args.samples:,} labelled samples, {args.samples:,} rows each of user_stats, "
             f"item_stats and user_sequences (sequences up to 20 items), {args.users:,} users, "
             f"{args.items:,} items, 7 days.",

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
+from benchmarks.machine import machine
 from features.online import online_features, push_latest
 from features.store import feature_store
 from pipelines.settings import Settings
@@ -101,7 +102,7 @@ def main() -> None:
             f"## {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
             "",
             f"Command: `python -m benchmarks.bench_online --lookups {args.lookups}`  ",
-            "Machine: 2-core x86_64 CPU, 24 GiB, no GPU  ",
+            f"Machine: {machine()}  ",
             f"Store: {args.users:,} users and {args.items:,} items pushed with `push_latest`; service "
             "`sequence_ctr` (18 stats + 3 sequences of up to 20 ids + length); 1 user x N candidate items.",
             "",

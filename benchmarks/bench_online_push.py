@@ -24,15 +24,17 @@ from feast.data_source import PushMode
 from rich.console import Console
 from rich.progress import track
 
+from benchmarks.machine import machine
 from features.feature_repo.definitions import VIEW_TABLES, push_source_name
 from features.online import latest_per_entity
+from features.sqlite_online import STORE_TYPE
 from features.store import REPO_DIR, apply_repo, repo_config_dict
 from pipelines.settings import Settings
 from tests.feature_store.synthetic_warehouse import write_synthetic_warehouse
 
 console = Console(soft_wrap=True)
 STORES = {"Feast SqliteOnlineStore (reference)": "sqlite",
-          "ctrflow BatchedSqliteOnlineStore": "features.sqlite_online.BatchedSqliteOnlineStore"}
+          "ctrflow BatchedSqliteOnlineStore": STORE_TYPE}
 
 
 def fresh_store(home: Path, online_type: str) -> FeatureStore:
@@ -98,7 +100,7 @@ def main() -> None:
             "",
             f"Command: `python -m benchmarks.bench_online_push --entities {args.entities} "
             f"--rounds {args.rounds}`  ",
-            "Machine: 2-core x86_64 CPU, 24 GiB, no GPU  ",
+            f"Machine: {machine()}  ",
             f"Rows pushed per round: {rows} ({total_rows:,} entities; 9 + 9 + 4 features per row); "
             f"median of {args.rounds} rounds, fresh store each round, kinds alternating.",
             "",
