@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestration.cli.app import app
+from orchestration.cli.flows_cmd import train_config_overrides
 from training.config import CPU_STUDENT, CPU_TEACHER
 
 console = Console(stderr=True)
@@ -73,9 +74,9 @@ def demo(
     """End-to-end demo on one machine with no services (a Prefect flow run over every stage)."""
     from orchestration.flows import end_to_end_flow
 
-    overrides = json.loads(train_config) if train_config else {}
+    config = train_config_overrides(train_config, base=DEMO_TRAIN_CONFIG)
     result = end_to_end_flow(days=days, users=users, items=items, impressions=impressions, seed=seed,
-                             train_config=DEMO_TRAIN_CONFIG | overrides)
+                             train_config=config)
     _print_summary(result)
     if as_json:
         print(json.dumps(result, default=str))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from enum import StrEnum
+from typing import Any
 
 import typer
 
@@ -13,6 +14,32 @@ from pipelines.settings import get_settings
 flows_app = typer.Typer(help="Prefect flows: run one now, or serve the scheduled deployments.",
                         no_args_is_help=True)
 app.add_typer(flows_app, name="flows")
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code=2)
+
+
+def train_config_overrides(text: str | None, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``--train-config`` on top of ``base``, checked before any flow starts: bad JSON, a non-object or
+    an unknown TrainConfig field is a usage error (exit 2), not a traceback in the middle of a flow run."""
+    from training.trainer import TrainConfig
+
+    overrides: Any = {}
+    if text:
+        try:
+            overrides = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise _fail(f"--train-config is not valid JSON: {exc}") from None
+        if not isinstance(overrides, dict):
+            raise _fail("--train-config must be a JSON object")
+    config = (base or {}) | overrides
+    try:
+        TrainConfig.from_dict(config)
+    except (ValueError, TypeError) as exc:
+        raise _fail(f"--train-config: {exc}") from None
+    return config
 
 
 class FlowName(StrEnum):
@@ -29,7 +56,7 @@ def flows_run(
     """Run one flow now (without a Prefect server, Prefect starts a temporary local one)."""
     from orchestration import flows
 
-    train_config = json.loads(config_json) if config_json else None
+    train_config = train_config_overrides(config_json)
     if name is FlowName.end_to_end:
         result = flows.end_to_end_flow(train_config=train_config)
     elif name is FlowName.feature_refresh:
@@ -55,6 +82,5 @@ def flows_serve(
     known = [d.name for d in deployments]
     unknown = sorted(set(only or ()) - set(known))
     if unknown:
-        typer.echo(f"error: unknown deployment(s) {unknown}; expected some of {known}", err=True)
-        raise typer.Exit(code=2)
+        raise _fail(f"unknown deployment(s) {unknown}; expected some of {known}")
     serve(*[d for d in deployments if not only or d.name in only])

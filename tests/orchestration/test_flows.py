@@ -104,3 +104,13 @@ def test_flows_serve_can_serve_only_some_deployments(monkeypatch: pytest.MonkeyP
     assert sorted(served) == ["continual-training", "feature-refresh"]
     unknown = runner.invoke(app, ["flows", "serve", "-d", "nightly"])
     assert unknown.exit_code == 2 and "unknown deployment(s) ['nightly']" in unknown.output
+
+
+@pytest.mark.parametrize("command", [["flows", "run", "continual-training"], ["demo"]])
+def test_bad_train_config_is_a_usage_error_before_any_flow_runs(command: list[str]) -> None:
+    runner = CliRunner()
+    for value, message in [("{teacher_grade: G1}", "--train-config is not valid JSON"),
+                           ("[1, 2]", "--train-config must be a JSON object"),
+                           ('{"no_such_field": 1}', "unknown TrainConfig fields: ['no_such_field']")]:
+        result = runner.invoke(app, [*command, "--train-config", value])
+        assert result.exit_code == 2 and message in result.output, result.output
