@@ -200,7 +200,7 @@ def _goal_sentence(ratios: dict[str, tuple[float, str]]) -> str:
 
 
 def render(inference: list[dict], training: list[dict], ratios: dict[str, tuple[float, str]],
-           args: argparse.Namespace, device: torch.device) -> str:
+           min_ratios: dict[str, float], args: argparse.Namespace, device: torch.device) -> str:
     date = subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip()
     lines = [
         "# Model cost: student vs teacher",
@@ -222,9 +222,10 @@ def render(inference: list[dict], training: list[dict], ratios: dict[str, tuple[
                      f"{r['flops'] / 1e9:.3f} | "
                      f"{r['params']:,} | {r['dense_params']:,} |")
     lines += ["", "## Ratios (median over rounds of the per-round ratio: both sides timed back to back)", "",
-              "| ratio | value | goal |", "|---|---:|---|"]
+              "| ratio | value | of minimum times | goal |", "|---|---:|---:|---|"]
     for label, (value, goal) in ratios.items():
-        lines.append(f"| {label} | {value:.1f}x | {goal} |")
+        best = f"{min_ratios[label]:.1f}x" if label in min_ratios else ""
+        lines.append(f"| {label} | {value:.1f}x | {best} | {goal} |")
     lines += ["", "## Training throughput (Adam, forward_train + per-depth BCE + backward, median step)", "",
               "| model | batch | supervised depths | step ms | samples/s |", "|---|---:|---:|---:|---:|"]
     for r in training:
@@ -291,22 +292,23 @@ def main() -> None:
 
     student_name = next(iter(sequence_models))
     student_fast = key(student_name, "candidate")
-    ratios = {
-        f"teacher {DEFAULT_TEACHER_GRADE} batched / student parallel": (
-            paired(key(f"teacher {DEFAULT_TEACHER_GRADE}", str(CANDIDATES)), student_fast), ">= 5x"),
-        f"teacher {SECOND_GRADE} batched / student parallel": (
-            paired(key(f"teacher {SECOND_GRADE}", str(CANDIDATES)), student_fast), ">= 5x"),
-        f"teacher {DEFAULT_TEACHER_GRADE} candidate-parallel / student parallel": (
-            paired(key(f"teacher {DEFAULT_TEACHER_GRADE}", "candidate"), student_fast),
-            "(no goal: both on the request path)"),
-        f"teacher {SECOND_GRADE} candidate-parallel / student parallel": (
-            paired(key(f"teacher {SECOND_GRADE}", "candidate"), student_fast),
-            "(no goal: both on the request path)"),
-        "student one-at-a-time / student parallel": (
-            paired(key(student_name, "one"), student_fast), ">= 10x (serving target)"),
-        "student 100-row batch / student parallel": (
-            paired(key(student_name, str(CANDIDATES)), student_fast), "(no goal: sharing gain)"),
-    }
+    both = "(no goal: both on the request path)"
+    timed_ratios = [  # (label, the slower path, goal); each against the student's one-pass scoring
+        (f"teacher {DEFAULT_TEACHER_GRADE} batched / student parallel",
+         key(f"teacher {DEFAULT_TEACHER_GRADE}", str(CANDIDATES)), ">= 5x"),
+        (f"teacher {SECOND_GRADE} batched / student parallel",
+         key(f"teacher {SECOND_GRADE}", str(CANDIDATES)), ">= 5x"),
+        (f"teacher {DEFAULT_TEACHER_GRADE} candidate-parallel / student parallel",
+         key(f"teacher {DEFAULT_TEACHER_GRADE}", "candidate"), both),
+        (f"teacher {SECOND_GRADE} candidate-parallel / student parallel",
+         key(f"teacher {SECOND_GRADE}", "candidate"), both),
+        ("student one-at-a-time / student parallel", key(student_name, "one"), ">= 10x (serving target)"),
+        ("student 100-row batch / student parallel", key(student_name, str(CANDIDATES)),
+         "(no goal: sharing gain)"),
+    ]  # fmt: skip
+    ratios = {label: (paired(slow, student_fast), goal) for label, slow, goal in timed_ratios}
+    # The ratio of best-case times too: a path with bimodal times (scheduler noise) moves the median.
+    min_ratios = {label: min(times[slow]) / min(times[student_fast]) for label, slow, _ in timed_ratios}
     flops_of = {(r["model"], r["path"]): r["flops"] for r in inference}
     for grade in (DEFAULT_TEACHER_GRADE, SECOND_GRADE):
         ratios[f"FLOPs: teacher {grade} candidate-parallel / student parallel"] = (
@@ -336,7 +338,7 @@ def main() -> None:
     for r in training:
         console.print(f"train {r['model']}: {r['samples_per_s']:,.0f} samples/s")
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(render(inference, training, ratios, args, device))
+    args.output.write_text(render(inference, training, ratios, min_ratios, args, device))
     console.print(f"wrote {args.output}")
 
 
