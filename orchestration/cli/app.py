@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -35,3 +37,22 @@ def _global_options(
         os.environ["CTRFLOW_HOME"] = str(home)
     if bootstrap is not None:
         os.environ["CTRFLOW_KAFKA_BOOTSTRAP"] = bootstrap
+
+
+def usage_error(message: str) -> typer.Exit:
+    """Say ``error: <message>`` on stderr; raise the returned exit (code 2: bad usage or bad input)."""
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    return typer.Exit(code=2)
+
+
+def json_object_option(text: str | None, option: str) -> dict[str, Any]:
+    """An option holding a JSON object (``{}`` when unset); anything else is a usage error."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise usage_error(f"{option} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise usage_error(f"{option} must be a JSON object")
+    return value

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from orchestration.cli.app import features_app
+from orchestration.cli.app import features_app, usage_error
 from pipelines.beam.job import (
     BatchReport,
     JobConfig,
@@ -34,11 +34,6 @@ console = Console(stderr=True, soft_wrap=True)
 MAX_QUERY_ROWS_SHOWN = 200
 
 
-def _fail(message: str) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}")
-    return typer.Exit(code=2)
-
-
 def _online_sink(settings: Settings, enabled: bool) -> OnlineSink | None:
     if not enabled:
         return None
@@ -51,7 +46,7 @@ def _job_config(
     shards: int, batch_records: int, piece_records: int, workers: int, mode: str | None, beam_args
 ):
     if mode is not None and mode not in RUNNING_MODES:
-        raise _fail(f"--running-mode must be one of {', '.join(RUNNING_MODES)}")
+        raise usage_error(f"--running-mode must be one of {', '.join(RUNNING_MODES)}")
     return JobConfig(
         num_shards=shards,
         max_records_per_partition=batch_records,
@@ -137,14 +132,14 @@ def features_build(
 ) -> None:
     """Bounded feature build: Kafka up to the current high-water marks, or a log-file backfill."""
     if from_kafka == (from_file is not None):
-        raise _fail("give exactly one of --from-kafka or --from-file PATH")
+        raise usage_error("give exactly one of --from-kafka or --from-file PATH")
     settings = get_settings()
     config = _job_config(shards, batch_records, piece_records, workers, mode, beam_args)
     sink = _online_sink(settings, online)
     try:
         if from_file is not None:
             if final is False:
-                raise _fail("a file backfill always runs in final mode (the log is finished)")
+                raise usage_error("a file backfill always runs in final mode (the log is finished)")
             report = run_file(settings, from_file, online_sink=sink, config=config)
         else:
             if settings.kafka_bootstrap is None:
@@ -159,7 +154,7 @@ def features_build(
                     settings, final=bool(final), online_sink=sink, config=config, on_batch=on_batch
                 )
     except (FileNotFoundError, ValueError) as exc:
-        raise _fail(str(exc)) from None
+        raise usage_error(str(exc)) from None
     _print_report(report, as_json)
     if not report.balanced:
         raise typer.Exit(code=1)
@@ -264,18 +259,18 @@ def features_query(
 ) -> None:
     """Ad-hoc DuckDB SQL over the offline tables (read-only)."""
     if as_json and as_csv:
-        raise _fail("choose one of --json or --csv")
+        raise usage_error("choose one of --json or --csv")
     settings = get_settings()
     if not settings.warehouse_db.exists():
-        raise _fail(f"no warehouse at {settings.warehouse_db}: run `ctrflow features build` first")
+        raise usage_error(f"no warehouse at {settings.warehouse_db}: run `ctrflow features build` first")
     try:
         with duckdb.connect(str(settings.warehouse_db), read_only=True) as con:
             result = con.sql(sql)
             if result is None:
-                raise _fail("the statement returned no rows (only queries are supported)")
+                raise usage_error("the statement returned no rows (only queries are supported)")
             table = result.to_arrow_table()
     except duckdb.Error as exc:
-        raise _fail(str(exc).splitlines()[0]) from None
+        raise usage_error(str(exc).splitlines()[0]) from None
     if as_json:
         typer.echo(json.dumps(table.to_pylist(), default=_json_value))
     elif as_csv:

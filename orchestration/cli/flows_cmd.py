@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from orchestration.cli.app import app
+from orchestration.cli.app import app, json_object_option, usage_error
 from pipelines.settings import get_settings
 
 flows_app = typer.Typer(help="Prefect flows: run one now, or serve the scheduled deployments.",
@@ -16,29 +16,16 @@ flows_app = typer.Typer(help="Prefect flows: run one now, or serve the scheduled
 app.add_typer(flows_app, name="flows")
 
 
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code=2)
-
-
 def train_config_overrides(text: str | None, base: dict[str, Any] | None = None) -> dict[str, Any]:
     """``--train-config`` on top of ``base``, checked before any flow starts: bad JSON, a non-object or
     an unknown TrainConfig field is a usage error (exit 2), not a traceback in the middle of a flow run."""
     from training.trainer import TrainConfig
 
-    overrides: Any = {}
-    if text:
-        try:
-            overrides = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise _fail(f"--train-config is not valid JSON: {exc}") from None
-        if not isinstance(overrides, dict):
-            raise _fail("--train-config must be a JSON object")
-    config = (base or {}) | overrides
+    config = (base or {}) | json_object_option(text, "--train-config")
     try:
         TrainConfig.from_dict(config)
     except (ValueError, TypeError) as exc:
-        raise _fail(f"--train-config: {exc}") from None
+        raise usage_error(f"--train-config: {exc}") from None
     return config
 
 
@@ -82,5 +69,5 @@ def flows_serve(
     known = [d.name for d in deployments]
     unknown = sorted(set(only or ()) - set(known))
     if unknown:
-        raise _fail(f"unknown deployment(s) {unknown}; expected some of {known}")
+        raise usage_error(f"unknown deployment(s) {unknown}; expected some of {known}")
     serve(*[d for d in deployments if not only or d.name in only])

@@ -21,7 +21,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from orchestration.cli.app import app
+from orchestration.cli.app import app, usage_error
 from pipelines.adapters import adapt_file
 from pipelines.events import DeadLetter
 from pipelines.kafka import EmbeddedBroker, kafka_bootstrap
@@ -31,11 +31,6 @@ from pipelines.settings import get_settings
 from pipelines.simulator import SimulatorConfig, simulate
 
 console = Console(stderr=True)
-
-
-def _fail(message: str) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}")
-    return typer.Exit(code=2)
 
 
 def _progress(total: int | None = None) -> Progress:
@@ -108,7 +103,7 @@ def simulate_cmd(
         config = SimulatorConfig(days=days, users=users, items=items, impressions=impressions, seed=seed,
                                  categories=min(categories, items), chunk_rows=chunk_rows, start=start)
     except ValueError as exc:
-        raise _fail(str(exc)) from None
+        raise usage_error(str(exc)) from None
     with _progress(impressions) as progress:
         task = progress.add_task("simulating", total=impressions)
         summary = simulate(config, out, on_chunk=lambda n: progress.advance(task, n))
@@ -135,13 +130,15 @@ def convert_cmd(
     Malformed lines are kept aside in OUT.deadletter.jsonl, with their line numbers and reasons.
     A .parquet OUT keeps only the canonical columns; extra fields (Criteo's I/C columns) need .jsonl."""
     if fmt not in FORMATS:
-        raise _fail(f"unknown format {fmt!r}: expected one of {list(FORMATS)}")
+        raise usage_error(f"unknown format {fmt!r}: expected one of {list(FORMATS)}")
     options = {"negatives": negatives, "seed": seed} if fmt == "taobao" else {}
     dead_path = out.with_name(out.name + ".deadletter.jsonl")
     if source.resolve() in (out.resolve(), dead_path.resolve()):
-        raise _fail(f"{out} would overwrite the input {source}: write the converted log to another path")
+        raise usage_error(
+            f"{out} would overwrite the input {source}: write the converted log to another path"
+        )
     if out.is_dir():
-        raise _fail(f"{out} is a directory: give the path of the log file to write")
+        raise usage_error(f"{out} is a directory: give the path of the log file to write")
     counts = {"events": 0, "dead_lettered": 0, "skipped": 0}
     try:
         log_format(out)
@@ -153,7 +150,7 @@ def convert_cmd(
         else:
             stream = adapt_file(fmt, source, **options)
     except ValueError as exc:
-        raise _fail(str(exc)) from None
+        raise usage_error(str(exc)) from None
 
     # Written next to OUT under temporary names and renamed on success: a failed run leaves no
     # truncated log behind (and an existing OUT intact).
@@ -189,7 +186,7 @@ def convert_cmd(
         else:
             dead_path.unlink(missing_ok=True)  # a previous run's dead letters do not describe this OUT
     except (ValueError, OSError) as exc:
-        raise _fail(f"converting {source} failed, {out} not written: {exc}") from None
+        raise usage_error(f"converting {source} failed, {out} not written: {exc}") from None
     finally:
         tmp_out.unlink(missing_ok=True)  # no-ops after the renames
         tmp_dead.unlink(missing_ok=True)
@@ -224,7 +221,7 @@ def replay_cmd(
 ) -> None:
     """Replay a log into <prefix>.impressions / .clicks in event-time order; bad records to .deadletter."""
     if fmt not in FORMATS:
-        raise _fail(f"unknown format {fmt!r}: expected one of {list(FORMATS)}")
+        raise usage_error(f"unknown format {fmt!r}: expected one of {list(FORMATS)}")
     pace = parse_speed(speed)
     settings = get_settings(topic_prefix=topic_prefix)
     with kafka_bootstrap(settings) as bootstrap, _progress() as progress:
@@ -237,7 +234,7 @@ def replay_cmd(
             print(json.dumps(exc.stats.as_dict()))
             raise typer.Exit(code=1) from None
         except (ValueError, FileNotFoundError) as exc:
-            raise _fail(str(exc)) from None
+            raise usage_error(str(exc)) from None
     rate = stats.read / stats.seconds if stats.seconds else 0.0
     console.print(
         f"read {stats.read:,}: produced {stats.produced:,} ({stats.impressions:,} impressions, "

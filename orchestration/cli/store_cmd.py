@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from features.services import DEFAULT_SERVICE, SERVICE_VIEWS
-from orchestration.cli.app import app, dataset_app, features_app
+from orchestration.cli.app import app, dataset_app, features_app, usage_error
 from pipelines.settings import get_settings
 
 if TYPE_CHECKING:
@@ -28,11 +28,6 @@ validate_app = typer.Typer(
     help="Great Expectations gates on event logs and training sets.", no_args_is_help=True
 )
 app.add_typer(validate_app, name="validate")
-
-
-def _fail(message: str) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}")
-    return typer.Exit(code=2)
 
 
 def parse_time(value: str | None, option: str) -> datetime | None:
@@ -78,7 +73,7 @@ def features_materialize(
         with console.status(f"materializing {start} .. {end}"):
             materialize_range(settings, parse_time(start, "--start"), parse_time(end, "--end"))
     except (ValueError, FeatureStoreNotReady) as exc:
-        raise _fail(str(exc)) from None
+        raise usage_error(str(exc)) from None
     console.print("[green]materialized[/green]")
 
 
@@ -96,7 +91,7 @@ def features_online(
     try:
         rows = online_features(get_settings(), user, item_ids, service).to_pylist()
     except ValueError as exc:
-        raise _fail(str(exc)) from None
+        raise usage_error(str(exc)) from None
     if as_json:
         for row in rows:
             typer.echo(json.dumps(row))
@@ -129,14 +124,14 @@ def dataset_build(
     from features.datasets import ENGINES, DatasetError, build_dataset
 
     if engine not in ENGINES:
-        raise _fail(f"unknown --engine {engine!r}; expected one of {', '.join(ENGINES)}")
+        raise usage_error(f"unknown --engine {engine!r}; expected one of {', '.join(ENGINES)}")
     settings = get_settings()
     try:
         with console.status("building training set") as status:
             built = build_dataset(settings, parse_time(start, "--start"), parse_time(end, "--end"), service,
                                   engine, on_step=status.update)
     except DatasetError as exc:
-        raise _fail(str(exc)) from None
+        raise usage_error(str(exc)) from None
     manifest = built.manifest
     if as_json:
         typer.echo(json.dumps(manifest, indent=2))
@@ -155,7 +150,7 @@ def dataset_show(name: str | None = typer.Argument(None, help="Dataset name; def
     try:
         _, manifest = load_dataset(get_settings(), name)
     except DatasetError as exc:
-        raise _fail(str(exc)) from None
+        raise usage_error(str(exc)) from None
     typer.echo(json.dumps(manifest, indent=2))
 
 
@@ -202,7 +197,7 @@ def validate_events_cmd(
     try:
         report = validate_events(get_settings(), path, run, _bounds(max_age, min_rows, max_rows, 0.0, 1.0))
     except ValidationInputError as exc:
-        raise _fail(str(exc)) from None
+        raise usage_error(str(exc)) from None
     _report(report)
 
 
@@ -221,5 +216,5 @@ def validate_dataset_cmd(
         with console.status("validating training set"):
             report = validate_dataset(get_settings(), name, run, bounds)
     except DatasetError as exc:
-        raise _fail(str(exc)) from None
+        raise usage_error(str(exc)) from None
     _report(report)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from orchestration.cli.app import app
+from orchestration.cli.app import app, json_object_option, usage_error
 from pipelines.settings import get_settings
 
 console = Console(stderr=True)
@@ -26,11 +25,6 @@ def _metrics_table(title: str, metrics: dict[str, dict[str, float]]) -> Table:
     for name, m in metrics.items():
         table.add_row(name, *(f"{m[c]:.4f}" if c in m else "–" for c in cols))
     return table
-
-
-def _fail(message: str) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}")
-    return typer.Exit(code=2)
 
 
 @app.command("train")
@@ -65,14 +59,7 @@ def train(
     from training.trainer import TrainConfig
 
     settings = get_settings()
-    overrides: dict[str, Any] = {}
-    if config_json:
-        try:
-            overrides = json.loads(config_json)
-        except json.JSONDecodeError as exc:
-            raise _fail(f"--config is not valid JSON: {exc}") from exc
-        if not isinstance(overrides, dict):
-            raise _fail("--config must be a JSON object")
+    overrides = json_object_option(config_json, "--config")
     try:
         config = TrainConfig.from_dict({
             "teacher_grade": None if teacher_grade.lower() == "none" else teacher_grade,
@@ -90,7 +77,7 @@ def train(
             holdout_fraction=holdout_fraction, parent=warm_start, progress=not as_json,
         )
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        raise _fail(str(exc)) from exc
+        raise usage_error(str(exc)) from exc
     if as_json:
         print(json.dumps(result.summary() | {"dataset": manifest.get("name")}))
         return
@@ -124,7 +111,7 @@ def evaluate(
             table = time_split(table, manifest["columns"]["time"], last_fraction)[1]
         metrics = evaluate_version(settings, version, table, [name] if name else None)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        raise _fail(str(exc)) from exc
+        raise usage_error(str(exc)) from exc
     if as_json:
         print(json.dumps({"version": version, "dataset": manifest.get("name"), "rows": table.num_rows,
                           "models": metrics}))
