@@ -3,8 +3,20 @@
 One ``InputSchema`` is derived from a training set's manifest ("columns") and travels with every model
 artifact. Categorical values are hashed into fixed bucket counts (no vocabulary), so a warm start on a
 newer data window sees the same id -> row mapping; bucket 0 of every slot is reserved for missing values
-and sequence padding. Dense features get a fixed, stateless transform (no fitted statistics that would
-drift between continual-training cycles).
+and sequence padding.
+
+Two things are fitted on the training window and stored in the schema (so every place that calls
+``encode`` -- training, evaluation, serving -- transforms a row identically):
+
+- dense standardisation: after the fixed log transforms, each dense column is centred and scaled by the
+  training window's mean and standard deviation (``dense_mean`` / ``dense_std``);
+- id admission: on the user and item slots, a bucket seen fewer than ``min_id_count`` times in the
+  training window is not admitted and encodes as bucket 0, the "no usable id" row (``admitted`` holds a
+  compressed bitmap per slot). A rare or unseen item then scores from its side features.
+
+A schema without these fields (versions written before them) encodes exactly as before. A warm-started
+cycle keeps its parent's dense statistics (the warm weights were fitted to them) and widens the admitted
+set with the ids the new window brings.
 
 The candidate's item and category and the behaviour sequence's items and categories share one id space:
 both go through ``pipelines.events.stable_int_id`` and the same bucket function, so a behaviour token and a
@@ -13,8 +25,10 @@ candidate token for the same item look up the same embedding row.
 
 from __future__ import annotations
 
+import base64
+import zlib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -31,6 +45,9 @@ CATEGORY_BUCKETS = 1 << 12
 CONTEXT_BUCKETS = 1 << 8
 PRIOR_CTR = CTR_PRIOR_CLICKS / CTR_PRIOR_IMPRESSIONS
 MAX_SEQ_LEN = 4096
+DENSE_CLIP = 10.0
+# What `fit_input_schema` learns from a window; everything else is the schema's structure.
+FITTED_FIELDS: tuple[str, ...] = ("dense_mean", "dense_std", "min_id_count", "admitted")
 
 DenseKind = str  # "count" -> log1p(x); "rate" -> log1p(x / prior CTR); "raw" -> clip to [-10, 10]
 
@@ -65,6 +82,11 @@ class InputSchema:
     has_p_click: bool = False
     p_click: str = "p_click"
     profile_dense: tuple[str, ...] = field(default=())  # user-level dense features (cross-attention K/V)
+    # Fitted on the training window (module docstring); empty = not fitted, encode as before.
+    dense_mean: tuple[float, ...] = ()
+    dense_std: tuple[float, ...] = ()
+    min_id_count: int = 0
+    admitted: tuple[str, ...] = ()  # per categorical slot: base64(zlib(bitmap of admitted buckets)), "" = all
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_seq_len <= MAX_SEQ_LEN:
@@ -79,6 +101,12 @@ class InputSchema:
         unknown = set(self.profile_dense) - set(self.dense)
         if unknown:
             raise ValueError(f"profile dense columns not in dense: {sorted(unknown)}")
+        if len(self.dense_mean) != len(self.dense_std) or len(self.dense_mean) not in (0, len(self.dense)):
+            raise ValueError("dense_mean and dense_std need one value per dense column (or none)")
+        if not all(np.isfinite(self.dense_mean)) or not all(s > 0 and np.isfinite(s) for s in self.dense_std):
+            raise ValueError("dense statistics must be finite with positive standard deviations")
+        if len(self.admitted) not in (0, len(self.categorical)):
+            raise ValueError("admitted needs one entry per categorical column (or none)")
 
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any], max_seq_len: int) -> InputSchema:
@@ -135,6 +163,24 @@ class InputSchema:
     def candidate_slots(self) -> tuple[int, ...]:
         """Categorical slots that vary per candidate (everything but the user): they feed the heads."""
         return tuple(i for i, c in enumerate(self.categorical) if c != self.user)
+
+    def admitted_mask(self, slot: int) -> np.ndarray | None:
+        """Bool [buckets] of the slot's admitted buckets (bucket 0 always), or None when all are."""
+        if not self.admitted or not self.admitted[slot]:
+            return None
+        try:
+            bits = np.frombuffer(zlib.decompress(base64.b64decode(self.admitted[slot])), np.uint8)
+        except (ValueError, zlib.error) as exc:
+            raise ValueError(f"admitted ids of slot {self.categorical[slot]!r} are corrupt: {exc}") from exc
+        mask = np.unpackbits(bits)[: self.buckets[slot]].astype(bool)
+        if len(mask) != self.buckets[slot]:
+            raise ValueError(f"admitted ids of slot {self.categorical[slot]!r} do not match its bucket count")
+        mask[0] = True
+        return mask
+
+    def structure(self) -> dict[str, Any]:
+        """The schema without its fitted statistics: what a warm start needs to be unchanged."""
+        return {k: v for k, v in self.to_dict().items() if k not in FITTED_FIELDS}
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -228,8 +274,9 @@ def _padded_lists(column: pa.ChunkedArray | pa.Array, length: int) -> tuple[np.n
     return values.astype(np.int64), valid
 
 
-def _dense_matrix(table: pa.Table, schema: InputSchema) -> np.ndarray:
-    out = np.zeros((table.num_rows, len(schema.dense)), dtype=np.float32)
+def _log_transformed(table: pa.Table, schema: InputSchema) -> np.ndarray:
+    """[rows, D] float64: the fixed per-kind transforms (nulls -> 0), clipped; no fitted state."""
+    out = np.zeros((table.num_rows, len(schema.dense)), dtype=np.float64)
     for j, (name, kind) in enumerate(zip(schema.dense, schema.dense_kinds, strict=True)):
         x = np.asarray(table.column(name).cast(pa.float64()).fill_null(0.0).to_numpy(), dtype=np.float64)
         x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
@@ -237,8 +284,76 @@ def _dense_matrix(table: pa.Table, schema: InputSchema) -> np.ndarray:
             x = np.log1p(np.maximum(x, 0.0))
         elif kind == "rate":
             x = np.log1p(np.maximum(x, 0.0) / PRIOR_CTR)
-        out[:, j] = np.clip(x, -10.0, 10.0)
+        out[:, j] = np.clip(x, -DENSE_CLIP, DENSE_CLIP)
     return out
+
+
+def _dense_matrix(table: pa.Table, schema: InputSchema) -> np.ndarray:
+    x = _log_transformed(table, schema)
+    if schema.dense_mean:
+        mean = np.asarray(schema.dense_mean, dtype=np.float64)
+        std = np.asarray(schema.dense_std, dtype=np.float64)
+        x = np.clip((x - mean) / std, -DENSE_CLIP, DENSE_CLIP)
+    return x.astype(np.float32)
+
+
+def _pack_mask(mask: np.ndarray) -> str:
+    return base64.b64encode(zlib.compress(np.packbits(mask).tobytes(), 9)).decode("ascii")
+
+
+def fit_input_schema(
+    schema: InputSchema, table: pa.Table, min_id_count: int, parent: InputSchema | None = None
+) -> InputSchema:
+    """The schema with statistics fitted on a training window (module docstring).
+
+    ``min_id_count <= 1`` admits every id. With ``parent`` (same structure, a warm start) the parent's
+    dense statistics are kept and its admitted ids stay admitted.
+    """
+    if min_id_count < 0:
+        raise ValueError(f"min_id_count must be >= 0, got {min_id_count}")
+    if table.num_rows == 0:
+        raise ValueError("cannot fit input statistics on an empty training window")
+    if parent is not None and parent.structure() != schema.structure():
+        raise ValueError("the parent schema has a different structure; fit a fresh schema instead")
+    if parent is not None:
+        mean, std = parent.dense_mean, parent.dense_std
+    else:
+        x = _log_transformed(table, schema)
+        mean = tuple(float(v) for v in x.mean(0))
+        # A constant column keeps unit scale: dividing by ~0 would blow up any later variation.
+        std = tuple(float(v) if v > 1e-6 else 1.0 for v in x.std(0))
+    admitted = [""] * len(schema.categorical)
+    if min_id_count > 1:
+        for name in (schema.user, schema.item):
+            slot = schema.slot(name)
+            ids = _bucketed(table.column(name), schema.buckets[slot])
+            mask = np.bincount(ids, minlength=schema.buckets[slot]) >= min_id_count
+            if parent is not None:
+                old = parent.admitted_mask(slot)
+                mask = np.ones_like(mask) if old is None else mask | old
+            mask[0] = True
+            admitted[slot] = "" if mask.all() else _pack_mask(mask)
+    return replace(schema, dense_mean=tuple(mean), dense_std=tuple(std), min_id_count=min_id_count,
+                   admitted=tuple(admitted) if any(admitted) else ())
+
+
+def schema_change(old: InputSchema, new: InputSchema) -> str | None:
+    """Why a model fitted to ``old`` cannot warm-start on ``new`` data, or None if their structure matches."""
+    a, b = old.structure(), new.structure()
+    if a == b:
+        return None
+    parts = []
+    for key in sorted(set(a) | set(b)):
+        if a.get(key) == b.get(key):
+            continue
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, list) and isinstance(vb, list) and key in ("dense", "categorical", "profile_dense"):
+            added, removed = sorted(set(vb) - set(va)), sorted(set(va) - set(vb))
+            parts.append(f"{key}: added {added}, removed {removed}" if added or removed
+                         else f"{key}: reordered")
+        else:
+            parts.append(f"{key}: {va!r} -> {vb!r}")
+    return "input schema differs from the parent's (" + "; ".join(parts) + ")"
 
 
 def _seconds(column: pa.ChunkedArray) -> np.ndarray:
@@ -265,8 +380,20 @@ def encode(data: pa.Table | Any, schema: InputSchema) -> Batch:
         [_bucketed(table.column(c), b) for c, b in zip(schema.categorical, schema.buckets, strict=True)],
         axis=1,
     ) if schema.categorical else np.zeros((table.num_rows, 0), np.int64)
+    admitted = [schema.admitted_mask(j) for j in range(len(schema.categorical))]
+    for j, ok in enumerate(admitted):
+        if ok is not None:
+            categorical[:, j] = np.where(ok[categorical[:, j]], categorical[:, j], 0)
     seq_items, mask = _padded_lists(table.column(schema.seq_item_ids), L)
     seq_cats, _ = _padded_lists(table.column(schema.seq_category_ids), L)
+    seq_items = np.where(mask, hash_ids(seq_items, item_b), 0)
+    seq_cats = np.where(mask, hash_ids(seq_cats, cat_b), 0)
+    # Behaviour ids go through the same admission as the candidate's (one id space): a rare item in a
+    # sequence is the "no usable id" row, its category still informs.
+    for name, seq in ((schema.item, seq_items), (schema.category, seq_cats)):
+        ok = admitted[schema.slot(name)]
+        if ok is not None:
+            seq[:] = np.where(ok[seq], seq, 0)
     seq_ms, _ = _padded_lists(table.column(schema.seq_event_times), L)
     label = np.asarray(table.column(schema.label).cast(pa.float32()).to_numpy(zero_copy_only=False))
     if np.isnan(label).any() or not np.isin(label, (0.0, 1.0)).all():
@@ -281,8 +408,8 @@ def encode(data: pa.Table | Any, schema: InputSchema) -> Batch:
     return Batch(
         categorical=torch.from_numpy(categorical.astype(np.int64)),
         dense=torch.from_numpy(_dense_matrix(table, schema)),
-        seq_items=torch.from_numpy(np.where(mask, hash_ids(seq_items, item_b), 0)),
-        seq_categories=torch.from_numpy(np.where(mask, hash_ids(seq_cats, cat_b), 0)),
+        seq_items=torch.from_numpy(seq_items),
+        seq_categories=torch.from_numpy(seq_cats),
         seq_times=torch.from_numpy(np.where(mask, seq_ms // 1000, 0)),
         seq_mask=torch.from_numpy(mask),
         cand_item=torch.from_numpy(categorical[:, schema.slot(schema.item)].astype(np.int64)),

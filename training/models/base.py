@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -19,11 +21,85 @@ class ModelOutput:
     aux_loss: torch.Tensor
 
 
+class PlattCalibration(nn.Module):
+    """logit' = scale * logit + bias, fitted after training on the validation slice.
+
+    Buffers, not parameters: the optimizer never sees them, and they travel in the saved weights so every
+    caller of the model's ``forward`` (evaluation, serving) gets the same calibrated probabilities. The
+    scale is kept positive, so ranking metrics are unchanged. Identity by default.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("scale", torch.ones(()))
+        self.register_buffer("bias", torch.zeros(()))
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.float() * self.scale + self.bias
+
+    def reset(self) -> None:
+        self.scale.fill_(1.0)
+        self.bias.fill_(0.0)
+
+    def fit(self, logits: torch.Tensor, labels: torch.Tensor, steps: int = 50) -> None:
+        """Minimise BCE(sigmoid(scale * logits + bias), labels) with LBFGS (scale = exp(s) > 0).
+
+        Left at identity when the slice has a single class (nothing to fit) or the fit is not finite.
+        """
+        z = logits.detach().double().cpu()
+        y = labels.detach().double().cpu()
+        if len(y) < 2 or y.min() == y.max():
+            self.reset()
+            return
+        log_scale = torch.zeros((), dtype=torch.float64, requires_grad=True)
+        bias = torch.zeros((), dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.LBFGS([log_scale, bias], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = nn.functional.binary_cross_entropy_with_logits(z * log_scale.exp() + bias, y)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        scale, b = float(log_scale.detach().exp()), float(bias.detach())
+        if not (np.isfinite(scale) and np.isfinite(b)):
+            self.reset()
+            return
+        self.scale.fill_(scale)
+        self.bias.fill_(b)
+
+
+class WideLinear(nn.Module):
+    """The wide short path: a linear term over the click-rate dense features added to the logit.
+
+    A deep model can then never rank worse than these features for lack of capacity. Zero-initialised,
+    so a model starts exactly where it would without it.
+    """
+
+    def __init__(self, schema: InputSchema) -> None:
+        super().__init__()
+        rate = [j for j, kind in enumerate(schema.dense_kinds) if kind == "rate"]
+        self.register_buffer("index", torch.tensor(rate, dtype=torch.long), persistent=False)
+        self.weight = nn.Parameter(torch.zeros(len(rate)))
+
+    def forward(self, dense: torch.Tensor) -> torch.Tensor:
+        """[..., D] normalised dense features -> [...] logit contribution."""
+        return (dense.index_select(-1, self.index) * self.weight.to(dense.dtype)).sum(-1)
+
+
+# State added after versions were first saved: a checkpoint without them loads with their defaults
+# (identity calibration, a silent wide path), which is exactly how those models scored.
+OPTIONAL_STATE: tuple[str, ...] = ("calibration.scale", "calibration.bias", "wide.weight")
+
+
 class CTRModel(nn.Module):
     """A click-through-rate model over the shared input layer.
 
-    ``forward`` is the inference path (zero-loop for looped models); ``forward_train`` returns every
-    supervised depth. Subclasses set ``family`` and keep their typed ``config`` and the ``schema``.
+    ``forward`` is the calibrated inference path (zero-loop for looped models); ``logits`` the same path
+    before calibration; ``forward_train`` returns every supervised depth, uncalibrated (calibration is
+    fitted after training). Subclasses set ``family``, keep their typed ``config`` and the ``schema``, and
+    implement ``logits``.
     """
 
     family: str = ""
@@ -32,13 +108,23 @@ class CTRModel(nn.Module):
         super().__init__()
         self.config = config
         self.schema = schema
+        self.calibration = PlattCalibration()
 
-    def forward(self, batch: Batch) -> torch.Tensor:  # pragma: no cover - abstract
+    def logits(self, batch: Batch) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return self.calibration(self.logits(batch))
+
     def forward_train(self, batch: Batch) -> ModelOutput:
-        logits = self(batch)
+        logits = self.logits(batch)
         return ModelOutput([logits], logits.new_zeros(()))
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        """``nn.Module.load_state_dict`` that fills ``OPTIONAL_STATE`` keys an older checkpoint lacks."""
+        own = self.state_dict()
+        defaults = {k: own[k] for k in OPTIONAL_STATE if k in own and k not in state_dict}
+        return super().load_state_dict({**state_dict, **defaults}, strict=strict, assign=assign)
 
     def num_parameters(self, trainable_only: bool = True) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

@@ -12,7 +12,7 @@ from torch import nn
 
 from training.config import BaselineConfig
 from training.inputs import Batch, InputSchema
-from training.models.base import CTRModel, mlp_head
+from training.models.base import CTRModel, WideLinear, mlp_head
 from training.models.embedding import FeatureEmbedding
 
 
@@ -23,6 +23,7 @@ def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 class _Baseline(CTRModel):
     uses_embedding = True
+    wide_path = False  # deep-only models get the wide short path (LR and DeepFM have a linear part)
 
     def __init__(self, config: BaselineConfig, schema: InputSchema, embedding: FeatureEmbedding) -> None:
         super().__init__(config, schema)
@@ -31,6 +32,8 @@ class _Baseline(CTRModel):
         d = embedding.d_embed
         self.n_fields = len(schema.categorical) + 2  # + pooled behaviour item and category
         self.flat_dim = self.n_fields * d + len(schema.dense)
+        if self.wide_path:
+            self.wide = WideLinear(schema)
 
     def fields(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> field vectors [B, C+2, d], behaviour tokens [B, L, 2d], behaviour mask [B, L]."""
@@ -53,20 +56,21 @@ class LogisticRegression(_Baseline):
         self.weights = FeatureEmbedding(schema, 1, init_std=0.0)
         self.dense = nn.Linear(len(schema.dense), 1)
 
-    def forward(self, batch: Batch) -> torch.Tensor:
+    def logits(self, batch: Batch) -> torch.Tensor:
         return self.weights.categorical(batch.categorical).sum((1, 2)) + self.dense(batch.dense).squeeze(-1)
 
 
 class DNN(_Baseline):
     family = "dnn"
+    wide_path = True
 
     def __init__(self, config: BaselineConfig, schema: InputSchema, embedding: FeatureEmbedding) -> None:
         super().__init__(config, schema, embedding)
         self.mlp = mlp_head(self.flat_dim, config.hidden, config.dropout)
 
-    def forward(self, batch: Batch) -> torch.Tensor:
+    def logits(self, batch: Batch) -> torch.Tensor:
         fields, _, _ = self.fields(batch)
-        return self.mlp(self.flat(fields, batch)).squeeze(-1)
+        return self.mlp(self.flat(fields, batch)).squeeze(-1) + self.wide(batch.dense)
 
 
 class DeepFM(_Baseline):
@@ -80,7 +84,7 @@ class DeepFM(_Baseline):
         self.dense = nn.Linear(len(schema.dense), 1)
         self.mlp = mlp_head(self.flat_dim, config.hidden, config.dropout)
 
-    def forward(self, batch: Batch) -> torch.Tensor:
+    def logits(self, batch: Batch) -> torch.Tensor:
         fields, _, _ = self.fields(batch)
         linear = self.first_order.categorical(batch.categorical).sum((1, 2))
         linear = linear + self.dense(batch.dense).squeeze(-1)
@@ -92,6 +96,7 @@ class DCNv2(_Baseline):
     """Full-rank cross network x_{l+1} = x0 * (W x_l + b) + x_l, stacked before the deep MLP."""
 
     family = "dcnv2"
+    wide_path = True
 
     def __init__(self, config: BaselineConfig, schema: InputSchema, embedding: FeatureEmbedding) -> None:
         super().__init__(config, schema, embedding)
@@ -101,12 +106,12 @@ class DCNv2(_Baseline):
             nn.init.zeros_(layer.bias)
         self.mlp = mlp_head(self.flat_dim, config.hidden, config.dropout)
 
-    def forward(self, batch: Batch) -> torch.Tensor:
+    def logits(self, batch: Batch) -> torch.Tensor:
         fields, _, _ = self.fields(batch)
         x0 = x = self.flat(fields, batch)
         for layer in self.cross:
             x = x0 * layer(x) + x
-        return self.mlp(x).squeeze(-1)
+        return self.mlp(x).squeeze(-1) + self.wide(batch.dense)
 
 
 class DIN(_Baseline):
@@ -114,6 +119,7 @@ class DIN(_Baseline):
     (unnormalised weights, as DIN), replacing the mean-pooled behaviour field."""
 
     family = "din"
+    wide_path = True
 
     def __init__(self, config: BaselineConfig, schema: InputSchema, embedding: FeatureEmbedding) -> None:
         super().__init__(config, schema, embedding)
@@ -123,13 +129,13 @@ class DIN(_Baseline):
         )
         self.mlp = mlp_head(self.flat_dim, config.hidden, config.dropout)
 
-    def forward(self, batch: Batch) -> torch.Tensor:
+    def logits(self, batch: Batch) -> torch.Tensor:
         fields, beh, mask = self.fields(batch)
         target = self.embedding.candidate(batch)[:, None].expand_as(beh)
         score = self.activation_unit(torch.cat([target, beh, target - beh, target * beh], -1)).squeeze(-1)
         interest = (score.masked_fill(~mask, 0.0).unsqueeze(-1) * beh).sum(1)
         fields = torch.cat([fields[:, :-2], interest.view(-1, 2, self.embedding.d_embed)], 1)
-        return self.mlp(self.flat(fields, batch)).squeeze(-1)
+        return self.mlp(self.flat(fields, batch)).squeeze(-1) + self.wide(batch.dense)
 
 
 BASELINES: dict[str, type[_Baseline]] = {

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from training.inputs import Batch, InputSchema
-from training.models.base import CTRModel, ModelOutput, mlp_head
+from training.models.base import CTRModel, ModelOutput, WideLinear, mlp_head
 from training.models.embedding import FeatureEmbedding, fit_length
 from training.models.layers import RelativeBias, RMSNorm, additive_mask, sequence_mask, time_bucket
 
@@ -28,6 +28,7 @@ class Tokens:
     behaviour_weight: torch.Tensor  # [B', N, 1] 1 on real behaviours
     profile: torch.Tensor  # [B', P, D] cross-attention keys/values
     head_features: torch.Tensor  # [B', m, F] per-candidate features read by the head
+    dense: torch.Tensor  # [B', m, D] per-candidate dense features (the wide path reads them)
     seq_len: int
 
 
@@ -71,13 +72,13 @@ class SequenceInput(nn.Module):
         user = fields[:, self.user_slot]
         head = torch.cat([fields[:, self.candidate_slots].flatten(1), user, batch.dense], 1)
         profile_dense = batch.dense[:, self.profile_index]
-        cand_time = batch.cand_time
+        cand_time, dense = batch.cand_time, batch.dense
         if one_user:
             beh, valid, times = beh[:1], valid[:1], times[:1]
             user, profile_dense = user[:1], profile_dense[:1]
-            cand, cand_time, head = cand[None], cand_time[None], head[None]
+            cand, cand_time, head, dense = cand[None], cand_time[None], head[None], dense[None]
         else:
-            cand, cand_time, head = cand[:, None], cand_time[:, None], head[:, None]
+            cand, cand_time, head, dense = cand[:, None], cand_time[:, None], head[:, None], dense[:, None]
         m = cand.shape[1]
 
         newest = (times * valid).amax(1, keepdim=True)  # [B', 1]
@@ -93,7 +94,7 @@ class SequenceInput(nn.Module):
         profile = [self.user(user)[:, None]]
         if self.profile_dense is not None:
             profile.append(self.profile_dense(profile_dense)[:, None])
-        return Tokens(x, mask, weight, torch.cat(profile, 1), head, L)
+        return Tokens(x, mask, weight, torch.cat(profile, 1), head, dense, L)
 
 
 class SequenceModel(CTRModel):
@@ -104,16 +105,18 @@ class SequenceModel(CTRModel):
     def _init_head(self, d_model: int, hidden: tuple[int, ...], dropout: float) -> None:
         self.final_norm = RMSNorm(d_model)
         self.head = mlp_head(d_model + self.inputs.head_features_dim, hidden, dropout)
+        self.wide = WideLinear(self.schema)
 
     def candidate_logits(self, x: torch.Tensor, tokens: Tokens) -> torch.Tensor:
-        """Final states -> [B', m] logits, read at the candidate positions."""
+        """Final states -> [B', m] logits, read at the candidate positions (plus the wide path)."""
         states = self.final_norm(x[:, tokens.seq_len:])
-        return self.head(torch.cat([states, tokens.head_features.to(states.dtype)], -1)).squeeze(-1)
+        deep = self.head(torch.cat([states, tokens.head_features.to(states.dtype)], -1)).squeeze(-1)
+        return deep + self.wide(tokens.dense.to(deep.dtype))
 
     def encode_depths(self, tokens: Tokens, depths: int) -> tuple[list[torch.Tensor], torch.Tensor]:
         raise NotImplementedError  # pragma: no cover - abstract
 
-    def forward(self, batch: Batch) -> torch.Tensor:
+    def logits(self, batch: Batch) -> torch.Tensor:
         logits, _ = self.encode_depths(self.inputs(batch), 1)
         return logits[-1].reshape(-1)
 
@@ -138,4 +141,4 @@ class SequenceModel(CTRModel):
     def score_request(self, batch: Batch) -> torch.Tensor:
         """``score_candidates`` without the one-user check (no data-dependent branch: torch.export-able)."""
         logits, _ = self.encode_depths(self.inputs(batch, one_user=True), 1)
-        return logits[-1].reshape(-1)
+        return self.calibration(logits[-1].reshape(-1))
