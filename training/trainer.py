@@ -4,11 +4,18 @@ A *cohort* is a teacher, N LightSUAN students and optional baselines (trained al
 same pass so the comparison sees identical batches). The objective is MODELS.md §6.4 (training.losses).
 Each continual-training cycle warm-starts every model by name from a saved version and makes one pass
 over the new window; evaluation is progressive (on data after the window).
+
+Choice is by validation, never by epoch count: the last ``val_fraction`` (by time) of the training part is
+a validation slice, disjoint from the test holdout. Every model is evaluated on it before training and
+every ``eval_every_steps``; each keeps its best checkpoint, stops after ``patience`` evaluations without
+improvement, and gets a Platt calibration fitted on the same slice.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import math
 import random
 import time
@@ -20,13 +27,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from training import artifacts, losses
 from training.config import BASELINE_KINDS, StudentConfig, TeacherConfig, config_for
 from training.inputs import Batch, InputSchema
-from training.metrics import evaluate_predictions, reliability_curve
+from training.metrics import auc, ece, evaluate_predictions, logloss, pcoc, reliability_curve
 
 TEACHER = "teacher"
 
@@ -55,6 +63,12 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
     eval_batch_size: int = 2048
+    val_fraction: float = 0.1  # latest share of the training part held out for model choice (0: none)
+    eval_every_steps: int = 0  # validation period in steps; 0: four times per epoch (and at the end)
+    patience: int = 3  # evaluations without a better validation AUC before a model stops; 0: never stops
+    calibrate: bool = True  # fit Platt scaling per model on the validation slice
+    min_id_count: int = 2  # user/item ids seen fewer times in the training window share the OOV row
+    id_dropout: float = 0.05  # training only: a candidate's user/item id is replaced by OOV this often
     # CPU intra-op threads (0 = torch's default). On a shared, busy machine 1 thread is often much
     # faster: OpenMP workers spin-wait for cores that other processes hold.
     threads: int = 0
@@ -71,6 +85,12 @@ class TrainConfig:
             raise ValueError(f"unknown baselines {sorted(unknown)}; choose from {BASELINE_KINDS}")
         if self.threads < 0:
             raise ValueError("threads must be >= 0")
+        if not 0 <= self.val_fraction < 0.5:
+            raise ValueError(f"val_fraction must be in [0, 0.5), got {self.val_fraction}")
+        if self.eval_every_steps < 0 or self.patience < 0 or self.min_id_count < 0:
+            raise ValueError("eval_every_steps, patience and min_id_count must be >= 0")
+        if not 0 <= self.id_dropout < 1:
+            raise ValueError(f"id_dropout must be in [0, 1), got {self.id_dropout}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if self.teacher_grade is None and self.students == 0 and not self.baselines:
@@ -162,6 +182,10 @@ class Cohort:
         for model in self.models.values():
             model.train(mode)
 
+    def untie(self) -> None:
+        """Give every model its own copy of any shared table (before loading different checkpoints)."""
+        self.models = {name: copy.deepcopy(model) for name, model in self.models.items()}
+
 
 def cohort_configs(config: TrainConfig) -> dict[str, tuple[str, dict[str, Any]]]:
     """name -> (family, model config dict) for every model the TrainConfig asks for."""
@@ -194,26 +218,43 @@ def build_cohort(config: TrainConfig, schema: InputSchema) -> Cohort:
     return Cohort(models, {n: f for n, (f, _) in specs.items()}, {n: c for n, (_, c) in specs.items()})
 
 
-def warm_start(cohort: Cohort, settings, version: str) -> list[str]:
-    """Load every model of the cohort that the version holds under the same name and family.
+@dataclass(frozen=True)
+class WarmStart:
+    """Which models a warm start loaded, and why each other one starts from a fresh init."""
 
-    Returns the names loaded. A model missing from the version (e.g. a new baseline) keeps its fresh
-    init; a same-named model with a different config is an error, since its weights would not fit.
+    loaded: list[str]
+    cold: dict[str, str]
+
+
+def _config_change(old: dict[str, Any], new: dict[str, Any]) -> str:
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys)
+
+
+def warm_start(cohort: Cohort, settings, version: str) -> WarmStart:
+    """Load every model of the cohort that the version holds under the same name, family and config.
+
+    A model missing from the version (a new baseline) or whose family/config changed (another grade)
+    keeps its fresh init, with the reason in ``WarmStart.cold``. Models sharing one embedding table load
+    it several times: the parent's served model loads last, so its table is the one kept.
     """
     parent = artifacts.read_config(settings, version)
-    loaded = []
-    for name, model in cohort.models.items():
+    serve = parent.get("serve")
+    loaded, cold = [], {}
+    for name in sorted(cohort.models, key=lambda n: n == serve):
         entry = parent["models"].get(name)
         if entry is None:
-            continue
-        if entry["family"] != cohort.families[name] or entry["config"] != cohort.configs[name]:
-            raise ValueError(
-                f"cannot warm-start {name!r} from {version}: family/config differ "
-                f"({entry['family']} vs {cohort.families[name]})"
-            )
-        model.load_state_dict(artifacts.read_weights(settings, version, name))
-        loaded.append(name)
-    return loaded
+            cold[name] = f"not in parent version {version}"
+        elif entry["family"] != cohort.families[name]:
+            cold[name] = f"family differs from parent {version}: {entry['family']} -> {cohort.families[name]}"
+        elif entry["config"] != cohort.configs[name]:
+            cold[name] = f"config differs from parent {version}: " + _config_change(
+                entry["config"], cohort.configs[name])
+        else:
+            cohort.models[name].load_state_dict(artifacts.read_weights(settings, version, name))
+            loaded.append(name)
+    order = list(cohort.models)
+    return WarmStart(sorted(loaded, key=order.index), cold)
 
 
 # --- training ---------------------------------------------------------------------------------------
@@ -222,6 +263,11 @@ def warm_start(cohort: Cohort, settings, version: str) -> list[str]:
 @dataclass
 class TrainHistory:
     losses: dict[str, list[float]] = field(default_factory=dict)  # per model, one value per step
+    bce: dict[str, list[float]] = field(default_factory=dict)  # per model, the label BCE alone, per step
+    # per model, one {step, auc, logloss} per validation (step 0 = before training)
+    val_curve: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    best: dict[str, dict[str, float]] = field(default_factory=dict)  # per model: the kept point
+    stopped: dict[str, int] = field(default_factory=dict)  # model -> step at which patience ran out
     steps: int = 0
     samples: int = 0
     seconds: float = 0.0
@@ -244,10 +290,17 @@ def kd_weight(config: TrainConfig, step: int) -> float:
 
 
 def cohort_step_losses(
-    cohort: Cohort, batch: Batch, config: TrainConfig, step: int
+    cohort: Cohort, batch: Batch, config: TrainConfig, step: int,
+    bce: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Every model's loss for one minibatch (forward in training mode, the joint objective)."""
+    """Every model's loss for one minibatch (forward in training mode, the joint objective).
+
+    ``bce``, when given, receives each model's label BCE at its deepest depth (detached), for the history.
+    """
     outputs = {name: model.forward_train(batch) for name, model in cohort.models.items()}
+    if bce is not None:
+        for name, out in outputs.items():
+            bce[name] = F.binary_cross_entropy_with_logits(out.logits[-1].detach().float(), batch.label)
     y = batch.label
     teacher = cohort.teacher
     t_loss, s_losses = losses.cohort_losses(
@@ -269,30 +322,113 @@ def cohort_step_losses(
     return out
 
 
+def drop_ids(batch: Batch, schema: InputSchema, rate: float, generator: torch.Generator) -> Batch:
+    """Id-embedding dropout: each row's user and item id becomes the OOV bucket 0 with prob. ``rate``,
+    so the models learn to score an unknown id from its side features (category, statistics)."""
+    if rate <= 0:
+        return batch
+    categorical, cand_item = batch.categorical.clone(), batch.cand_item.clone()
+    for name in (schema.user, schema.item):
+        drop = torch.rand(len(batch), generator=generator) < rate
+        categorical[drop, schema.slot(name)] = 0
+        if name == schema.item:
+            cand_item[drop] = 0
+    return dataclasses.replace(batch, categorical=categorical, cand_item=cand_item)
+
+
+def _eval_period(config: TrainConfig, steps_per_epoch: int) -> int:
+    return config.eval_every_steps or max(1, math.ceil(steps_per_epoch / 4))
+
+
+class _Selector:
+    """Validation bookkeeping of one cohort: curves, each model's best checkpoint, patience."""
+
+    def __init__(self, cohort: Cohort, validation: Batch, config: TrainConfig, device: torch.device,
+                 history: TrainHistory) -> None:
+        self.cohort, self.validation, self.config, self.device = cohort, validation, config, device
+        self.history = history
+        self.labels = validation.label.numpy()
+        self.states: dict[str, dict[str, torch.Tensor]] = {}
+        self.waited = {name: 0 for name in cohort.models}
+        self.last_step = -1
+
+    @property
+    def active(self) -> list[str]:
+        return [n for n in self.cohort.models if n not in self.history.stopped]
+
+    def evaluate(self) -> None:
+        step = self.last_step = self.history.steps
+        for name in self.active:
+            model = self.cohort.models[name]
+            probs = predict(model, self.validation, self.device, self.config.eval_batch_size,
+                            self.config.precision, calibrated=False)
+            point = {"step": step, "auc": auc(self.labels, probs), "logloss": logloss(self.labels, probs)}
+            self.history.val_curve[name].append(point)
+            best = self.history.best.get(name)
+            if math.isfinite(point["auc"]) and (best is None or point["auc"] > best["auc"]):
+                self.history.best[name] = point
+                self.states[name] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                self.waited[name] = 0
+            elif best is not None:  # (a slice with one class has no AUC: nothing to stop on)
+                self.waited[name] += 1
+                if self.config.patience and self.waited[name] >= self.config.patience:
+                    self.history.stopped[name] = step
+        self.cohort.train(True)
+
+    def restore(self) -> None:
+        """Every model back to its best checkpoint."""
+        steps = {n: self.history.best[n]["step"] for n in self.states}
+        moved = {n for n, s in steps.items() if s != self.history.steps}
+        if not moved:
+            return
+        # Models sharing a table may have their best at different steps: each keeps its own copy.
+        self.cohort.untie()
+        for name in moved:
+            self.cohort.models[name].load_state_dict(self.states[name])
+
+
 def train_window(
-    cohort: Cohort, data: Batch, config: TrainConfig, device: torch.device, progress: bool = True
+    cohort: Cohort, data: Batch, config: TrainConfig, device: torch.device, progress: bool = True,
+    validation: Batch | None = None,
 ) -> TrainHistory:
-    """`config.epochs` passes over one data window; all models step together on the same batches."""
+    """Up to `config.epochs` passes over one data window; all models step together on the same batches.
+
+    With a ``validation`` slice every model is evaluated on it before training, every
+    `eval_every_steps` and at the end; each ends at its best checkpoint (``history.best``) and stops
+    updating after `patience` evaluations without improvement (the others go on; training ends when
+    every model has stopped). Without one, the last step is kept.
+    """
     if config.threads:
         torch.set_num_threads(config.threads)
     optimizer = torch.optim.AdamW(cohort.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     dtype = autocast_dtype(device, config.precision)
     generator = torch.Generator().manual_seed(config.seed)
-    history = TrainHistory(losses={n: [] for n in cohort.models})
+    id_generator = torch.Generator().manual_seed(config.seed + 1)
+    names = list(cohort.models)
+    history = TrainHistory(losses={n: [] for n in names}, bce={n: [] for n in names},
+                           val_curve={n: [] for n in names})
+    schema = next(iter(cohort.models.values())).schema
     steps_per_epoch = math.ceil(len(data) / config.batch_size)
-    cohort.train(True)
+    period = _eval_period(config, steps_per_epoch)
+    selector = _Selector(cohort, validation, config, device, history) if validation is not None else None
     started = time.perf_counter()
+    if selector:
+        selector.evaluate()
+    cohort.train(True)
     with tqdm(total=steps_per_epoch * config.epochs, desc="train", unit="step", disable=not progress) as bar:
         for _ in range(config.epochs):
             for cpu_batch in _minibatches(data, config.batch_size, generator):
-                batch = cpu_batch.to(device)
+                batch = drop_ids(cpu_batch, schema, config.id_dropout, id_generator).to(device)
+                bce: dict[str, torch.Tensor] = {}
                 with autocast_context(device, dtype):
-                    per_model = cohort_step_losses(cohort, batch, config, history.steps)
-                total = sum(per_model.values())
+                    per_model = cohort_step_losses(cohort, batch, config, history.steps, bce)
+                # A stopped model is frozen at its best: its own loss no longer steps the optimizer.
+                total = sum(v for n, v in per_model.items() if n not in history.stopped)
                 # One device-to-host copy per step for the finiteness check and the history (not one
                 # per model): on a GPU each copy is a synchronisation.
-                stacked = torch.stack([v.detach().float() for v in per_model.values()])
-                values = dict(zip(per_model, stacked.tolist(), strict=True))
+                stacked = torch.stack([v.detach().float() for v in per_model.values()] + list(bce.values()))
+                flat = stacked.tolist()
+                values = dict(zip(per_model, flat[: len(per_model)], strict=True))
                 if not all(math.isfinite(v) for v in values.values()):
                     raise FloatingPointError(f"non-finite loss at step {history.steps}: {values}")
                 optimizer.zero_grad(set_to_none=True)
@@ -300,39 +436,73 @@ def train_window(
                 optimizer.step()
                 for name, value in values.items():
                     history.losses[name].append(value)
+                for name, value in zip(bce, flat[len(per_model):], strict=True):
+                    history.bce[name].append(value)
                 history.steps += 1
                 history.samples += len(batch)
                 bar.update(1)
                 bar.set_postfix(loss=f"{sum(values.values()):.4f}")
+                if selector and history.steps % period == 0:
+                    selector.evaluate()
+                    if not selector.active:
+                        break
+            if selector and not selector.active:
+                break
+    if selector:
+        if selector.last_step != history.steps:
+            selector.evaluate()
+        selector.restore()
     history.seconds = time.perf_counter() - started
     cohort.train(False)
     return history
+
+
+def fit_calibration(cohort: Cohort, validation: Batch, config: TrainConfig, device: torch.device) -> None:
+    """Platt scaling per model on the validation slice's uncalibrated logits (stored in the model)."""
+    labels = validation.label
+    for model in cohort.models.values():
+        model.calibration.reset()
+        logits = predict_logits(model, validation, device, config.eval_batch_size, config.precision,
+                                calibrated=False)
+        model.calibration.fit(torch.from_numpy(logits), labels)
 
 
 # --- evaluation -------------------------------------------------------------------------------------
 
 
 @torch.no_grad()
-def predict(model: nn.Module, data: Batch, device: torch.device, batch_size: int = 2048,
-            precision: str = "auto") -> np.ndarray:
-    """Click probabilities from the inference path (zero-loop for looped models)."""
+def predict_logits(model: nn.Module, data: Batch, device: torch.device, batch_size: int = 2048,
+                   precision: str = "auto", calibrated: bool = True) -> np.ndarray:
+    """Logits of the inference path (zero-loop for looped models), calibrated unless asked otherwise."""
     model.eval()
     dtype = autocast_dtype(device, precision)
     out = []
     for start in range(0, len(data), batch_size):
+        chunk = data.slice(start, start + batch_size).to(device)
         with autocast_context(device, dtype):
-            logits = model(data.slice(start, start + batch_size).to(device))
-        out.append(torch.sigmoid(logits.float()).cpu().numpy())
+            logits = model(chunk) if calibrated else model.logits(chunk)
+        out.append(logits.float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def predict(model: nn.Module, data: Batch, device: torch.device, batch_size: int = 2048,
+            precision: str = "auto", calibrated: bool = True) -> np.ndarray:
+    """Click probabilities from the inference path."""
+    logits = predict_logits(model, data, device, batch_size, precision, calibrated)
+    return torch.sigmoid(torch.from_numpy(logits)).numpy()
 
 
 def evaluate_model(model: nn.Module, data: Batch, device: torch.device, batch_size: int = 2048,
                    precision: str = "auto") -> tuple[dict[str, float], dict[str, list[float]]]:
-    """Holdout metrics and the reliability curve of one model."""
+    """Holdout metrics and the reliability curve of one model (calibrated, as served), plus the
+    calibration of its uncalibrated output (``pcoc_raw``, ``ece_raw``)."""
     probs = predict(model, data, device, batch_size, precision)
     labels = data.label.numpy()
     p_click = data.p_click.numpy() if data.p_click is not None else None
-    return evaluate_predictions(labels, probs, data.user.numpy(), p_click), reliability_curve(labels, probs)
+    metrics = evaluate_predictions(labels, probs, data.user.numpy(), p_click)
+    raw = predict(model, data, device, batch_size, precision, calibrated=False)
+    metrics["pcoc_raw"], metrics["ece_raw"] = pcoc(labels, raw), ece(labels, raw)
+    return metrics, reliability_curve(labels, probs)
 
 
 @torch.no_grad()

@@ -113,7 +113,8 @@ def test_cycle_learns_saves_and_warm_starts(settings, data) -> None:
 
     # Warm start: a fresh cohort carries the parent's weights by name before any training.
     cohort = build_cohort(config, schema_for(manifest, config))
-    assert sorted(warm_start(cohort, settings, first.version)) == ["lr", "student_0", "student_1", "teacher"]
+    warm = warm_start(cohort, settings, first.version)
+    assert sorted(warm.loaded) == ["lr", "student_0", "student_1", "teacher"] and warm.cold == {}
     for name, model in cohort.models.items():
         parent = artifacts.read_weights(settings, first.version, name)
         for key, value in model.state_dict().items():
@@ -129,13 +130,19 @@ def test_cycle_learns_saves_and_warm_starts(settings, data) -> None:
     assert sorted(second.warm_started) == ["lr", "student_0", "student_1", "teacher"]
 
 
-def test_warm_start_refuses_a_different_architecture(settings, data) -> None:
+def test_a_changed_model_config_cold_starts_that_model_and_records_why(settings, data) -> None:
     table, manifest = data
     config = _config(students=1)
     first = run_cycle(settings, table.slice(0, 200), manifest, config, progress=False, report=False)
     wider = _config(students=1, student={**tiny_train_config()["student"], "d_model": 32})
-    with pytest.raises(ValueError, match="cannot warm-start 'student_0'"):
-        warm_start(build_cohort(wider, schema_for(manifest, wider)), settings, first.version)
+    warm = warm_start(build_cohort(wider, schema_for(manifest, wider)), settings, first.version)
+    assert warm.loaded == ["teacher"]
+    assert "d_model: 16 -> 32" in warm.cold["student_0"]
+    second = run_cycle(settings, table.slice(200, 400), manifest, wider, parent=first.version,
+                       progress=False, report=False)
+    saved = artifacts.read_config(settings, second.version)
+    assert saved["parent"] == first.version and saved["cold_start_reason"] is None
+    assert set(saved["cold_start"]) == {"student_0"} and second.warm_started == ["teacher"]
 
 
 def test_same_seed_same_result(settings, data) -> None:
