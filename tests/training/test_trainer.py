@@ -106,7 +106,17 @@ def test_cycle_learns_saves_and_warm_starts(settings, data) -> None:
     # The user x category signal of the synthetic log is visible to the sequence models (200 test rows).
     assert first.metrics["teacher"]["auc"] > 0.55
     assert first.metrics[first.serve]["auc"] > 0.55
+    # Choice by validation: every model has a curve from step 0, the served student has the best
+    # validation AUC, and the validation slice lies between the rows trained on and the holdout.
+    for name, result in first.results.items():
+        assert result["val_curve"][0]["step"] == 0 and len(result["val_curve"]) >= 2, name
+        assert {"pcoc_raw", "ece_raw", "val_auc"} <= set(first.metrics[name])
+    assert first.serve == max(("student_0", "student_1"), key=lambda s: first.metrics[s]["val_auc"])
     saved = artifacts.read_config(settings, first.version)
+    window = saved["window"]
+    assert window["train"]["end"] <= window["validation"]["start"] <= window["holdout"]["start"]
+    assert window["train"]["rows"] + window["validation"]["rows"] == 800
+    assert len(saved["input_schema"]["dense_mean"]) == len(saved["input_schema"]["dense"])
     assert saved["feature_service"] == manifest["feature_service"]
     assert saved["train_config"]["lambda_kd"] == config.lambda_kd
     assert (first.run_dir / "report.md").is_file() and (first.run_dir / "calibration.png").is_file()
