@@ -129,6 +129,8 @@ def run_cycle(
     parent_schema, cold_reason = None, None
     if parent is not None:
         parent_schema = InputSchema.from_dict(artifacts.read_config(settings, parent)["input_schema"])
+        # The sequence length read is the cohort's (a model whose seq_len changed cold-starts alone).
+        parent_schema = dataclasses.replace(parent_schema, max_seq_len=schema.max_seq_len)
         cold_reason = schema_change(parent_schema, schema)
         if cold_reason is None:
             # The parent's schema keeps hashed ids and dense statistics aligned with its weights.
