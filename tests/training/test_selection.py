@@ -21,6 +21,7 @@ from training.models.base import OPTIONAL_STATE
 from training.trainer import (
     TrainConfig,
     build_cohort,
+    drop_ids,
     evaluate_model,
     fit_calibration,
     predict,
@@ -70,6 +71,37 @@ def test_statistics_and_admission_are_fitted_on_the_window_and_round_trip(data) 
     # No admission below k=2, and a schema without statistics still encodes as before.
     assert fit_input_schema(base, table, min_id_count=1).admitted == ()
     assert torch.equal(encode(table, base).dense, raw.dense)
+
+
+def test_a_warm_start_keeps_the_parent_statistics_and_only_widens_admission(data) -> None:
+    table, manifest = data
+    base = InputSchema.from_manifest(manifest, max_seq_len=8)
+    parent = fit_input_schema(base, table.slice(0, 300), min_id_count=6)
+    child = fit_input_schema(base, table.slice(300), min_id_count=6, parent=parent)
+    assert child.dense_mean == parent.dense_mean and child.dense_std == parent.dense_std
+    slot = base.slot(base.item)
+    old, new = parent.admitted_mask(slot), child.admitted_mask(slot)
+    assert (new | old).tolist() == new.tolist() and new.sum() > old.sum()
+    with pytest.raises(ValueError, match="different structure"):
+        fit_input_schema(dataclasses.replace(base, dense=base.dense[:-1], dense_kinds=base.dense_kinds[:-1]),
+                         table, 6, parent=parent)
+
+
+def test_id_dropout_replaces_user_and_item_ids_with_the_oov_bucket(data) -> None:
+    table, manifest = data
+    schema = InputSchema.from_manifest(manifest, max_seq_len=8)
+    batch = encode(table.slice(0, 400), schema)
+    gen = torch.Generator().manual_seed(0)
+    assert drop_ids(batch, schema, 0.0, gen) is batch
+    dropped = drop_ids(batch, schema, 0.5, gen)
+    user, item = schema.slot(schema.user), schema.slot(schema.item)
+    for slot in (user, item):
+        gone = dropped.categorical[:, slot] == 0
+        assert 100 < int(gone.sum()) < 300
+    assert torch.equal(dropped.cand_item, dropped.categorical[:, item])
+    others = [j for j in range(len(schema.categorical)) if j not in (user, item)]
+    assert torch.equal(dropped.categorical[:, others], batch.categorical[:, others])
+    assert (batch.categorical[:, item] > 0).all(), "the input batch is left untouched"
 
 
 def test_saved_version_reapplies_statistics_oov_and_calibration_bit_for_bit(settings, data) -> None:
