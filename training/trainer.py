@@ -280,6 +280,8 @@ def train_window(
     generator = torch.Generator().manual_seed(config.seed)
     history = TrainHistory(losses={n: [] for n in cohort.models})
     steps_per_epoch = math.ceil(len(data) / config.batch_size)
+    for model in cohort.models.values():
+        model.prepare(data.label)
     cohort.train(True)
     started = time.perf_counter()
     with tqdm(total=steps_per_epoch * config.epochs, desc="train", unit="step", disable=not progress) as bar:
