@@ -19,7 +19,7 @@ matplotlib.use("Agg")  # headless: the report is written to files, never shown
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-METRIC_COLUMNS = ("auc", "gauc", "logloss", "pcoc", "ece", "oracle_gap")
+METRIC_COLUMNS = ("auc", "gauc", "request_gauc", "logloss", "pcoc", "ece", "oracle_gap")
 
 
 def _smooth(values: Sequence[float], window: int) -> np.ndarray:

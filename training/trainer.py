@@ -334,7 +334,9 @@ def evaluate_model(model: nn.Module, data: Batch, device: torch.device, batch_si
     probs = predict(model, data, device, batch_size, precision)
     labels = data.label.numpy()
     p_click = data.p_click.numpy() if data.p_click is not None else None
-    return evaluate_predictions(labels, probs, data.user.numpy(), p_click), reliability_curve(labels, probs)
+    requests = data.request.numpy() if data.request is not None else None
+    metrics = evaluate_predictions(labels, probs, data.user.numpy(), p_click, requests)
+    return metrics, reliability_curve(labels, probs)
 
 
 @torch.no_grad()

@@ -13,7 +13,7 @@ from pipelines.settings import get_settings
 
 console = Console(stderr=True)
 
-_METRICS = ("auc", "gauc", "logloss", "pcoc", "ece", "oracle_gap")
+_METRICS = ("auc", "gauc", "request_gauc", "logloss", "pcoc", "ece", "oracle_gap")
 
 
 def _metrics_table(title: str, metrics: dict[str, dict[str, float]]) -> Table:
