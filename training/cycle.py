@@ -193,6 +193,7 @@ def run_cycle(
             "metrics": metrics,
             "reliability": curve,
             "loss_history": history.losses[name],
+            "bce_history": history.bce[name],
             "params": model.num_parameters(trainable_only=False),
             "infer_ms_100": inference_ms(model, holdout_batch, device),
             # The cohort steps together: this is the joint rate, the same for every member.

@@ -222,6 +222,9 @@ def warm_start(cohort: Cohort, settings, version: str) -> list[str]:
 @dataclass
 class TrainHistory:
     losses: dict[str, list[float]] = field(default_factory=dict)  # per model, one value per step
+    # Per model, the BCE part of its objective per step: comparable across models, unlike `losses`,
+    # where a student's KD and peer terms sit on top of it.
+    bce: dict[str, list[float]] = field(default_factory=dict)
     steps: int = 0
     samples: int = 0
     seconds: float = 0.0
@@ -244,11 +247,16 @@ def kd_weight(config: TrainConfig, step: int) -> float:
 
 
 def cohort_step_losses(
-    cohort: Cohort, batch: Batch, config: TrainConfig, step: int
+    cohort: Cohort, batch: Batch, config: TrainConfig, step: int, bce: dict[str, torch.Tensor] | None = None
 ) -> dict[str, torch.Tensor]:
-    """Every model's loss for one minibatch (forward in training mode, the joint objective)."""
+    """Every model's loss for one minibatch (forward in training mode, the joint objective).
+
+    ``bce``, when given, receives each model's detached BCE term (over its supervised depths)."""
     outputs = {name: model.forward_train(batch) for name, model in cohort.models.items()}
     y = batch.label
+    if bce is not None:
+        with torch.no_grad():
+            bce.update({name: losses.loop_bce(out.logits, y) for name, out in outputs.items()})
     teacher = cohort.teacher
     t_loss, s_losses = losses.cohort_losses(
         outputs[teacher].logits if teacher else None,
@@ -278,7 +286,7 @@ def train_window(
     optimizer = torch.optim.AdamW(cohort.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     dtype = autocast_dtype(device, config.precision)
     generator = torch.Generator().manual_seed(config.seed)
-    history = TrainHistory(losses={n: [] for n in cohort.models})
+    history = TrainHistory(losses={n: [] for n in cohort.models}, bce={n: [] for n in cohort.models})
     steps_per_epoch = math.ceil(len(data) / config.batch_size)
     for model in cohort.models.values():
         model.prepare(data.label)
@@ -288,13 +296,15 @@ def train_window(
         for _ in range(config.epochs):
             for cpu_batch in _minibatches(data, config.batch_size, generator):
                 batch = cpu_batch.to(device)
+                bce: dict[str, torch.Tensor] = {}
                 with autocast_context(device, dtype):
-                    per_model = cohort_step_losses(cohort, batch, config, history.steps)
+                    per_model = cohort_step_losses(cohort, batch, config, history.steps, bce)
                 total = sum(per_model.values())
                 # One device-to-host copy per step for the finiteness check and the history (not one
                 # per model): on a GPU each copy is a synchronisation.
-                stacked = torch.stack([v.detach().float() for v in per_model.values()])
-                values = dict(zip(per_model, stacked.tolist(), strict=True))
+                stacked = torch.stack([v.detach().float() for v in [*per_model.values(), *bce.values()]])
+                flat = stacked.tolist()
+                values = dict(zip(per_model, flat[: len(per_model)], strict=True))
                 if not all(math.isfinite(v) for v in values.values()):
                     raise FloatingPointError(f"non-finite loss at step {history.steps}: {values}")
                 optimizer.zero_grad(set_to_none=True)
@@ -302,6 +312,8 @@ def train_window(
                 optimizer.step()
                 for name, value in values.items():
                     history.losses[name].append(value)
+                for name, value in zip(bce, flat[len(per_model):], strict=True):
+                    history.bce[name].append(value)
                 history.steps += 1
                 history.samples += len(batch)
                 bar.update(1)
