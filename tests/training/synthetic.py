@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from features.manifest import SEQUENCE_COLUMNS, SEQUENCE_VIEW, manifest_columns
 from features.services import DEFAULT_SERVICE
-from pipelines.events import stable_int_id
+from pipelines.events import EVENT_SCHEMA, SIDE_FIELDS, stable_int_id
 from pipelines.settings import Settings
 from pipelines.tables import CTR_PRIOR_CLICKS, CTR_PRIOR_IMPRESSIONS, STAT_WINDOWS, TS
 
@@ -96,6 +96,8 @@ def make_table(
         rows["hour"].append((t // 3_600_000) % 24)
         rows["device"].append("mobile" if u % 3 else "desktop")
         rows["page"].append("home" if n % 2 else "search")
+        for side in SIDE_FIELDS:  # no side information in this log, as in the simulator's
+            rows[side].append(None)
         rows["event_time"].append(t)
         rows["label"].append(label)
         rows["click_time"].append(t + 5_000 if label else None)
@@ -124,6 +126,7 @@ def make_table(
     }
     for col in DENSE:
         types[col] = pa.float64() if "__ctr_" in col else pa.int64()
+    types.update({side: EVENT_SCHEMA.field(side).type for side in SIDE_FIELDS})
     return pa.table({k: pa.array(v, type=types.get(k, pa.string())) for k, v in rows.items()})
 
 
