@@ -119,7 +119,8 @@ def evaluate_predictions(
     requests: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Every metric of one model on one holdout; ``gauc`` with user keys, ``request_gauc`` with request
-    keys, ``oracle_*`` only when the log carries true p_click."""
+    keys (absent when no request holds both a click and a non-click: single-slot logs such as Criteo or
+    MovieLens), ``oracle_*`` only when the log carries true p_click."""
     labels = np.asarray(labels)
     probs = np.asarray(probs, dtype=np.float64)
     if labels.shape != probs.shape or labels.ndim != 1:
@@ -136,7 +137,9 @@ def evaluate_predictions(
     if users is not None:
         out["gauc"] = gauc(labels, probs, users)
     if requests is not None:
-        out["request_gauc"] = gauc(labels, probs, requests)
+        by_request = gauc(labels, probs, requests)
+        if by_request == by_request:  # left out, not NaN, where no request has both classes (one slot each)
+            out["request_gauc"] = by_request
     if p_click is not None:
         oracle = auc(labels, np.asarray(p_click, dtype=np.float64))
         out["oracle_auc"] = oracle

@@ -102,4 +102,5 @@ def test_request_gauc_groups_by_request_and_ignores_what_is_constant_in_a_reques
     # The per-request shift cannot change a within-request ranking, but it does mix the user's requests.
     assert metrics.gauc(y, within, requests) == pytest.approx(out["request_gauc"], abs=1e-12)
     assert out["gauc"] != pytest.approx(metrics.gauc(y, within, users), abs=1e-3)
-    assert np.isnan(metrics.gauc(y, s, np.arange(200)))  # one impression per request: undefined
+    assert np.isnan(metrics.gauc(y, s, np.arange(200)))  # one impression per request: undefined,
+    assert "request_gauc" not in metrics.evaluate_predictions(y, s / 6, requests=np.arange(200))  # so absent

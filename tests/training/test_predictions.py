@@ -21,10 +21,10 @@ from training.trainer import TrainConfig, time_split
 @pytest.fixture
 def saved(settings) -> tuple[str, pa.Table]:
     table, manifest = make_dataset(n_rows=400, seed=6, name="day1")
-    write_dataset(settings, table, manifest)
     # Requests of four impressions, so the file's request column is more than a copy of the row id.
     grouped = pa.array([f"r{i // 4}" for i in range(table.num_rows)])
     table = table.set_column(table.schema.get_field_index("request_id"), "request_id", grouped)
+    write_dataset(settings, table, manifest)
     config = TrainConfig(teacher_grade=None, students=0, baselines=("lr", "dnn"), baseline=BASELINE,
                          batch_size=64, threads=1)
     result = run_cycle(settings, table, manifest, config, progress=False, report=False)
