@@ -207,3 +207,12 @@ def test_side_files_of_another_format_or_broken_ones_are_usage_errors(tmp_path: 
                                  str(tmp_path / "y.jsonl"), "--news", str(broken)])
     assert result.exit_code == 2 and "news.tsv:1: expected 8 fields" in result.output
     assert not (tmp_path / "y.jsonl").exists()
+
+
+def test_replay_source_carries_the_joined_side_fields() -> None:
+    from pipelines.replay import source_records
+
+    records = source_records(FIXTURES / "mind_behaviors.tsv", "mind", news=FIXTURES / "mind_news.tsv")
+    payloads = [json.loads(payload) for kind, _, _, payload in records if kind == "impression"]
+    first = next(p for p in payloads if p["impression_id"] == "1-0")
+    assert (first["subcategory"], first["request_size"], first["hour"]) == ("football_nfl", 3, 9)
