@@ -7,7 +7,8 @@ Contract (the training side reads exactly this)
 ``ds-<UTC YYYYmmddTHHMMSSZ>-<first 8 hex of the content hash>``.
 
 ``data.parquet`` columns: every ``labelled_samples`` column (impression_id, request_id, user_id, item_id,
-category, position, hour, device, page, event_time, label, click_time, p_click, created) with the types
+category, position, hour, device, page, the side fields of ``pipelines.events.SIDE_FIELDS``, event_time,
+label, click_time, p_click, created) with the types
 of ``pipelines.tables.LABELLED_SAMPLES``, then the service's features named ``<view>__<feature>``
 (``user_stats__ctr_24h``, ``item_stats__impressions_7d``, ``user_sequence__seq_item_ids`` ...). Rows are
 sorted by (event_time, impression_id).
@@ -22,7 +23,9 @@ on both join paths and online: counts 0 (int64), CTRs the smoothing prior
     {"name", "feature_service", "window": {"start": iso|null, "end": iso|null}, "rows", "label_rate",
      "content_hash", "created_at", "engine",
      "columns": {"label": "label", "time": "event_time", "user": "user_id", "item": "item_id",
-                 "categorical": ["user_id", "item_id", "category", "position", "hour", "device", "page"],
+                 "categorical": ["user_id", "item_id", "category", "position", "hour", "device", "page",
+                                 "subcategory", "genres", "request_size", "user_age", "user_gender",
+                                 "user_occupation"],
                  "dense": [...stats features...],
                  "sequence": {"item_ids": ..., "category_ids": ..., "event_times": ...} | null},
      "has_p_click": bool}

@@ -9,7 +9,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-CATEGORICAL = ("user_id", "item_id", "category", "position", "hour", "device", "page")
+from pipelines.events import SIDE_FIELDS
+
+# Every labelled-sample context column the models read; the side fields are null where a log has none
+# (the simulator's), which hashes to the reserved missing bucket.
+CATEGORICAL = ("user_id", "item_id", "category", "position", "hour", "device", "page", *SIDE_FIELDS)
 SEQUENCE_VIEW = "user_sequence"
 SEQUENCE_COLUMNS = {
     "item_ids": f"{SEQUENCE_VIEW}__seq_item_ids",

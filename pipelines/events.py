@@ -45,14 +45,28 @@ CLICK_REQUIRED: dict[str, type] = {
     "item_id": str,
     "event_time": int,
 }
-# Optional well-known context/side fields and their types; other extra fields pass through untouched.
+# Optional well-known context/side fields and their types; other extra fields pass through untouched (in
+# JSON Lines logs; the columnar form and the feature jobs keep only EVENT_SCHEMA's columns). The side fields
+# after "page" are what the public formats' side files add (see pipelines.adapters):
+# - subcategory: the item's finer category (MIND news subcategory);
+# - genres: every genre of the item, "|"-joined (MovieLens; the first one is also its category);
+# - request_size: how many impressions the request showed (MIND impression lists);
+# - user_age, user_gender, user_occupation: user demographics (MovieLens u.user / users.dat).
 OPTIONAL_FIELDS: dict[str, type] = {
     "category": str,
     "hour": int,
     "device": str,
     "page": str,
+    "subcategory": str,
+    "genres": str,
+    "request_size": int,
+    "user_age": int,
+    "user_gender": str,
+    "user_occupation": str,
     "p_click": float,
 }
+# The side fields, in order: carried into labelled samples and read by the models as categorical inputs.
+SIDE_FIELDS = ("subcategory", "genres", "request_size", "user_age", "user_gender", "user_occupation")
 
 # Columnar form of the canonical log (Parquet logs use exactly these columns).
 EVENT_SCHEMA = pa.schema(
@@ -67,11 +81,23 @@ EVENT_SCHEMA = pa.schema(
         pa.field("hour", pa.int8()),
         pa.field("device", pa.string()),
         pa.field("page", pa.string()),
+        pa.field("subcategory", pa.string()),
+        pa.field("genres", pa.string()),
+        pa.field("request_size", pa.int32()),
+        pa.field("user_age", pa.int32()),
+        pa.field("user_gender", pa.string()),
+        pa.field("user_occupation", pa.string()),
         pa.field("event_time", pa.int64(), nullable=False),
         pa.field("p_click", pa.float64()),
     ]
 )
 EVENT_COLUMNS = tuple(EVENT_SCHEMA.names)
+# Integer side fields have no domain bound beyond their column type; a value that does not fit it is
+# malformed (as the vectorised readers, which parse into these types, find too).
+_SIDE_INT_LIMITS = {
+    name: 2 ** (EVENT_SCHEMA.field(name).type.bit_width - 1)
+    for name in SIDE_FIELDS if pa.types.is_integer(EVENT_SCHEMA.field(name).type)
+}
 
 DEADLETTER_SCHEMA = pa.schema(
     [
@@ -131,6 +157,10 @@ def validate_event(record: Any) -> dict[str, Any]:
     hour = record.get("hour")
     if hour is not None and not HOUR_RANGE[0] <= hour <= HOUR_RANGE[1]:
         raise MalformedEvent(f"hour {hour} is outside [{HOUR_RANGE[0]}, {HOUR_RANGE[1]}]")
+    for name, limit in _SIDE_INT_LIMITS.items():
+        value = record.get(name)
+        if value is not None and not -limit <= value < limit:
+            raise MalformedEvent(f"field '{name}' = {value} does not fit {EVENT_SCHEMA.field(name).type}")
     p = record.get("p_click")
     if p is not None and not (math.isfinite(p) and 0.0 <= p <= 1.0):
         raise MalformedEvent(f"p_click {p!r} is not a probability")

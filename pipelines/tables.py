@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from pipelines.events import EVENT_SCHEMA
+from pipelines.events import EVENT_SCHEMA, SIDE_FIELDS
 
 TS = pa.timestamp("ms", tz="UTC")
 
@@ -39,7 +39,7 @@ LABELLED_SAMPLES = pa.schema(
     [
         EVENT_SCHEMA.field(name)
         for name in ("impression_id", "request_id", "user_id", "item_id", "category", "position", "hour",
-                     "device", "page")
+                     "device", "page", *SIDE_FIELDS)
     ]  # fmt: skip
     + [
         pa.field("event_time", TS, nullable=False),

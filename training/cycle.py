@@ -12,12 +12,14 @@ holdout never chooses anything.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipelines.settings import Settings
 from training import artifacts
@@ -31,6 +33,7 @@ from training.trainer import (
     evaluate_model,
     fit_calibration,
     inference_ms,
+    predict,
     seed_everything,
     select_device,
     time_range,
@@ -91,6 +94,60 @@ def evaluate_version(
         model, _ = artifacts.load_model(settings, version, name)
         metrics[name] = evaluate_model(model.to(device), batch, device)[0]
     return metrics
+
+
+# The row keys a prediction file carries before the per-model score columns.
+PREDICTION_KEYS = ("impression_id", "request_id", "user_id", "item_id", "label")
+
+
+@dataclass(frozen=True)
+class PredictionExport:
+    """What ``export_predictions`` wrote: one row per table row, one float64 score column per model."""
+
+    version: str
+    path: Path
+    rows: int
+    models: tuple[str, ...]
+    format_version: int = 1
+
+
+def export_predictions(
+    settings: Settings, version: str, table: pa.Table, path: Path, names: list[str] | None = None
+) -> PredictionExport:
+    """Score a training-set table with models of a saved version (all by default) and write a Parquet
+    file of the row keys (``PREDICTION_KEYS``) and each model's click probability, named by the model.
+
+    Rows keep the table's order. The file is written next to ``path`` and renamed into place, so a failure
+    leaves no partial file (and an existing one intact)."""
+    if path.suffix != ".parquet":
+        raise ValueError(f"predictions are written as Parquet: {path} must end in .parquet")
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory: give the path of the Parquet file to write")
+    missing = [c for c in PREDICTION_KEYS if c not in table.column_names]
+    if missing:
+        raise ValueError(f"table lacks the key columns of a prediction file: {missing}")
+    config = artifacts.read_config(settings, version)
+    names = list(names or config["models"])
+    unknown = [n for n in names if n not in config["models"]]
+    if unknown:
+        raise ValueError(f"version {version} has no model {unknown}; it has {sorted(config['models'])}")
+    clashing = [n for n in names if n in PREDICTION_KEYS]
+    if clashing:
+        raise ValueError(f"model names {clashing} clash with the key columns {list(PREDICTION_KEYS)}")
+    batch = encode(table, InputSchema.from_dict(config["input_schema"]))
+    device = select_device("auto")
+    columns = {c: table.column(c) for c in PREDICTION_KEYS}
+    for name in names:
+        model, _ = artifacts.load_model(settings, version, name)
+        columns[name] = pa.array(predict(model.to(device), batch, device).astype("float64"), pa.float64())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        pq.write_table(pa.table(columns), tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return PredictionExport(version, path, table.num_rows, tuple(names))
 
 
 def _best_student(val_auc: dict[str, float], students: list[str]) -> str | None:

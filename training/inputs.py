@@ -48,6 +48,8 @@ MAX_SEQ_LEN = 4096
 DENSE_CLIP = 10.0
 # What `fit_input_schema` learns from a window; everything else is the schema's structure.
 FITTED_FIELDS: tuple[str, ...] = ("dense_mean", "dense_std", "min_id_count", "admitted")
+# The training-set column grouping impressions into requests (an evaluation key, never a model input).
+REQUEST_COLUMN = "request_id"
 
 DenseKind = str  # "count" -> log1p(x); "rate" -> log1p(x / prior CTR); "raw" -> clip to [-10, 10]
 
@@ -210,6 +212,7 @@ class Batch:
     label: torch.Tensor  # [B] float32 in {0, 1}
     user: torch.Tensor  # [B] int64 user key (for gAUC)
     p_click: torch.Tensor | None = None  # [B] float32 true click probability (simulated logs)
+    request: torch.Tensor | None = None  # [B] int64 request key (per-request gAUC), when the table has one
 
     def __len__(self) -> int:
         return int(self.label.shape[0])
@@ -399,6 +402,9 @@ def encode(data: pa.Table | Any, schema: InputSchema) -> Batch:
     if np.isnan(label).any() or not np.isin(label, (0.0, 1.0)).all():
         raise ValueError("labels must be 0 or 1 with no nulls")
     user_ids, _ = _stable_ids(table.column(schema.user))
+    request = None
+    if REQUEST_COLUMN in table.column_names:
+        request = torch.from_numpy(_stable_ids(table.column(REQUEST_COLUMN))[0])
     p_click = None
     if schema.has_p_click and schema.p_click in table.column_names:
         p = table.column(schema.p_click)
@@ -418,4 +424,5 @@ def encode(data: pa.Table | Any, schema: InputSchema) -> Batch:
         label=torch.from_numpy(label.astype(np.float32)),
         user=torch.from_numpy(user_ids),
         p_click=p_click,
+        request=request,
     )

@@ -1,7 +1,11 @@
-"""Offline CTR metrics: AUC, per-user gAUC, logloss, calibration (PCOC, ECE) and the gap to the oracle.
+"""Offline CTR metrics: AUC, grouped AUC (per user, per request), logloss, calibration (PCOC, ECE) and the
+gap to the oracle.
 
-Pure numpy functions over 1-D arrays of labels (0/1), predicted probabilities and user keys, so the
-trainer, the benchmarks and the promotion gates all compute a metric the same way.
+Pure numpy functions over 1-D arrays of labels (0/1), predicted probabilities and group keys, so the
+trainer, the benchmarks and the promotion gates all compute a metric the same way. Per-user gAUC asks
+"does the model rank this user's clicks above their non-clicks"; per-request gAUC asks the ranking question
+a serving system actually faces -- order the candidates of one request -- and is blind to anything that is
+constant within a request (user, hour, device), so it isolates candidate-level signal.
 """
 
 from __future__ import annotations
@@ -37,10 +41,12 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def gauc(labels: np.ndarray, scores: np.ndarray, users: np.ndarray) -> float:
-    """Impression-weighted mean of per-user AUC over users that have both a click and a non-click.
+    """Impression-weighted mean of per-group AUC over groups that have both a click and a non-click.
 
-    Vectorised over users: one sort by (user, score), ranks within each user with ties sharing their
-    mean rank, and per-user rank sums of the clicks (the Mann-Whitney statistic of ``auc``).
+    ``users`` is any group key: user ids for per-user gAUC, request ids for per-request gAUC.
+    Vectorised over groups: one sort by (group, score), ranks within each group with ties sharing their
+    mean rank, and per-group rank sums of the clicks (the Mann-Whitney statistic of ``auc``). NaN when no
+    group has both classes (e.g. one impression per request).
     """
     y = np.asarray(labels).astype(bool)
     s = np.asarray(scores, dtype=np.float64)
@@ -110,8 +116,11 @@ def evaluate_predictions(
     probs: np.ndarray,
     users: np.ndarray | None = None,
     p_click: np.ndarray | None = None,
+    requests: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """Every metric of one model on one holdout; `oracle_*` only when the log carries true p_click."""
+    """Every metric of one model on one holdout; ``gauc`` with user keys, ``request_gauc`` with request
+    keys (absent when no request holds both a click and a non-click: single-slot logs such as Criteo or
+    MovieLens), ``oracle_*`` only when the log carries true p_click."""
     labels = np.asarray(labels)
     probs = np.asarray(probs, dtype=np.float64)
     if labels.shape != probs.shape or labels.ndim != 1:
@@ -127,6 +136,10 @@ def evaluate_predictions(
     }
     if users is not None:
         out["gauc"] = gauc(labels, probs, users)
+    if requests is not None:
+        by_request = gauc(labels, probs, requests)
+        if by_request == by_request:  # left out, not NaN, where no request has both classes (one slot each)
+            out["request_gauc"] = by_request
     if p_click is not None:
         oracle = auc(labels, np.asarray(p_click, dtype=np.float64))
         out["oracle_auc"] = oracle

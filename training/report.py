@@ -1,8 +1,9 @@
 """Run report: Markdown + HTML with PNG plots (learning curves, AUC by model, calibration) and a cost table.
 
 Input is plain data (one dict per model) so any run — the trainer, a benchmark — can produce a report:
-``{"family", "metrics": {...}, "loss_history": [float per step], "reliability": {"predicted",
-"observed", "count"}, "params", "train_samples_per_s"}`` (missing keys are skipped).
+``{"family", "metrics": {...}, "loss_history": [objective per step], "bce_history": [BCE per step],
+"val_curve": [{"step", "auc", "logloss"}, ...], "reliability": {"predicted", "observed", "count"},
+"params", "train_samples_per_s"}`` (missing keys are skipped).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ matplotlib.use("Agg")  # headless: the report is written to files, never shown
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-METRIC_COLUMNS = ("auc", "gauc", "logloss", "pcoc", "ece", "oracle_gap")
+METRIC_COLUMNS = ("auc", "gauc", "request_gauc", "logloss", "pcoc", "ece", "oracle_gap")
 
 
 def _smooth(values: Sequence[float], window: int) -> np.ndarray:
@@ -29,18 +30,43 @@ def _smooth(values: Sequence[float], window: int) -> np.ndarray:
     return np.convolve(v, np.ones(window) / window, mode="valid")
 
 
-def plot_learning_curves(results: Mapping[str, Mapping[str, Any]], path: Path) -> Path | None:
-    curves = {n: r["loss_history"] for n, r in results.items() if r.get("loss_history")}
-    if not curves:
+def plot_learning_curves(
+    results: Mapping[str, Mapping[str, Any]], path: Path, oracle: float | None = None
+) -> Path | None:
+    """Training BCE per model on one axis; validation AUC and logloss by step on their own panels when
+    the results carry a ``val_curve``. Each model's BCE, not its whole objective: a student's objective adds
+    KD and peer terms (an order of magnitude above a teacher's BCE), which would not compare."""
+    curves = {n: (r.get("bce_history") or r.get("loss_history")) for n, r in results.items()}
+    curves = {n: c for n, c in curves.items() if c}
+    val = {n: r["val_curve"] for n, r in results.items() if r.get("val_curve")}
+    if not curves and not val:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, hist in curves.items():
-        window = max(1, len(hist) // 50)
-        ax.plot(np.arange(len(_smooth(hist, window))) + window, _smooth(hist, window), label=name)
-    ax.set_xlabel("step")
-    ax.set_ylabel("training objective, moving average\n(students: BCE + KD + peer terms)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    panels = (1 if curves else 0) + (2 if val else 0)
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
+    axes = list(axes[0])
+    if curves:
+        ax = axes.pop(0)
+        for name, hist in curves.items():
+            window = max(1, len(hist) // 50)
+            ax.plot(np.arange(len(_smooth(hist, window))) + window, _smooth(hist, window), label=name)
+        objective = any(not r.get("bce_history") for n, r in results.items() if n in curves)
+        ax.set_xlabel("step")
+        ax.set_ylabel("training " + ("objective" if objective else "BCE") + ", moving average")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    if val:
+        auc_ax, loss_ax = axes
+        for name, points in val.items():
+            steps = [p["step"] for p in points]
+            auc_ax.plot(steps, [p["auc"] for p in points], marker="o", ms=3, label=name)
+            loss_ax.plot(steps, [p["logloss"] for p in points], marker="o", ms=3, label=name)
+        if oracle is not None and _finite(oracle):
+            auc_ax.axhline(oracle, color="tab:red", ls="--", label=f"oracle {oracle:.4f}")
+        for ax, what in ((auc_ax, "AUC"), (loss_ax, "logloss")):
+            ax.set_xlabel("step")
+            ax.set_ylabel(f"validation {what}")
+            ax.legend(fontsize=8)
+            ax.grid(alpha=0.3)
     return _save(fig, path)
 
 
@@ -129,7 +155,7 @@ def write_report(
     """Write report.md, report.html and the PNGs into run_dir; returns the Markdown path."""
     run_dir.mkdir(parents=True, exist_ok=True)
     plots = [
-        ("Learning curves", plot_learning_curves(results, run_dir / "learning_curves.png")),
+        ("Learning curves", plot_learning_curves(results, run_dir / "learning_curves.png", oracle_auc)),
         ("AUC by model", plot_auc_by_model(results, run_dir / "auc_by_model.png", oracle_auc)),
         ("Calibration", plot_calibration(results, run_dir / "calibration.png")),
     ]

@@ -27,7 +27,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -295,13 +294,13 @@ def cohort_step_losses(
 ) -> dict[str, torch.Tensor]:
     """Every model's loss for one minibatch (forward in training mode, the joint objective).
 
-    ``bce``, when given, receives each model's label BCE at its deepest depth (detached), for the history.
+    ``bce``, when given, receives each model's detached BCE term (over its supervised depths).
     """
     outputs = {name: model.forward_train(batch) for name, model in cohort.models.items()}
-    if bce is not None:
-        for name, out in outputs.items():
-            bce[name] = F.binary_cross_entropy_with_logits(out.logits[-1].detach().float(), batch.label)
     y = batch.label
+    if bce is not None:
+        with torch.no_grad():
+            bce.update({name: losses.loop_bce(out.logits, y) for name, out in outputs.items()})
     teacher = cohort.teacher
     t_loss, s_losses = losses.cohort_losses(
         outputs[teacher].logits if teacher else None,
@@ -410,6 +409,8 @@ def train_window(
     schema = next(iter(cohort.models.values())).schema
     steps_per_epoch = math.ceil(len(data) / config.batch_size)
     period = _eval_period(config, steps_per_epoch)
+    for model in cohort.models.values():
+        model.prepare(data.label)
     selector = _Selector(cohort, validation, config, device, history) if validation is not None else None
     started = time.perf_counter()
     if selector:
@@ -499,7 +500,8 @@ def evaluate_model(model: nn.Module, data: Batch, device: torch.device, batch_si
     probs = predict(model, data, device, batch_size, precision)
     labels = data.label.numpy()
     p_click = data.p_click.numpy() if data.p_click is not None else None
-    metrics = evaluate_predictions(labels, probs, data.user.numpy(), p_click)
+    requests = data.request.numpy() if data.request is not None else None
+    metrics = evaluate_predictions(labels, probs, data.user.numpy(), p_click, requests)
     raw = predict(model, data, device, batch_size, precision, calibrated=False)
     metrics["pcoc_raw"], metrics["ece_raw"] = pcoc(labels, raw), ece(labels, raw)
     return metrics, reliability_curve(labels, probs)

@@ -116,6 +116,25 @@ def simulate_cmd(
         print(json.dumps(asdict(summary)))
 
 
+# Side files a format's adapter can join (see pipelines.adapters.mind / movielens).
+SIDE_FILES = {"news": "mind", "items": "movielens", "users": "movielens"}
+NEWS_OPTION = typer.Option(None, "--news", exists=True, dir_okay=False,
+                           help="MIND: the split's news.tsv (adds category, subcategory).")
+ITEMS_OPTION = typer.Option(None, "--items", exists=True, dir_okay=False,
+                            help="MovieLens: u.item or movies.dat (adds genres; the first is the category).")
+USERS_OPTION = typer.Option(None, "--users", exists=True, dir_okay=False,
+                            help="MovieLens: u.user or users.dat (adds user age, gender, occupation).")
+
+
+def side_file_options(fmt: str, **files: Path | None) -> dict[str, Path]:
+    """The adapter options for the side files given; one given for another format is a usage error."""
+    given = {name: path for name, path in files.items() if path is not None}
+    for name in given:
+        if SIDE_FILES[name] != fmt:
+            raise usage_error(f"--{name} is a {SIDE_FILES[name]} side file; the format is {fmt!r}")
+    return given
+
+
 @app.command("convert")
 def convert_cmd(
     fmt: str = typer.Argument(..., metavar="FORMAT", help=f"One of: {', '.join(FORMATS)}."),
@@ -123,15 +142,20 @@ def convert_cmd(
     out: Path = typer.Argument(..., help="Canonical log to write: .jsonl or .parquet."),
     negatives: int = typer.Option(4, "--negatives", min=0, max=99, help="Taobao: sampled negatives per pv."),
     seed: int = typer.Option(0, "--seed", help="Taobao: negative-sampling seed."),
+    news: Path | None = NEWS_OPTION,
+    items: Path | None = ITEMS_OPTION,
+    users: Path | None = USERS_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the counts as one JSON object (last line)."),
 ) -> None:
     """Convert a public log format (or a canonical log) into a canonical, event-time-ordered log.
 
     Malformed lines are kept aside in OUT.deadletter.jsonl, with their line numbers and reasons.
-    A .parquet OUT keeps only the canonical columns; extra fields (Criteo's I/C columns) need .jsonl."""
+    A .parquet OUT keeps only the canonical columns (side fields included); other extra fields (Criteo's
+    I/C columns, MovieLens rating and zip code) need .jsonl."""
     if fmt not in FORMATS:
         raise usage_error(f"unknown format {fmt!r}: expected one of {list(FORMATS)}")
     options = {"negatives": negatives, "seed": seed} if fmt == "taobao" else {}
+    options |= side_file_options(fmt, news=news, items=items, users=users)
     dead_path = out.with_name(out.name + ".deadletter.jsonl")
     if source.resolve() in (out.resolve(), dead_path.resolve()):
         raise usage_error(
@@ -149,7 +173,7 @@ def convert_cmd(
             stream = iter_events(source)
         else:
             stream = adapt_file(fmt, source, **options)
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         raise usage_error(str(exc)) from None
 
     # Written next to OUT under temporary names and renamed on success: a failed run leaves no
@@ -213,6 +237,9 @@ def _temp_path(out: Path, suffix: str) -> Path:
 def replay_cmd(
     source: Path = typer.Argument(..., exists=True, dir_okay=False, help="Log file to replay."),
     fmt: str = typer.Option("canonical", "--format", help=f"One of: {', '.join(FORMATS)}."),
+    news: Path | None = NEWS_OPTION,
+    items: Path | None = ITEMS_OPTION,
+    users: Path | None = USERS_OPTION,
     speed: str = typer.Option("max", "--speed", help="N = recorded pace x N; 'max' = as fast as possible."),
     topic_prefix: str | None = typer.Option(
         None, "--topic-prefix", help="Topic prefix (env CTRFLOW_TOPIC_PREFIX)."
@@ -222,13 +249,14 @@ def replay_cmd(
     """Replay a log into <prefix>.impressions / .clicks in event-time order; bad records to .deadletter."""
     if fmt not in FORMATS:
         raise usage_error(f"unknown format {fmt!r}: expected one of {list(FORMATS)}")
+    side_files = side_file_options(fmt, news=news, items=items, users=users)
     pace = parse_speed(speed)
     settings = get_settings(topic_prefix=topic_prefix)
     with kafka_bootstrap(settings) as bootstrap, _progress() as progress:
         task = progress.add_task(f"replaying {source.name} to {settings.topic_prefix}.*")
         try:
             stats = replay(source, settings, bootstrap, fmt=fmt, speed=pace,
-                           on_progress=lambda n: progress.advance(task, n))
+                           on_progress=lambda n: progress.advance(task, n), **side_files)
         except ReplayError as exc:
             console.print(f"[red]error:[/red] {exc}")
             print(json.dumps(exc.stats.as_dict()))

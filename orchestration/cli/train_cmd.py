@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -13,7 +14,7 @@ from pipelines.settings import get_settings
 
 console = Console(stderr=True)
 
-_METRICS = ("auc", "gauc", "logloss", "pcoc", "ece", "oracle_gap")
+_METRICS = ("auc", "gauc", "request_gauc", "logloss", "pcoc", "ece", "oracle_gap")
 
 
 def _metrics_table(title: str, metrics: dict[str, dict[str, float]]) -> Table:
@@ -94,11 +95,15 @@ def evaluate(
     last_fraction: float | None = typer.Option(
         None, "--last-fraction", min=0.01, max=1.0, help="Score only the latest fraction of rows by time."
     ),
+    predictions: Path | None = typer.Option(
+        None, "--predictions", help="Also write each row's scores to this .parquet file, a column per model."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (last line)."),
 ) -> None:
-    """Score a saved version's models on a training set: AUC, gAUC, logloss, calibration, oracle gap."""
+    """Score a saved version's models on a training set: AUC, gAUC (per user and per request), logloss,
+    calibration, oracle gap; optionally export the per-row predictions."""
     from training import artifacts
-    from training.cycle import evaluate_version, load_training_set
+    from training.cycle import evaluate_version, export_predictions, load_training_set
     from training.trainer import time_split
 
     settings = get_settings()
@@ -110,11 +115,17 @@ def evaluate(
         if last_fraction is not None and last_fraction < 1.0:
             table = time_split(table, manifest["columns"]["time"], last_fraction)[1]
         metrics = evaluate_version(settings, version, table, [name] if name else None)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        exported = None
+        if predictions is not None:
+            exported = export_predictions(settings, version, table, predictions, [name] if name else None)
+    except (ValueError, FileNotFoundError, RuntimeError, OSError) as exc:
         raise usage_error(str(exc)) from exc
     if as_json:
         print(json.dumps({"version": version, "dataset": manifest.get("name"), "rows": table.num_rows,
-                          "models": metrics}))
+                          "models": metrics} | ({"predictions": str(exported.path)} if exported else {})))
         return
     title = f"version {version} on {manifest.get('name')} ({table.num_rows} rows)"
     console.print(_metrics_table(title, metrics))
+    if exported:
+        scored = ", ".join(exported.models)
+        console.print(f"wrote {exported.rows:,} rows of scores ({scored}) to {exported.path}")

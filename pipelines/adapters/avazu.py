@@ -10,7 +10,8 @@ The header line (train.csv has one; the dev/test slices do not) is ``Skipped``. 
 - ``item_id``: the app id for in-app traffic (``site_id == 85f751fd``, Avazu's "no site" value), else
   the site id; ``category`` = the matching app/site category; ``page`` = ``app`` or ``site``.
 - ``position`` = ``banner_pos``; ``device`` = ``type<device_type>``; ``impression_id`` = Avazu ``id``
-  (a 64-bit unsigned decimal, kept as a string). Every other column is kept as an extra string field.
+  (a 64-bit unsigned decimal, kept as a string); ``hour`` = the hour of day of Avazu's hour. Every other
+  column is kept as an extra string field.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from pipelines.adapters.common import (
+    HOUR_MS,
     AdapterStream,
     BadLine,
     SkipLine,
     decode_line,
+    hour_of,
     impressions_with_clicks,
     parse_int,
     require_id,
@@ -37,7 +40,6 @@ COLUMNS = (
 )
 NO_SITE = "85f751fd"
 _CONSUMED = {"id", "click", "hour", "banner_pos", "device_type"}
-HOUR_MS = 3_600_000
 
 
 def adapt(lines: Iterable[tuple[int, bytes]], source: str) -> AdapterStream:
@@ -75,4 +77,6 @@ def _parse(line_no: int, raw: bytes) -> tuple[dict, bool]:
         "event_time": hour_start_ms(row["hour"]) + stable_int_id(impression_id) % HOUR_MS,
         **{k: v for k, v in row.items() if k not in _CONSUMED},
     }
+    impression["hour"] = hour_of(impression["event_time"])
+    impression["request_size"] = 1
     return validate_event(impression), label == 1

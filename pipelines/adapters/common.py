@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pipelines.events import MAX_ID_LENGTH, DeadLetter, MalformedEvent
 
 # Formats without click times get the click this long after its impression.
 CLICK_DELAY_MS = 1_000
+HOUR_MS = 3_600_000
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,34 @@ def parse_int(value: str, name: str, low: int | None = None, high: int | None = 
     if (low is not None and number < low) or (high is not None and number > high):
         raise BadLine(f"field '{name}' = {number} is outside [{low}, {high}]")
     return number
+
+
+def hour_of(event_time_ms: int) -> int:
+    """The UTC hour of day (0..23) of a time in ms: every adapter's ``hour`` field."""
+    return (event_time_ms // HOUR_MS) % 24
+
+
+def read_side_table(path: Path | str, parse: Callable[[str], tuple[str, Any]]) -> dict[str, Any]:
+    """A side file (MIND news.tsv, MovieLens u.item ...) as {key: value}; ``parse`` maps one decoded line
+    to (key, value) or raises BadLine. Side files are small and their lines are all needed, so a bad line
+    is an error naming the file and line (a ``ValueError``), not a dead letter. Lines that are not UTF-8
+    are read as Latin-1: the MovieLens item files are Latin-1 encoded (accented titles)."""
+    table: dict[str, Any] = {}
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            raw = raw.rstrip(b"\r\n")
+            if not raw.strip():
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                text = raw.decode("latin-1")
+            try:
+                key, value = parse(text)
+            except BadLine as exc:
+                raise ValueError(f"{path}:{number}: {exc}") from None
+            table[key] = value
+    return table
 
 
 def require_id(value: str, name: str) -> str:

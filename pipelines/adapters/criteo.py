@@ -11,7 +11,8 @@ One row is one impression (a request of one slot, position 0); ``label = 1`` add
   Missing values become ``"none"``.
 - Every original column is kept as an extra field: ``I1..I13`` as integers (absent when empty) and
   ``C1..C26`` as strings, so no information is lost for models that want them.
-- Ids: impression id = request id = the 1-based line number.
+- Ids: impression id = request id = the 1-based line number. ``hour`` = the synthesised time's UTC hour
+  (so it carries no information beyond the file order).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from datetime import UTC, datetime
 from pipelines.adapters.common import (
     AdapterStream,
     decode_line,
+    hour_of,
     impressions_with_clicks,
     parse_int,
     split_fields,
@@ -60,6 +62,8 @@ def _parse(raw: bytes, line_no: int, event_time: int) -> tuple[dict, bool]:
         "position": 0,
         "category": cats["C4"],
         "event_time": event_time,
+        "hour": hour_of(event_time),
+        "request_size": 1,
         **ints,
         **cats,
     }

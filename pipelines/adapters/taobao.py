@@ -12,7 +12,9 @@ UserBehavior has no impressions, so they are synthesised (documented negative sa
 - ``cart``, ``fav`` and ``buy`` are not impressions: they are ``Skipped`` (counted, not produced), but
   their items still enter the negative pool.
 - Ids: request id = the 1-based line number; impression id = ``<line><slot:02d>`` (decimal strings).
-  ``category`` = the category id. Sampling is seeded, so a file always converts to the same events.
+  ``category`` = the category id; ``hour`` = the UTC hour of the pv (Taobao's timestamps are UTC, the
+  log's days are China time: 16:00 UTC is midnight there); ``request_size`` = the impressions of the
+  request. Sampling is seeded, so a file always converts to the same events.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pipelines.adapters.common import (
     click_for,
     dead_letter,
     decode_line,
+    hour_of,
     parse_int,
     require_id,
     split_fields,
@@ -76,6 +79,8 @@ def adapt(
                 "position": slot,
                 "category": shown_category,
                 "event_time": time_ms,
+                "hour": hour_of(time_ms),
+                "request_size": len(shown),
             }
             yield impression
             if slot == clicked_slot:

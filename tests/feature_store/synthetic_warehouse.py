@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines import tables
+from pipelines.events import SIDE_FIELDS
 from pipelines.settings import Settings
 
 T0_MS = int(datetime(2026, 3, 1, tzinfo=UTC).timestamp() * 1000)
@@ -59,6 +60,7 @@ def labelled_samples(rng: np.random.Generator, n: int, n_users: int, n_items: in
             "hour": pa.array(((event_ms // 3_600_000) % 24).astype("int8")),
             "device": pa.array(devices[rng.integers(0, len(devices), n)]),
             "page": pa.array(np.where(rng.random(n) < 0.5, "home", "search").astype(object)),
+            **{side: pa.nulls(n, tables.LABELLED_SAMPLES.field(side).type) for side in SIDE_FIELDS},
             "event_time": _ts(event_ms),
             "label": pa.array(label),
             "click_time": pa.array(click_ms, pa.int64(), mask=label == 0).cast(tables.TS),

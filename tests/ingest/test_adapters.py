@@ -163,6 +163,93 @@ def test_movielens_fixture() -> None:
     assert _kinds(ml1m) == {"impression": 1, "click": 1}
 
 
+def test_every_adapter_fills_hour_from_the_event_time_and_the_request_size() -> None:
+    streams = {
+        "mind": adapt_file("mind", FIXTURES / "mind_behaviors.tsv"),
+        "movielens": adapt_file("movielens", FIXTURES / "movielens_u.data"),
+        "avazu": ADAPTERS["avazu"]([(2, AVAZU_ROW)], "x.csv"),
+        "criteo": ADAPTERS["criteo"]([(1, b"1" + b"\t5" * 13 + b"\tab" * 26)], "c.txt"),
+        "taobao": ADAPTERS["taobao"]([(n, f"{n},{10 + n},7,pv,1511664908".encode()) for n in range(1, 4)],
+                                     "t.csv"),
+    }
+    for fmt, stream in streams.items():
+        impressions = [e for e in _split(stream)[0] if e["type"] == "impression"]
+        assert impressions, fmt
+        for e in impressions:
+            assert e["hour"] == (e["event_time"] // 3_600_000) % 24, fmt
+        sizes = Counter(e["request_id"] for e in impressions)
+        assert all(e["request_size"] == sizes[e["request_id"]] for e in impressions), fmt
+
+
+def test_mind_joins_news_categories_and_documents_the_request_size() -> None:
+    news = FIXTURES / "mind_news.tsv"
+    events, dead, _ = _split(adapt_file("mind", FIXTURES / "mind_behaviors.tsv", news=news))
+    assert not dead
+    impressions = {e["item_id"]: e for e in events if e["type"] == "impression"}
+    assert (impressions["N10"]["category"], impressions["N10"]["subcategory"]) == ("sports", "football_nfl")
+    assert impressions["N14"]["subcategory"] == "finance-companies"
+    assert "category" not in impressions["N20"] and "subcategory" not in impressions["N20"]  # not in news.tsv
+    history = {e["item_id"]: e for e in events if e["impression_id"].startswith("h")}
+    assert history["N1"]["subcategory"] == "newsworld" and "category" not in history["N3"]
+    request5 = [e for e in events if e["type"] == "impression" and e["request_id"] == "5"]
+    assert [e["request_size"] for e in request5] == [5] * 5
+    # Without news.tsv the events are the same apart from the joined fields.
+    plain = _split(adapt_file("mind", FIXTURES / "mind_behaviors.tsv"))[0]
+    side = ("category", "subcategory")
+    assert [{k: v for k, v in e.items() if k not in side} for e in events] == plain
+
+
+def test_a_bad_news_file_is_an_error_naming_its_line(tmp_path: Path) -> None:
+    bad = tmp_path / "news.tsv"
+    bad.write_text((FIXTURES / "mind_news.tsv").read_text() + "N99\tsports\n")
+    with pytest.raises(ValueError, match=r"news.tsv:8: expected 8 fields"):
+        adapt_file("mind", FIXTURES / "mind_behaviors.tsv", news=bad)
+
+
+def test_movielens_100k_joins_genres_and_demographics() -> None:
+    events, dead, _ = _split(adapt_file("movielens", FIXTURES / "movielens_u.data",
+                                        items=FIXTURES / "movielens_u.item",
+                                        users=FIXTURES / "movielens_u.user"))
+    assert not dead
+    impressions = [e for e in events if e["type"] == "impression"]
+    by_item = {e["item_id"]: e for e in impressions}
+    assert by_item["302"]["category"] == "Crime"
+    assert by_item["302"]["genres"] == "Crime|Film-Noir|Mystery|Thriller"
+    assert by_item["86"]["genres"] == "Drama"  # its Latin-1 title does not stop the join
+    assert "category" not in by_item["29"] and "genres" not in by_item["29"]  # no genre flag set
+    assert "genres" not in by_item["1014"]  # not in u.item
+    by_user = {e["user_id"]: e for e in impressions}
+    assert {k: by_user["186"][k] for k in ("user_age", "user_gender", "user_occupation", "user_zip")} == {
+        "user_age": 39, "user_gender": "F", "user_occupation": "executive", "user_zip": "00000"}
+    assert "user_age" not in by_user["62"]  # not in u.user
+    assert _kinds(events) == {"impression": 16, "click": 7}  # the join adds fields, never events
+
+
+def test_movielens_1m_joins_genres_and_demographics() -> None:
+    events, dead, _ = _split(adapt_file("movielens", FIXTURES / "movielens_ratings.dat",
+                                        items=FIXTURES / "movielens_movies.dat",
+                                        users=FIXTURES / "movielens_users.dat"))
+    assert not dead
+    impressions = [e for e in events if e["type"] == "impression"]
+    assert len(impressions) == 5 and _kinds(events)["click"] == 3
+    first = impressions[1]  # user 1, movie 661
+    assert (first["category"], first["genres"]) == ("Animation", "Animation|Children's|Musical")
+    assert (first["user_gender"], first["user_age"], first["user_occupation"]) == ("F", 1, "10")
+    assert all(e["hour"] == (e["event_time"] // 3_600_000) % 24 for e in impressions)
+    assert "genres" not in impressions[4]  # movie 9999 is not in movies.dat
+
+
+def test_bad_movielens_side_files_are_errors(tmp_path: Path) -> None:
+    users = tmp_path / "u.user"
+    users.write_text("1|old|M|writer|55105\n")
+    with pytest.raises(ValueError, match=r"u.user:1: field 'age' is not an integer"):
+        adapt_file("movielens", FIXTURES / "movielens_u.data", users=users)
+    items = tmp_path / "u.item"
+    items.write_text("1|Title|||url|" + "|".join(["2"] * 19) + "\n")
+    with pytest.raises(ValueError, match="genre flags"):
+        adapt_file("movielens", FIXTURES / "movielens_u.data", items=items)
+
+
 def test_a_good_avazu_row_converts() -> None:
     out = list(ADAPTERS["avazu"]([(2, AVAZU_ROW)], "x.csv"))
     assert [e["type"] for e in out] == ["impression"]

@@ -176,3 +176,43 @@ def test_convert_to_parquet_warns_about_extra_fields_it_cannot_keep(tmp_path: Pa
     result = runner.invoke(app, ["convert", "canonical", str(source), str(tmp_path / "out.jsonl")])
     assert result.exit_code == 0 and "beyond the canonical" not in _said(result)
     assert [r.get("I1") for r in iter_records(tmp_path / "out.jsonl")] == [None, 7, None, None]
+
+
+def test_convert_joins_side_files_and_parquet_keeps_the_side_fields(tmp_path: Path) -> None:
+    out = tmp_path / "mind.parquet"
+    result = runner.invoke(app, ["convert", "mind", str(FIXTURES / "mind_behaviors.tsv"), str(out),
+                                 "--news", str(FIXTURES / "mind_news.tsv"), "--json"])
+    assert result.exit_code == 0, result.output
+    impressions = {r["item_id"]: r for r in iter_records(out) if r["type"] == "impression"}
+    assert (impressions["N13"]["subcategory"], impressions["N13"]["request_size"]) == ("basketball_nba", 4)
+    out = tmp_path / "ml.jsonl"
+    result = runner.invoke(app, ["convert", "movielens", str(FIXTURES / "movielens_u.data"), str(out),
+                                 "--items", str(FIXTURES / "movielens_u.item"),
+                                 "--users", str(FIXTURES / "movielens_u.user")])
+    assert result.exit_code == 0, result.output
+    first = next(r for r in iter_records(out) if r["item_id"] == "242")
+    assert (first["category"], first["user_gender"], first["user_zip"]) == ("Comedy", "M", "55105")
+
+
+def test_side_files_of_another_format_or_broken_ones_are_usage_errors(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["convert", "movielens", str(FIXTURES / "movielens_u.data"),
+                                 str(tmp_path / "x.jsonl"), "--news", str(FIXTURES / "mind_news.tsv")])
+    assert result.exit_code == 2 and result.output.startswith("error: --news is a mind side file")
+    result = runner.invoke(app, ["replay", str(FIXTURES / "mind_behaviors.tsv"), "--format", "mind",
+                                 "--users", str(FIXTURES / "movielens_u.user")])
+    assert result.exit_code == 2 and "--users is a movielens side file" in result.output
+    broken = tmp_path / "news.tsv"
+    broken.write_text("N1\tsports\n")
+    result = runner.invoke(app, ["convert", "mind", str(FIXTURES / "mind_behaviors.tsv"),
+                                 str(tmp_path / "y.jsonl"), "--news", str(broken)])
+    assert result.exit_code == 2 and "news.tsv:1: expected 8 fields" in result.output
+    assert not (tmp_path / "y.jsonl").exists()
+
+
+def test_replay_source_carries_the_joined_side_fields() -> None:
+    from pipelines.replay import source_records
+
+    records = source_records(FIXTURES / "mind_behaviors.tsv", "mind", news=FIXTURES / "mind_news.tsv")
+    payloads = [json.loads(payload) for kind, _, _, payload in records if kind == "impression"]
+    first = next(p for p in payloads if p["impression_id"] == "1-0")
+    assert (first["subcategory"], first["request_size"], first["hour"]) == ("football_nfl", 3, 9)

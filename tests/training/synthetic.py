@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from features.manifest import SEQUENCE_COLUMNS, SEQUENCE_VIEW, manifest_columns
 from features.services import DEFAULT_SERVICE
-from pipelines.events import stable_int_id
+from pipelines.events import EVENT_SCHEMA, SIDE_FIELDS, stable_int_id
 from pipelines.settings import Settings
 from pipelines.tables import CTR_PRIOR_CLICKS, CTR_PRIOR_IMPRESSIONS, STAT_WINDOWS, TS
 
@@ -60,9 +60,14 @@ def make_table(
     seq_len: int = 8,
     seed: int = 0,
     start_ms: int = 1_767_225_600_000,  # 2026-01-01 UTC
+    item_quality: float = 0.0,
 ) -> pa.Table:
-    """A contract-conforming training table, rows in event-time order."""
+    """A contract-conforming training table, rows in event-time order.
+
+    ``item_quality`` > 0 adds a per-item logit offset (normal, that standard deviation), so an item's past
+    click rate carries signal; drawn from its own generator, so 0 leaves every other draw as it was."""
     rng = np.random.default_rng(seed)
+    quality = np.random.default_rng(seed + 10_007).normal(0.0, item_quality, size=n_items)
     item_cat = rng.integers(0, n_categories, size=n_items)
     fav = rng.integers(0, n_categories, size=n_users)
     times = start_ms + np.sort(rng.integers(0, 86_400_000, size=n_rows))
@@ -79,7 +84,7 @@ def make_table(
         cat = int(item_cat[i])
         seq = list(history[u])
         recent_cats = {c for _, c, _ in seq}
-        logit = -2.2 + 1.8 * (cat == fav[u]) + 1.0 * (cat in recent_cats) - 0.12 * pos
+        logit = -2.2 + 1.8 * (cat == fav[u]) + 1.0 * (cat in recent_cats) - 0.12 * pos + quality[i]
         p = float(1.0 / (1.0 + np.exp(-logit)))
         label = int(rng.random() < p)
         rows["impression_id"].append(f"imp-{seed}-{n}")
@@ -91,6 +96,8 @@ def make_table(
         rows["hour"].append((t // 3_600_000) % 24)
         rows["device"].append("mobile" if u % 3 else "desktop")
         rows["page"].append("home" if n % 2 else "search")
+        for side in SIDE_FIELDS:  # no side information in this log, as in the simulator's
+            rows[side].append(None)
         rows["event_time"].append(t)
         rows["label"].append(label)
         rows["click_time"].append(t + 5_000 if label else None)
@@ -119,6 +126,7 @@ def make_table(
     }
     for col in DENSE:
         types[col] = pa.float64() if "__ctr_" in col else pa.int64()
+    types.update({side: EVENT_SCHEMA.field(side).type for side in SIDE_FIELDS})
     return pa.table({k: pa.array(v, type=types.get(k, pa.string())) for k, v in rows.items()})
 
 

@@ -155,3 +155,17 @@ def test_batch_slicing_indexing_and_pandas_input(dataset):
     from_pandas = encode(table.slice(0, 20).to_pandas(), schema)
     assert torch.equal(from_pandas.seq_items, batch.seq_items[:20])
     assert torch.equal(from_pandas.categorical, batch.categorical[:20])
+
+
+def test_the_request_key_travels_with_the_batch(dataset):
+    table, manifest = dataset
+    schema = InputSchema.from_manifest(manifest, max_seq_len=4)
+    grouped = [f"r{i // 3}" for i in range(table.num_rows)]
+    table = table.set_column(table.schema.get_field_index("request_id"), "request_id", pa.array(grouped))
+    batch = encode(table, schema)
+    assert batch.request is not None
+    keys = batch.request.tolist()
+    assert [keys[i] == keys[j] for i in range(9) for j in range(9)] == [
+        grouped[i] == grouped[j] for i in range(9) for j in range(9)]
+    assert torch.equal(batch.slice(2, 5).request, batch.request[2:5])
+    assert encode(table.drop_columns(["request_id"]), schema).request is None

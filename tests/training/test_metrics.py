@@ -81,3 +81,26 @@ def test_evaluate_predictions_reports_oracle_gap_and_rejects_bad_input(sample) -
         metrics.evaluate_predictions(y, np.full(len(y), np.nan))
     with pytest.raises(ValueError, match="1-D"):
         metrics.evaluate_predictions(y, s[:10])
+
+
+def test_request_gauc_groups_by_request_and_ignores_what_is_constant_in_a_request() -> None:
+    rng = np.random.default_rng(3)
+    requests = np.repeat(np.arange(40), 5).astype(str)
+    users = np.repeat(np.arange(8), 25).astype(str)  # five requests per user
+    y = rng.integers(0, 2, 200)
+    within = 0.4 * y + rng.random(200)  # candidate-level signal
+    offset = np.repeat(rng.random(40) * 5, 5)  # a per-request shift (say, the hour) that ranks nothing
+    s = within + offset
+    total = weight = 0.0
+    for r in np.unique(requests):
+        m = requests == r
+        if 0 < y[m].sum() < m.sum():
+            total += _brute_auc(y[m], s[m]) * m.sum()
+            weight += m.sum()
+    out = metrics.evaluate_predictions(y, 1 / (1 + np.exp(-s)), users, requests=requests)
+    assert out["request_gauc"] == pytest.approx(total / weight, abs=1e-9)
+    # The per-request shift cannot change a within-request ranking, but it does mix the user's requests.
+    assert metrics.gauc(y, within, requests) == pytest.approx(out["request_gauc"], abs=1e-12)
+    assert out["gauc"] != pytest.approx(metrics.gauc(y, within, users), abs=1e-3)
+    assert np.isnan(metrics.gauc(y, s, np.arange(200)))  # one impression per request: undefined,
+    assert "request_gauc" not in metrics.evaluate_predictions(y, s / 6, requests=np.arange(200))  # so absent

@@ -30,3 +30,40 @@ def test_report_contains_every_model_metric_plot_and_cost(tmp_path: Path) -> Non
         data = (tmp_path / "run" / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
     assert "<td>0.7312</td>" in (tmp_path / "run" / "report.html").read_text()
+
+
+def _captured_figure(monkeypatch, results, oracle=None):
+    import training.report as report
+
+    captured = {}
+
+    def keep(fig, path):
+        captured["fig"] = fig
+        return path
+
+    monkeypatch.setattr(report, "_save", keep)
+    assert report.plot_learning_curves(results, Path("unused.png"), oracle) is not None
+    return captured["fig"]
+
+
+def test_learning_curves_plot_bce_and_the_validation_panels(monkeypatch) -> None:
+    teacher_bce = [0.25] * 60
+    student = {"loss_history": [2.1] * 60, "bce_history": [0.27] * 60,
+               "val_curve": [{"step": 20, "auc": 0.70, "logloss": 0.31}, {"step": 40, "auc": 0.72,
+                                                                         "logloss": 0.30}]}
+    results = {"teacher": {"loss_history": teacher_bce, "bce_history": teacher_bce,
+                           "val_curve": [{"step": 20, "auc": 0.71, "logloss": 0.3}]},
+               "student_0": student}
+    fig = _captured_figure(monkeypatch, results, oracle=0.78)
+    train_ax, auc_ax, loss_ax = fig.axes
+    drawn = [max(line.get_ydata()) for line in train_ax.get_lines()]
+    assert drawn == [0.25, 0.27]  # the BCE, not the student's 2.1 objective
+    assert "BCE" in train_ax.get_ylabel()
+    auc_lines = {line.get_label(): list(line.get_ydata()) for line in auc_ax.get_lines()}
+    assert auc_lines["student_0"] == [0.70, 0.72] and auc_lines["oracle 0.7800"] == [0.78, 0.78]
+    assert [list(line.get_ydata()) for line in loss_ax.get_lines()] == [[0.3], [0.31, 0.30]]
+
+
+def test_learning_curves_without_validation_are_one_panel(monkeypatch) -> None:
+    fig = _captured_figure(monkeypatch, {"lr": {"loss_history": [0.5, 0.4], "bce_history": [0.5, 0.4]}})
+    assert len(fig.axes) == 1 and "validation" not in fig.axes[0].get_ylabel()

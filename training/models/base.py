@@ -115,6 +115,9 @@ class CTRModel(nn.Module):
 
     def forward(self, batch: Batch) -> torch.Tensor:
         return self.calibration(self.logits(batch))
+    def prepare(self, labels: torch.Tensor) -> None:
+        """Called with the window's training labels before a training pass (a no-op unless a model
+        derives an initial value from them; it must leave a warm-started model as it is)."""
 
     def forward_train(self, batch: Batch) -> ModelOutput:
         logits = self.logits(batch)

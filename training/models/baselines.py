@@ -7,6 +7,8 @@ the candidate.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -46,18 +48,41 @@ class _Baseline(CTRModel):
 
 
 class LogisticRegression(_Baseline):
-    """One weight per hashed id (its own 1-d table) and per dense feature."""
+    """Logistic regression: one weight per hashed id of every categorical slot, one per dense feature
+    and a bias, i.e. the linear floor every other model must beat on the same inputs.
+
+    Two things make it an honest floor inside the cohort's single joint pass. The bias starts at the log-odds
+    of the training label mean (``prepare``), so the first steps are not spent walking from p = 0.5 down to
+    a few-percent base rate. And the weights are stored divided by ``STEP_SCALE``: Adam moves a parameter by
+    about ``lr`` per step whatever its gradient's size, so the stored scale multiplies the effective step on
+    the logit. The cohort's ``lr`` suits deep models (1e-3); a linear model needs larger steps to reach its
+    optimum in one pass, and this buys them without a separate optimizer.
+    """
 
     family = "lr"
     uses_embedding = False  # its own 1-d weights; a shared table would sit unused in its state
+    STEP_SCALE = 10.0
 
     def __init__(self, config: BaselineConfig, schema: InputSchema, embedding: FeatureEmbedding) -> None:
         super().__init__(config, schema, embedding)
         self.weights = FeatureEmbedding(schema, 1, init_std=0.0)
-        self.dense = nn.Linear(len(schema.dense), 1)
+        self.dense = nn.Linear(len(schema.dense), 1, bias=False)
+        nn.init.zeros_(self.dense.weight)
+        self.bias = nn.Parameter(torch.zeros(()))
+        # Saved with the weights: a warm-started model keeps its learned bias instead of a fresh prior.
+        self.register_buffer("bias_initialised", torch.zeros((), dtype=torch.bool))
+
+    def prepare(self, labels: torch.Tensor) -> None:
+        if bool(self.bias_initialised) or len(labels) == 0:
+            return
+        rate = float(labels.float().mean().clamp(1e-4, 1 - 1e-4))
+        with torch.no_grad():
+            self.bias.fill_(math.log(rate / (1 - rate)) / self.STEP_SCALE)
+            self.bias_initialised.fill_(True)
 
     def logits(self, batch: Batch) -> torch.Tensor:
-        return self.weights.categorical(batch.categorical).sum((1, 2)) + self.dense(batch.dense).squeeze(-1)
+        linear = self.weights.categorical(batch.categorical).sum((1, 2)) + self.dense(batch.dense).squeeze(-1)
+        return self.STEP_SCALE * (linear + self.bias)
 
 
 class DNN(_Baseline):
