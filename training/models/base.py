@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,9 @@ class ModelOutput:
 
     logits: list[torch.Tensor]
     aux_loss: torch.Tensor
+
+
+MAX_CALIBRATION_SCALE = 10.0  # the fitted scale stays within [1/10, 10]
 
 
 class PlattCalibration(nn.Module):
@@ -52,17 +56,21 @@ class PlattCalibration(nn.Module):
             self.reset()
             return
         log_scale = torch.zeros((), dtype=torch.float64, requires_grad=True)
+        # Bounded: a model that ranks badly on validation would otherwise drive the scale towards 0, and
+        # float32 probabilities would then tie across candidates, losing the ranking in serving.
+        bound = math.log(MAX_CALIBRATION_SCALE)
         bias = torch.zeros((), dtype=torch.float64, requires_grad=True)
         opt = torch.optim.LBFGS([log_scale, bias], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
 
         def closure() -> torch.Tensor:
             opt.zero_grad()
-            loss = nn.functional.binary_cross_entropy_with_logits(z * log_scale.exp() + bias, y)
+            scaled = z * log_scale.clamp(-bound, bound).exp() + bias
+            loss = nn.functional.binary_cross_entropy_with_logits(scaled, y)
             loss.backward()
             return loss
 
         opt.step(closure)
-        scale, b = float(log_scale.detach().exp()), float(bias.detach())
+        scale, b = float(log_scale.detach().clamp(-bound, bound).exp()), float(bias.detach())
         if not (np.isfinite(scale) and np.isfinite(b)):
             self.reset()
             return
