@@ -9,7 +9,10 @@ three parts. Every one gives identical tables and dead-letters exactly the copie
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -25,6 +28,7 @@ from pipelines.replay import replay
 from pipelines.settings import Settings
 
 MINUTE_MS = 60_000
+ROOT = Path(__file__).resolve().parents[2]
 DAY_MS = 24 * 60 * MINUTE_MS
 
 
@@ -156,3 +160,16 @@ def test_duplicate_ids_give_the_same_rows_whatever_the_batching(
     letters = [d for d in _dead_letter_topic(small) if d.error == DUPLICATE_REASON]
     assert len({(d.partition, d.offset) for d in letters}) == n_dup
     assert {d.source for d in letters} == {small.topic("impressions")}
+
+
+def test_a_dedup_window_shorter_than_the_attribution_window_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="dedup_window_s"):
+        Settings(home=tmp_path, attribution_window_s=1800, dedup_window_s=600)
+    env = {**os.environ, "CTRFLOW_HOME": str(tmp_path), "CTRFLOW_DEDUP_WINDOW_S": "600"}
+    cli = [sys.executable, "-c", "from orchestration.cli import main; main()"]
+    cmd = [*cli, "features", "build", "--from-file", str(tmp_path / "log.jsonl")]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "dedup_window_s (600) must be at least attribution_window_s" in errors[0]
+    assert "Traceback" not in done.stderr
