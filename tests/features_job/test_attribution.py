@@ -44,6 +44,7 @@ def test_teststream_out_of_order_and_late_clicks() -> None:
         # Out of order: b's click arrives before b's impression; it must still be attributed.
         .add_elements([stamped(clk("b", T + 10_000))])
         .add_elements([stamped(imp("a", T)), stamped(imp("b", T + 5_000)), stamped(imp("c", T + 6_000))])
+        .add_elements([stamped(imp("a", T + 2_000))])  # a re-sent copy of a: a duplicate, not labelled
         .add_elements([stamped(clk("a", T + 60_000)), stamped(clk("x", T + 61_000))])
         .add_elements([stamped(clk("a", T + WINDOW_MS + 1))])  # a second click on a, after the window
         # The watermark passes every window: a, b labelled clicked, c labelled not clicked.
@@ -73,6 +74,7 @@ def test_teststream_out_of_order_and_late_clicks() -> None:
                     ("aside", "a", "after_window"),
                     ("aside", "x", "no_impression"),
                     ("aside", "c", "late"),
+                    ("duplicate", "a", None),
                 ]
             ),
         )
