@@ -77,51 +77,53 @@ class FirstOccurrences:
     seen: pa.Table  # FIRST_SEEN_SCHEMA: latest surviving occurrence per (user, id), unpruned
 
 
-def _pair_codes(users: pa.ChunkedArray, ids: pa.ChunkedArray) -> np.ndarray:
-    (u,) = entity_codes(users)
-    (i,) = entity_codes(ids)
-    return u * (int(i.max(initial=-1)) + 1) + i
-
-
 def first_occurrences(impressions: pa.Table, seen: pa.Table, window_ms: int) -> FirstOccurrences:
     """Mark later copies of an impression: same user and id, at most ``window_ms`` after the surviving
     occurrence (from ``seen``, earlier steps, or earlier in ``impressions``); an older one is a reuse.
 
     ``impressions`` must hold every impression up to its latest event time that ``seen`` does not
-    (the job passes the events behind the watermark). Vectorised; only ids that occur more than once
-    are walked one by one, in (event time, source, partition, offset) order."""
+    (the job passes the events behind the watermark). One hash pass over the ids; only ids that occur
+    more than once are walked one by one, in (event time, source, partition, offset) order."""
     seen = seen.select(FIRST_SEEN_SCHEMA.names).cast(FIRST_SEEN_SCHEMA)
     n_seen, n = seen.num_rows, impressions.num_rows
     both = pa.concat_tables([seen, impressions.select(FIRST_SEEN_SCHEMA.names).cast(FIRST_SEEN_SCHEMA)])
-    codes = _pair_codes(both["user_id"], both["impression_id"])
+    (codes,) = entity_codes(both["impression_id"])
     duplicate = np.zeros(n, dtype=bool)
-    counts = np.bincount(codes, minlength=1) if len(codes) else np.zeros(1, np.int64)
-    repeated = np.flatnonzero(counts[codes] > 1)
-    if len(repeated):
-        times = both["event_time"].to_numpy()
-        present = impressions.column_names
-        origin = [impressions[c].to_pylist() if c in present else [None] * n for c in _ORIGIN_COLUMNS]
-
-        def order(row: int) -> tuple:
-            if row < n_seen:  # an earlier step's survivor precedes everything new at the same time
-                return (codes[row], times[row], 0, "", -1, -1)
-            i = row - n_seen
-            return (codes[row], times[row], 1, origin[0][i] or "", _num(origin[1][i]), _num(origin[2][i]))
-
-        last_code, last_time = None, 0
-        for row in sorted(repeated.tolist(), key=order):
-            code, t = codes[row], int(times[row])
-            if code == last_code and t - last_time <= window_ms:
-                duplicate[row - n_seen] = True  # a seen row is never a duplicate: it survived before
-                continue
-            last_code, last_time = code, t
-    if not len(repeated):  # the common case: every (user, id) occurs once
+    repeated = np.flatnonzero(np.bincount(codes, minlength=1)[codes] > 1) if len(codes) else codes
+    if not len(repeated):  # the common case: every id occurs once
         return FirstOccurrences(duplicate, both)
-    survivors = both.filter(pa.array(np.concatenate([np.ones(n_seen, dtype=bool), ~duplicate])))
-    # One row per (user, id): the latest survivor (a reuse after the window replaces the older one).
-    latest = survivors.sort_by([("event_time", "descending")])
-    _, first = np.unique(_pair_codes(latest["user_id"], latest["impression_id"]), return_index=True)
-    return FirstOccurrences(duplicate, latest.take(pa.array(np.sort(first))))
+    users = both["user_id"].take(pa.array(repeated)).to_pylist()
+    ids = both["impression_id"].take(pa.array(repeated)).to_pylist()
+    times = both["event_time"].to_numpy()[repeated].tolist()
+    present = impressions.column_names
+    new_rows = pa.array(np.maximum(repeated - n_seen, 0))
+    origin = [
+        impressions[c].take(new_rows).to_pylist() if c in present else [None] * len(repeated)
+        for c in _ORIGIN_COLUMNS
+    ]
+
+    def order(k: int) -> tuple:
+        # An earlier step's survivor precedes everything new at the same time.
+        tie = (
+            (0, "", -1, -1)
+            if repeated[k] < n_seen
+            else (1, origin[0][k] or "", *map(_num, (origin[1][k], origin[2][k])))
+        )
+        return (users[k], ids[k], times[k], *tie)
+
+    forget = np.zeros(len(both), dtype=bool)  # rows `seen` drops: duplicates, survivors reused since
+    last_key, last_time, last_row = None, 0, -1
+    for k in sorted(range(len(repeated)), key=order):
+        key, row = (users[k], ids[k]), int(repeated[k])
+        if key == last_key and times[k] - last_time <= window_ms:
+            duplicate[row - n_seen] = True  # a seen row is never a duplicate: it survived before
+            forget[row] = True
+            continue
+        if key == last_key:
+            forget[last_row] = True
+        last_key, last_time, last_row = key, times[k], row
+    # `seen` keeps one row per (user, id): the latest survivor.
+    return FirstOccurrences(duplicate, both.filter(pa.array(~forget)))
 
 
 def _num(value: int | None) -> int:
