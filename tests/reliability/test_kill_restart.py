@@ -107,7 +107,7 @@ class Scenario:
     bad: dict[tuple[str, int, int], str]  # (topic, partition, offset) -> word its reason must contain
     orphans: set[tuple[str, str, int]]  # orphan clicks: (user, impression id, event time)
     produced: dict[str, int] = field(default_factory=dict)  # "topic|partition" -> records
-    kills: int = 0
+    kills_inside_a_batch: int = 0
     final_report: RunReport | None = None
 
 
@@ -159,9 +159,12 @@ def _produce(settings: Settings, records: list[dict], rng: random.Random) -> tup
     return good, bad
 
 
-def _kill_at_random_point(settings: Settings, job_directory: Path, rng: random.Random) -> None:
-    """Start `ctrflow features stream`, wait for it to commit one more batch, SIGKILL it a seeded moment
-    later (mid-batch or idle), and wait for it to die."""
+def _kill_at_random_point(
+    settings: Settings, job_directory: Path, rng: random.Random, mid_batch: bool
+) -> bool:
+    """Start `ctrflow features stream`, wait for it to commit one more batch, then SIGKILL it: while the
+    next batch writes its state (``mid_batch``) or a seeded moment later (mid-batch or idle). Returns
+    whether the kill landed inside a batch, before its commit."""
     env = {
         **os.environ,
         "CTRFLOW_TOPIC_PREFIX": settings.topic_prefix,
@@ -176,16 +179,27 @@ def _kill_at_random_point(settings: Settings, job_directory: Path, rng: random.R
     ]  # fmt: skip
     before = st.load_checkpoint(job_directory).batch_seq
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def committed() -> int:
+        return st.load_checkpoint(job_directory).batch_seq
+
+    def writing() -> bool:  # the next batch's state directory exists before its commit
+        return (job_directory / st.state_dir_name(committed() + 1)).exists()
+
     try:
         deadline = time.monotonic() + 60
-        while proc.poll() is None and time.monotonic() < deadline:
-            if st.load_checkpoint(job_directory).batch_seq > before:
-                break
+        while proc.poll() is None and time.monotonic() < deadline and committed() <= before:
             time.sleep(0.02)
+        if mid_batch:
+            while proc.poll() is None and time.monotonic() < deadline and not writing():
+                time.sleep(0.005)
+        else:
+            time.sleep(rng.uniform(0.0, 1.2))
         assert proc.poll() is None, "the stream job exited on its own"
-        time.sleep(rng.uniform(0.0, 1.2))
+        inside = writing()
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(timeout=30) == -signal.SIGKILL
+        return inside
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -227,8 +241,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
             produced[key] = produced.get(key, 0) + 1
 
         job_directory = st.job_dir(settings.checkpoints_dir, settings.topic_prefix)
-        for _ in range(KILLS):
-            _kill_at_random_point(settings, job_directory, rng)
+        inside = [_kill_at_random_point(settings, job_directory, rng, k % 2 == 0) for k in range(KILLS)]
         report = run_kafka(
             settings,
             final=True,
@@ -240,12 +253,13 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
     path = work / "good.jsonl"
     path.write_bytes(b"".join(encode_event(records[i]) + b"\n" for i in sorted(good_at)))
     run_file(clean, path, config=JobConfig(num_shards=2))
-    return Scenario(settings, clean.home, good_impressions, bad, orphans, produced, KILLS, report)
+    return Scenario(settings, clean.home, good_impressions, bad, orphans, produced, sum(inside), report)
 
 
 def test_every_record_consumed_once_and_accounted_per_partition(scenario: Scenario) -> None:
     """consumed = accepted + dead_lettered per partition over all the killed and restarted runs:
     the committed offsets cover every record once, and the dead letters are exactly the bad ones."""
+    assert scenario.kills_inside_a_batch >= 1  # at least one batch was cut short before its commit
     checkpoint = st.load_checkpoint(
         st.job_dir(scenario.settings.checkpoints_dir, scenario.settings.topic_prefix)
     )
