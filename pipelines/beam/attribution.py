@@ -338,7 +338,13 @@ class AttributeInEventTime(beam.DoFn):
             return pa.concat_tables([_from_ipc(b) for b in state.read()] or [schema.empty_table()])
 
         watermark_ms = int(fire.micros // 1000)
-        fresh = bag(new_impressions, EVENT_SCHEMA)
+        arrived = bag(new_impressions, EVENT_SCHEMA)
+        # Only impressions behind the watermark are checked: every earlier copy has arrived by then.
+        behind = pc.less(arrived["event_time"], watermark_ms)
+        fresh, later = arrived.filter(behind), arrived.filter(pc.invert(behind))
+        new_impressions.clear()
+        if later.num_rows:
+            new_impressions.add(_to_ipc(later))
         stored_seen = seen.read()
         checked = first_occurrences(
             fresh,
@@ -349,7 +355,6 @@ class AttributeInEventTime(beam.DoFn):
             pc.greater_equal(checked.seen["event_time"], watermark_ms - self.dedup_window_ms)
         )
         seen.write(_to_ipc(kept_seen))
-        new_impressions.clear()
         imps = pa.concat_tables([bag(impressions, EVENT_SCHEMA), fresh.filter(pa.array(~checked.duplicate))])
         clks = bag(clicks, CLICK_SCHEMA)
         stored = recent.read()
@@ -363,7 +368,7 @@ class AttributeInEventTime(beam.DoFn):
             clicks.add(_to_ipc(result.pending_clicks))
         recent.write(_to_ipc(result.recent))
         waiting = pa.concat_tables(
-            [result.pending_impressions.select(["event_time"]), result.pending_clicks.select(["event_time"])]
+            [t.select(["event_time"]) for t in (result.pending_impressions, result.pending_clicks, later)]
         )
         decide_at.clear()
         if waiting.num_rows:
