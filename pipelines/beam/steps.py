@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -76,16 +77,15 @@ def user_shard_step(
     """Labelled samples, unattributed clicks, user stats and sequences for one user shard, and under
     "duplicates" the ready impressions (SOURCED_EVENT_SCHEMA) that repeat an earlier id."""
     ready, held = split_ready(state.held, new, watermark_ms, SOURCED_EVENT_SCHEMA)
-    is_imp = pc.equal(ready["type"], IMPRESSION)
-    checked = first_occurrences(ready.filter(is_imp), state.first_seen, dedup_window_ms)
-    duplicates = ready.filter(is_imp).filter(pa.array(checked.duplicate))
+    imp_rows = np.flatnonzero(pc.equal(ready["type"], IMPRESSION).to_numpy(zero_copy_only=False))
+    checked = first_occurrences(ready.take(pa.array(imp_rows)), state.first_seen, dedup_window_ms)
+    duplicates = ready.take(pa.array(imp_rows[checked.duplicate]))
     if duplicates.num_rows:
-        keep = is_imp.to_numpy(zero_copy_only=False).copy()
-        keep[keep] = ~checked.duplicate
-        keep |= ~is_imp.to_numpy(zero_copy_only=False)
+        keep = np.ones(ready.num_rows, dtype=bool)
+        keep[imp_rows[checked.duplicate]] = False
         ready = ready.filter(pa.array(keep))
-        is_imp = pc.equal(ready["type"], IMPRESSION)
     ready = ready.select(EVENT_SCHEMA.names)
+    is_imp = pc.equal(ready["type"], IMPRESSION)
     impressions = ready.filter(is_imp)
     clicks = ready.filter(pc.equal(ready["type"], CLICK))
 
