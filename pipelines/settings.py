@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -31,6 +31,12 @@ class Settings(BaseSettings):
     # --- feature jobs --------------------------------------------------------------------------------
     attribution_window_s: int = Field(default=30 * 60, ge=1, description="Click attribution window.")
     sequence_length: int = Field(default=50, ge=1, le=1000, description="Last N clicked items kept.")
+    dedup_window_s: int = Field(
+        default=24 * 3600,
+        ge=1,
+        description="A later impression with an id already seen this long before (event time) is a "
+        "duplicate and dead-lettered; a reuse after it is a new impression. At least the attribution window.",
+    )
 
     # --- feature store (Feast) ------------------------------------------------------------------------
     feast_profile: Literal["local", "compose"] = Field(
@@ -47,6 +53,17 @@ class Settings(BaseSettings):
     # --- serving -------------------------------------------------------------------------------------
     serving_host: str = "127.0.0.1"
     serving_port: int = Field(default=8000, ge=0, le=65535)
+
+    @model_validator(mode="after")
+    def _dedup_covers_attribution(self) -> Settings:
+        # A shorter dedup window would let a re-sent impression be labelled twice while its clicks
+        # can still attach to either copy.
+        if self.dedup_window_s < self.attribution_window_s:
+            raise ValueError(
+                f"dedup_window_s ({self.dedup_window_s}) must be at least attribution_window_s "
+                f"({self.attribution_window_s})"
+            )
+        return self
 
     # --- derived paths (not configurable on their own: they follow `home`) ---------------------------
     @property

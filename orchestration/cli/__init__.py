@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import sys
 
-from orchestration.cli.app import app
+from pydantic import ValidationError
+
+from orchestration.cli.app import app, usage_error
 
 # Each module owns one area of the CLI. Imported in this order (not the alphabetical order plain imports
 # would be sorted into) because registration order is the order `ctrflow --help` lists the commands in.
@@ -15,4 +18,12 @@ for _name in _COMMAND_MODULES:
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except ValidationError as exc:
+        # Settings come from CTRFLOW_* variables: a bad value is bad input, not a crash.
+        reasons = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors(include_url=False)
+        )
+        usage_error(f"invalid settings: {reasons}")
+        sys.exit(2)

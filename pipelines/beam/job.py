@@ -247,6 +247,8 @@ def _run_batch(
                         settings.attribution_window_s * 1000,
                         settings.sequence_length,
                         writer,
+                        settings.dedup_window_s * 1000,
+                        (bootstrap, settings.topic("deadletter")) if bootstrap is not None else None,
                     ),
                     watermark_ms=watermark,
                 )

@@ -3,6 +3,10 @@
 Two paths with the same rules: row-wise over JSON records (Kafka values, JSONL lines) through
 ``events.decode_event``, and vectorised over columnar logs (Parquet), which checks the same bounds with
 Arrow compute so a backfill never touches events one by one in Python.
+
+Each accepted event keeps where it came from (``Parsed.offsets``; ``Parsed.sourced_events`` adds the
+origin columns): a check that needs more than one record, like duplicate impression ids, runs after the
+shuffle and must still dead-letter a record by its source, partition and offset.
 """
 
 from __future__ import annotations
@@ -19,6 +23,13 @@ from pipelines import events as ev
 
 # Columnar input may carry nulls anywhere; they are found and dead-lettered before the strict cast.
 NULLABLE_EVENT_SCHEMA = pa.schema([f.with_nullable(True) for f in ev.EVENT_SCHEMA])
+# Where an accepted event came from, as DeadLetter names it (offset: Kafka offset or 1-based line/row).
+ORIGIN_FIELDS = (
+    pa.field("origin_source", pa.string()),
+    pa.field("origin_partition", pa.int32()),
+    pa.field("origin_offset", pa.int64()),
+)
+SOURCED_EVENT_SCHEMA = pa.schema(list(ev.EVENT_SCHEMA) + list(ORIGIN_FIELDS))
 
 
 @dataclass
@@ -32,6 +43,7 @@ class Parsed:
     events: pa.Table
     dead: list[ev.DeadLetter]
     consumed: int
+    offsets: np.ndarray  # the source offset of each accepted event (row i of ``events``)
 
     @property
     def accepted(self) -> int:
@@ -43,12 +55,35 @@ class Parsed:
             return None
         return pc.max(self.events["event_time"]).as_py()
 
+    def sourced_events(self) -> pa.Table:
+        """``events`` with the origin columns (SOURCED_EVENT_SCHEMA)."""
+        n = self.events.num_rows
+        return (
+            self.events.append_column(ORIGIN_FIELDS[0], pa.repeat(pa.scalar(self.source), n))
+            .append_column(ORIGIN_FIELDS[1], pa.repeat(pa.scalar(self.partition, pa.int32()), n))
+            .append_column(ORIGIN_FIELDS[2], pa.array(self.offsets, pa.int64()))
+        )
+
+
+def dead_letters_of(rows: pa.Table, reason: str) -> list[ev.DeadLetter]:
+    """Dead letters for accepted events (SOURCED_EVENT_SCHEMA rows) found bad later, e.g. duplicates.
+
+    The raw bytes are the event's canonical encoding: the original record bytes are not kept past
+    the parse, and a canonical log line reads back as the same event."""
+    events = rows.select(ev.EVENT_SCHEMA.names).to_pylist()
+    origins = zip(*(rows[f.name].to_pylist() for f in ORIGIN_FIELDS), strict=True)
+    return [
+        ev.DeadLetter(source, partition, offset, reason, ev.encode_event(event))
+        for event, (source, partition, offset) in zip(events, origins, strict=True)
+    ]
+
 
 def parse_records(
     source: str, partition: int, start: int, end: int, offsets: Sequence[int], values: Sequence[bytes]
 ) -> Parsed:
     """Decode and validate JSON records; each failure becomes a DeadLetter with its exact reason."""
     accepted: list[dict] = []
+    accepted_offsets: list[int] = []
     dead: list[ev.DeadLetter] = []
     for offset, raw in zip(offsets, values, strict=True):
         if raw is None:
@@ -60,8 +95,10 @@ def parse_records(
             dead.append(ev.DeadLetter(source, partition, offset, str(exc), bytes(raw)))
             continue
         accepted.append(record)
+        accepted_offsets.append(offset)
     table = pa.Table.from_pylist(accepted, schema=ev.EVENT_SCHEMA)
-    return Parsed(source, partition, start, end, table, dead, consumed=len(values))
+    kept = np.array(accepted_offsets, dtype=np.int64)
+    return Parsed(source, partition, start, end, table, dead, consumed=len(values), offsets=kept)
 
 
 def _reason_masks(table: pa.Table) -> list[tuple[str, pa.Array]]:
@@ -151,7 +188,8 @@ def parse_columns(source: str, start: int, table: pa.Table) -> Parsed:
             # 1-based line/row number, as DeadLetter documents for files.
             dead.append(ev.DeadLetter(source, -1, int(start + row + 1), reason, ev.encode_event(record)))
         table = table.filter(pa.array(~bad))
-    return Parsed(source, -1, start, start + n, table.cast(ev.EVENT_SCHEMA), dead, consumed=n)
+    kept = start + 1 + np.flatnonzero(~bad)
+    return Parsed(source, -1, start, start + n, table.cast(ev.EVENT_SCHEMA), dead, consumed=n, offsets=kept)
 
 
 _JSON_PARSE = pajson.ParseOptions(explicit_schema=NULLABLE_EVENT_SCHEMA, unexpected_field_behavior="ignore")
@@ -197,4 +235,7 @@ def parse_json_batch(
         dead.append(ev.DeadLetter(source, partition, offsets[row], reason, bytes(raw)))
     if bad.any():
         table = table.filter(pa.array(~bad))
-    return Parsed(source, partition, start, end, table.cast(ev.EVENT_SCHEMA), dead, consumed=len(values))
+    kept = np.asarray(offsets, dtype=np.int64)[~bad]
+    return Parsed(
+        source, partition, start, end, table.cast(ev.EVENT_SCHEMA), dead, consumed=len(values), offsets=kept
+    )

@@ -2,9 +2,10 @@
 
 State (Parquet per kind and shard under ``state-<seq>/``) is what the next micro-batch needs from the
 past: events not yet behind the watermark, pending impressions and clicks, recently labelled ids,
-7 days of per-entity history and each user's last N clicks. The checkpoint JSON names the offsets and
-the state directory; it is replaced with ``os.replace`` only after every sink wrote, so a killed job
-restarts from the last complete batch and rewrites the same-named output files.
+the impression ids still inside their dedup window, 7 days of per-entity history and each user's
+last N clicks. The checkpoint JSON names the offsets and the state directory; it is replaced with
+``os.replace`` only after every sink wrote, so a killed job restarts from the last complete batch and
+rewrites the same-named output files.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.beam.attribution import CLICK_SCHEMA, RECENT_SCHEMA
+from pipelines.beam.attribution import CLICK_SCHEMA, FIRST_SEEN_SCHEMA, RECENT_SCHEMA
+from pipelines.beam.parse import SOURCED_EVENT_SCHEMA
 from pipelines.beam.sequences import CLICK_HISTORY_SCHEMA
 from pipelines.beam.shards import rows_of_shard
 from pipelines.events import EVENT_SCHEMA
@@ -35,13 +37,16 @@ def _history_schema(entity: str) -> pa.Schema:
 
 # kind -> (schema, entity column the kind is sharded by in the user-keyed step)
 STATE_KINDS: dict[str, pa.Schema] = {
-    "held": EVENT_SCHEMA,
+    # Held events keep their origin: a held duplicate is dead-lettered by its source offset. (State
+    # written before origins were kept reads back with null origins: only tie-breaks lose them.)
+    "held": SOURCED_EVENT_SCHEMA,
     "user_history": _history_schema("user_id"),
     "item_history": _history_schema("item_id"),
     "click_history": CLICK_HISTORY_SCHEMA,
     "pending_impressions": EVENT_SCHEMA,
     "pending_clicks": CLICK_SCHEMA,
     "recent": RECENT_SCHEMA,
+    "first_seen": FIRST_SEEN_SCHEMA,
 }
 
 

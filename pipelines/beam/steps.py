@@ -1,7 +1,9 @@
 """One micro-batch of one shard, as pure functions: (state, new events, watermark) -> (rows, state).
 
 Events at or after the watermark wait in state ("held"); everything before it is "ready" and produces
-rows. ``watermark_ms=None`` means a finished log (final): everything is ready and every pending
+rows. Duplicate impressions are found among the ready ones (every earlier copy has arrived by then)
+and feed no user-side row (label, statistics, sequence); they come back as rows to dead-letter.
+``watermark_ms=None`` means a finished log (final): everything is ready and every pending
 impression is labelled.
 """
 
@@ -9,10 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.beam.attribution import CLICK_SCHEMA, attribute
+from pipelines.beam.attribution import CLICK_SCHEMA, attribute, first_occurrences
+from pipelines.beam.parse import SOURCED_EVENT_SCHEMA
 from pipelines.beam.sequences import click_history_of, keep_last_clicks, last_n_sequences
 from pipelines.beam.stats import distinct_points, history_of, prune_history, window_stats
 from pipelines.events import CLICK, EVENT_SCHEMA, IMPRESSION
@@ -26,6 +30,7 @@ class UserShardState:
     pending_impressions: pa.Table
     pending_clicks: pa.Table
     recent: pa.Table
+    first_seen: pa.Table
 
 
 USER_STATE_KINDS = tuple(UserShardState.__dataclass_fields__)
@@ -62,10 +67,24 @@ def _prune_point(ready: pa.Table, watermark_ms: int | None) -> int | None:
 
 
 def user_shard_step(
-    state: UserShardState, new: pa.Table, watermark_ms: int | None, window_ms: int, sequence_length: int
+    state: UserShardState,
+    new: pa.Table,
+    watermark_ms: int | None,
+    window_ms: int,
+    sequence_length: int,
+    dedup_window_ms: int,
 ) -> tuple[dict[str, pa.Table], UserShardState]:
-    """Labelled samples, unattributed clicks, user stats and sequences for one user shard."""
-    ready, held = split_ready(state.held, new, watermark_ms)
+    """Labelled samples, unattributed clicks, user stats and sequences for one user shard, and under
+    "duplicates" the ready impressions (SOURCED_EVENT_SCHEMA) that repeat an earlier id."""
+    ready, held = split_ready(state.held, new, watermark_ms, SOURCED_EVENT_SCHEMA)
+    imp_rows = np.flatnonzero(pc.equal(ready["type"], IMPRESSION).to_numpy(zero_copy_only=False))
+    checked = first_occurrences(ready.take(pa.array(imp_rows)), state.first_seen, dedup_window_ms)
+    duplicates = ready.take(pa.array(imp_rows[checked.duplicate]))
+    if duplicates.num_rows:
+        keep = np.ones(ready.num_rows, dtype=bool)
+        keep[imp_rows[checked.duplicate]] = False
+        ready = ready.filter(pa.array(keep))
+    ready = ready.select(EVENT_SCHEMA.names)
     is_imp = pc.equal(ready["type"], IMPRESSION)
     impressions = ready.filter(is_imp)
     clicks = ready.filter(pc.equal(ready["type"], CLICK))
@@ -85,6 +104,9 @@ def user_shard_step(
     all_clicks = pa.concat_tables([state.click_history, click_history_of(clicks, categories)])
     sequences = last_n_sequences(all_clicks, distinct_points(impressions, "user_id"), sequence_length)
     prune_at = _prune_point(ready, watermark_ms)
+    seen = checked.seen
+    if prune_at is not None:  # an id older than the window before every future event is never repeated
+        seen = seen.filter(pc.greater_equal(seen["event_time"], prune_at - dedup_window_ms))
     next_state = UserShardState(
         held=held,
         user_history=prune_history(history, prune_at) if prune_at is not None else history,
@@ -92,12 +114,14 @@ def user_shard_step(
         pending_impressions=attributed.pending_impressions,
         pending_clicks=attributed.pending_clicks,
         recent=attributed.recent,
+        first_seen=seen,
     )
     rows = {
         "labelled_samples": attributed.labelled,
         "unattributed_clicks": attributed.aside,
         "user_stats": user_stats,
         "user_sequences": sequences,
+        "duplicates": duplicates,
     }
     return rows, next_state
 

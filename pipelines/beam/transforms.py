@@ -18,8 +18,15 @@ import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 
 from pipelines.beam import state as st
+from pipelines.beam.attribution import DUPLICATE_REASON
 from pipelines.beam.kafka_source import RawBatch
-from pipelines.beam.parse import Parsed, parse_columns, parse_json_batch
+from pipelines.beam.parse import (
+    SOURCED_EVENT_SCHEMA,
+    Parsed,
+    dead_letters_of,
+    parse_columns,
+    parse_json_batch,
+)
 from pipelines.beam.shards import split_by_shard
 from pipelines.beam.sinks import SourceRange, part_file_name, range_tag, to_table_schema, write_table
 from pipelines.beam.staging import load_staged, stage_table
@@ -31,7 +38,7 @@ from pipelines.beam.steps import (
     item_shard_step,
     user_shard_step,
 )
-from pipelines.events import DEADLETTER_SCHEMA, EVENT_SCHEMA
+from pipelines.events import DEADLETTER_SCHEMA, DeadLetter
 from pipelines.kafka import make_producer
 
 ACCOUNTING = "ctrflow.accounting"
@@ -48,6 +55,18 @@ def count_parsed(parsed: Parsed) -> None:
     Metrics.counter(ACCOUNTING, f"consumed/{key}").inc(parsed.consumed)
     Metrics.counter(ACCOUNTING, f"accepted/{key}").inc(parsed.accepted)
     Metrics.counter(ACCOUNTING, f"dead_lettered/{key}").inc(len(parsed.dead))
+
+
+def count_rejected(letters: list[DeadLetter]) -> None:
+    """Accepted records found bad after the parse (duplicates) move from accepted to dead-lettered,
+    in the batch that decides it (a held record may have been consumed in an earlier one)."""
+    moved: dict[str, int] = {}
+    for letter in letters:
+        key = partition_key(letter.source, letter.partition)
+        moved[key] = moved.get(key, 0) + 1
+    for key, n in moved.items():
+        Metrics.counter(ACCOUNTING, f"accepted/{key}").dec(n)
+        Metrics.counter(ACCOUNTING, f"dead_lettered/{key}").inc(n)
 
 
 class ParseRaw(beam.DoFn):
@@ -114,7 +133,7 @@ def progress_of(parsed: Parsed) -> tuple[str, int | None]:
 USER, ITEM = "user", "item"
 # What each kind of shard is keyed by and which event columns it needs.
 SHARD_KINDS: dict[str, tuple[str, pa.Schema]] = {
-    USER: ("user_id", EVENT_SCHEMA),
+    USER: ("user_id", SOURCED_EVENT_SCHEMA),  # origins: a duplicate is dead-lettered by its offset
     ITEM: ("item_id", ITEM_EVENT_SCHEMA),
 }
 ShardKey = tuple[str, int]  # (USER or ITEM, shard number)
@@ -127,8 +146,9 @@ def all_shard_keys(num_shards: int) -> list[tuple[ShardKey, None]]:
 
 def shard_events(parsed: Parsed, num_shards: int, staging: str) -> Iterator[tuple[ShardKey, str]]:
     """((kind, shard), staged events of that shard) for every user and item shard this range has events of."""
+    sourced = parsed.sourced_events()
     for kind, (column, schema) in SHARD_KINDS.items():
-        events = parsed.events.select(schema.names)
+        events = sourced.select(schema.names)
         for shard, table in split_by_shard(events, column, num_shards).items():
             yield (kind, shard), stage_table(staging, f"{kind}-{shard}", table)
 
@@ -153,8 +173,10 @@ class WarehouseWriter:
 class ShardFeatures(beam.DoFn):
     """((kind, shard), staged events) -> the shard's warehouse files and its next state.
 
-    A user shard labels impressions and computes user stats and sequences; an item shard computes item
-    stats. Each shard writes its own files, so no table is gathered (or sorted) in one place.
+    A user shard drops duplicate impressions (dead letters, also sent to ``dead_letter_topic``
+    ``(bootstrap, topic)`` when given), labels impressions and computes user stats and sequences; an
+    item shard computes item stats. Each shard writes its own files, so no table is gathered (or
+    sorted) in one place.
     """
 
     def __init__(
@@ -165,6 +187,8 @@ class ShardFeatures(beam.DoFn):
         window_ms: int,
         sequence_length: int,
         writer: WarehouseWriter,
+        dedup_window_ms: int,
+        dead_letter_topic: tuple[str, str] | None = None,
     ):
         self.state_in = Path(state_in) if state_in else None
         self.state_out = Path(state_out) if state_out else None  # None: a one-shot build, no state kept
@@ -172,6 +196,9 @@ class ShardFeatures(beam.DoFn):
         self.window_ms = window_ms
         self.sequence_length = sequence_length
         self.writer = writer
+        self.dedup_window_ms = dedup_window_ms
+        self.dead_letter_topic = dead_letter_topic
+        self._producer = None
 
     def _load(self, kind: str, column: str, shard: int) -> pa.Table:
         return st.read_state(self.state_in, kind, column, shard, self.num_shards)
@@ -180,15 +207,31 @@ class ShardFeatures(beam.DoFn):
         if self.state_out is not None:
             st.write_state(self.state_out, kind, shard, self.num_shards, table)
 
+    def _dead_letter(self, duplicates: pa.Table, shard: int) -> None:
+        letters = dead_letters_of(duplicates, DUPLICATE_REASON)
+        table = pa.Table.from_pylist([d.__dict__ for d in letters], schema=DEADLETTER_SCHEMA)
+        self.writer.write("dead_letters", table, f"dup.s{shard:04d}")
+        count_rejected(letters)
+        if self.dead_letter_topic is not None:
+            bootstrap, topic = self.dead_letter_topic
+            if self._producer is None:
+                self._producer = make_producer(bootstrap, client_id="ctrflow-deadletter")
+            send_dead_letters(self._producer, topic, letters)
+
     def process(self, element: tuple[ShardKey, list[str | None]], watermark_ms: int | None) -> Iterator[str]:
         (kind, shard), paths = element
         schema = SHARD_KINDS[kind][1]
         events = load_staged(paths, schema).cast(schema)
         if kind == USER:
             state = UserShardState(**{k: self._load(k, "user_id", shard) for k in USER_STATE_KINDS})
-            rows, nxt = user_shard_step(state, events, watermark_ms, self.window_ms, self.sequence_length)
+            rows, nxt = user_shard_step(
+                state, events, watermark_ms, self.window_ms, self.sequence_length, self.dedup_window_ms
+            )
             for k in USER_STATE_KINDS:
                 self._save(k, shard, getattr(nxt, k))
+            duplicates = rows.pop("duplicates")
+            if duplicates.num_rows:
+                self._dead_letter(duplicates, shard)
         else:
             state = ItemShardState(
                 held=self._load("held", "item_id", shard),
@@ -200,6 +243,17 @@ class ShardFeatures(beam.DoFn):
             if table.num_rows:
                 self.writer.write(name, table, f"s{shard:04d}", (shard, self.num_shards))
         yield f"{kind}-{shard}"
+
+    def teardown(self) -> None:
+        if self._producer is not None:
+            self._producer.close()
+
+
+def send_dead_letters(producer, topic: str, letters: list[DeadLetter]) -> None:
+    """Each letter to the dead-letter topic, keyed by its source partition; waits until all are sent."""
+    for letter in letters:
+        producer.send(topic, value=letter.to_json(), key=str(letter.partition).encode())
+    producer.flush()
 
 
 class WriteDeadLetters(beam.DoFn):
@@ -228,9 +282,7 @@ class ProduceDeadLetters(beam.DoFn):
         if parsed.dead:  # the common case, no dead letters, opens no producer connection at all
             if self._producer is None:
                 self._producer = make_producer(self.bootstrap, client_id="ctrflow-deadletter")
-            for letter in parsed.dead:
-                self._producer.send(self.topic, value=letter.to_json(), key=str(letter.partition).encode())
-            self._producer.flush()
+            send_dead_letters(self._producer, self.topic, parsed.dead)
             yield len(parsed.dead)
 
     def teardown(self) -> None:
