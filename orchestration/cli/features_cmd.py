@@ -184,10 +184,13 @@ class _BatchProgress:
         )
 
     def __enter__(self):
-        self.progress.start()
-        task = self.progress.add_task("micro-batches", total=None)
+        task = None
 
         def on_batch(batch: BatchReport) -> None:
+            nonlocal task
+            if task is None:  # started by the first batch: an error before it prints just its line
+                self.progress.start()
+                task = self.progress.add_task("micro-batches", total=None)
             consumed = sum(v["consumed"] for v in batch.accounting.values())
             self.progress.update(task, advance=1, description=f"batch {batch.batch_seq}: {consumed} records")
 
