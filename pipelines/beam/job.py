@@ -318,17 +318,21 @@ def _run_batch(
     )
     if job_directory is not None:
         st.commit_checkpoint(job_directory, nxt)
-    try:
-        refresh_views(warehouse, settings.warehouse_db)
-    except duckdb.Error as exc:
-        # Another process holds the database (e.g. a long query); views glob the directories, so
-        # they already see the new files and only a brand-new table waits for the next batch.
-        _LOG.warning("DuckDB views not refreshed this batch: %s", exc)
+    _refresh_views(settings)
     report = BatchReport(
         seq, file_name, plan.final, None if plan.final else watermark_ms, accounting, rows, online_rows,
         round(pipeline_s, 3), round(online_s, 3),
     )  # fmt: skip
     return report, nxt
+
+
+def _refresh_views(settings: Settings) -> None:
+    try:
+        refresh_views(settings.warehouse_dir, settings.warehouse_db)
+    except duckdb.Error as exc:
+        # Another process holds the database (e.g. a long query); views glob the directories, so
+        # they already see the new files and only a brand-new table waits for the next batch.
+        _LOG.warning("DuckDB views not refreshed this batch: %s", exc)
 
 
 def _kafka_plan(
@@ -438,6 +442,8 @@ def reset_checkpoint(settings: Settings) -> int:
         parts = [*parts, *_uncommitted_parts(settings, directory, set(parts))]
         removed = remove_parts(settings.warehouse_dir, parts)
         shutil.rmtree(directory, ignore_errors=True)
+        if removed and settings.warehouse_db.exists():
+            _refresh_views(settings)
     return removed
 
 

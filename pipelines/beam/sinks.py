@@ -248,13 +248,16 @@ def read_batch_files(warehouse: Path, name: str, file_name: str) -> pa.Table:
 
 
 def refresh_views(warehouse: Path, database: Path, tables: Iterable[str] = ALL_TABLES) -> list[str]:
-    """One DuckDB view per table over its Parquet directory (hive partitioning by date)."""
+    """One DuckDB view per table over its Parquet directory (hive partitioning by date); a table
+    without files has none."""
     database.parent.mkdir(parents=True, exist_ok=True)
     created = []
     with duckdb.connect(str(database)) as con:
         for name in tables:
             table_dir = warehouse / name
             if not any(table_dir.rglob("*.parquet")):
+                # e.g. after a reset deleted its files: a view over no files fails every query
+                con.execute(f'DROP VIEW IF EXISTS "{name}"')
                 continue
             pattern = str(table_dir / "**" / "*.parquet").replace("'", "''")
             con.execute(
