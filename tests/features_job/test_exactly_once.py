@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
+import pytest
 
 from features_job.helpers import TABLE_KEYS, UNIQUE_KEYS, comparable, duplicate_keys, read_table
 from pipelines.beam import state as st
@@ -166,4 +167,34 @@ def test_a_late_event_at_an_instant_already_written_adds_no_second_row(settings:
         "c",
     ]
     for name in ("user_stats", "user_sequences", "item_stats"):
+        assert duplicate_keys(kafka.home, name) == [], name
+
+
+def test_a_batch_that_died_before_its_commit_leaves_no_file(
+    settings: Settings, broker, small_log: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """A final flush (named final-<seq>, no offset range) dies before its commit; the restart is not
+    final, so it plans another batch under that seq: the dead flush's rows must not stay behind."""
+    kafka = _kafka(settings, broker)
+    replay(small_log, kafka, kafka.kafka_bootstrap)
+    config = JobConfig(max_records_per_partition=BATCH, piece_size=PIECE)
+    run_kafka(kafka, config=config)
+
+    def die(*args: object) -> None:
+        raise RuntimeError("killed before the commit")
+
+    monkeypatch.setattr(st, "commit_checkpoint", die)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_kafka(kafka, final=True, config=config)
+    monkeypatch.undo()
+    warehouse = kafka.warehouse_dir
+    assert list(warehouse.rglob("final-*.parquet"))  # the dead attempt wrote its files
+
+    run_kafka(kafka, config=config)  # the restart: nothing new to read, not final
+    assert not list(warehouse.rglob("final-*.parquet"))
+    run_kafka(kafka, final=True, config=config)
+    clean = kafka.model_copy(update={"home": tmp_path / "clean"})
+    run_kafka(clean, final=True, config=config)
+    assert _snapshot(kafka.home)[0] == _snapshot(clean.home)[0]
+    for name in UNIQUE_KEYS:
         assert duplicate_keys(kafka.home, name) == [], name
