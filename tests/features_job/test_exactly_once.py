@@ -23,6 +23,8 @@ from pipelines.replay import replay
 from pipelines.settings import Settings
 
 BATCH, PIECE = 400, 200
+# Fewer, larger batches where the scenario needs only a few batch boundaries.
+FEW = JobConfig(max_records_per_partition=1_000, piece_size=500)
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -117,7 +119,7 @@ def test_reset_leaves_no_row_of_the_dropped_build(settings: Settings, broker, sm
     belong to the dropped checkpoint and must go, or its rows come back twice."""
     kafka = _kafka(settings, broker)
     replay(small_log, kafka, kafka.kafka_bootstrap)
-    config = JobConfig(max_records_per_partition=BATCH, piece_size=PIECE)
+    config = FEW
     run_kafka(kafka, config=config)
     flushed = run_kafka(kafka, final=True, config=config)
     assert [b.file_name for b in flushed.batches] == [f"final-{flushed.batches[0].batch_seq:08d}"]
@@ -177,7 +179,7 @@ def test_a_batch_that_died_before_its_commit_leaves_no_file(
     final, so it plans another batch under that seq: the dead flush's rows must not stay behind."""
     kafka = _kafka(settings, broker)
     replay(small_log, kafka, kafka.kafka_bootstrap)
-    config = JobConfig(max_records_per_partition=BATCH, piece_size=PIECE)
+    config = FEW
     run_kafka(kafka, config=config)
 
     def die(*args: object) -> None:
