@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -274,6 +275,11 @@ def _run_batch(
         result = p.result
         accounting, maxima, written = _metric_values(result)
         rows = {name: written.get(name, 0) for name in ALL_TABLES}
+    except Exception as exc:
+        unusable = _unusable_state(exc)
+        if unusable is None:
+            raise
+        raise st.CheckpointError(unusable) from exc
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -324,6 +330,16 @@ def _run_batch(
         round(pipeline_s, 3), round(online_s, 3),
     )  # fmt: skip
     return report, nxt
+
+
+def _unusable_state(exc: BaseException) -> str | None:
+    """The message of a CheckpointError a worker raised (damaged state past what check_state reads):
+    the runner hands it back as a RuntimeError holding the worker's traceback as text."""
+    marker = f"{st.CheckpointError.__name__}: "
+    for line in reversed(str(exc).splitlines()):
+        if marker in line:
+            return re.sub(r"\s*\[while running [^\]]*\]\s*$", "", line.split(marker, 1)[1].strip())
+    return None
 
 
 def _refresh_views(settings: Settings) -> None:

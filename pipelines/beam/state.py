@@ -201,10 +201,18 @@ def load_checkpoint(directory: Path) -> Checkpoint:
     return _parse_checkpoint(path, data)
 
 
-def check_state(directory: Path, checkpoint: Checkpoint) -> None:
-    """Every state file the checkpoint names is a readable Parquet file of its kind's schema.
+def _corrupt_state(path: Path, exc: BaseException) -> CheckpointError:
+    lines = str(exc).strip().splitlines()
+    reason = lines[0] if lines else type(exc).__name__
+    return CheckpointError(f"state file {path} is corrupt ({reason}); {RESET_HINT}")
 
-    Run on the driver before a run: inside the pipeline a bad file would surface as a worker traceback.
+
+def check_state(directory: Path, checkpoint: Checkpoint) -> None:
+    """Every state file the checkpoint names is a readable Parquet file of its kind's schema, every
+    page of it (one read of the state per run).
+
+    Run on the driver before a run, so that a damaged file is one clear error; inside the pipeline it
+    would be a worker's traceback on stderr (``read_state`` still names the file if one goes bad then).
     """
     if checkpoint.state_dir is None:
         return
@@ -216,9 +224,10 @@ def check_state(directory: Path, checkpoint: Checkpoint) -> None:
             try:
                 names = pq.read_schema(path).names
             except (OSError, pa.ArrowException) as exc:
-                raise CheckpointError(f"state file {path} is corrupt ({exc}); {RESET_HINT}") from exc
+                raise _corrupt_state(path, exc) from exc
             if names != schema.names:
                 raise CheckpointError(f"state file {path} has columns {names}, not {kind}'s; {RESET_HINT}")
+            _read_state_file(path, schema)
 
 
 def commit_checkpoint(directory: Path, checkpoint: Checkpoint) -> None:
@@ -259,12 +268,19 @@ def read_state(state_root: Path | None, kind: str, column: str, shard: int, num_
     directory = state_root / kind
     own = directory / state_file_name(shard, num_shards)
     if column == SHARDED_BY[kind] and own.exists():
-        return pq.read_table(own, schema=schema)
+        return _read_state_file(own, schema)
     files = sorted(directory.glob("*.parquet"))
     if not files:
         return schema.empty_table()
-    table = pa.concat_tables([pq.read_table(f, schema=schema) for f in files])
+    table = pa.concat_tables([_read_state_file(f, schema) for f in files])
     return rows_of_shard(table, column, shard, num_shards)
+
+
+def _read_state_file(path: Path, schema: pa.Schema) -> pa.Table:
+    try:
+        return pq.read_table(path, schema=schema)
+    except (OSError, pa.ArrowException) as exc:  # damage past the footer that check_state reads
+        raise _corrupt_state(path, exc) from exc
 
 
 def write_state(state_root: Path, kind: str, shard: int, num_shards: int, table: pa.Table) -> None:

@@ -98,8 +98,18 @@ def kafka_settings(settings: Settings, broker) -> Settings:
     return settings.model_copy(update={"kafka_bootstrap": broker.bootstrap, "topic_partitions": 2})
 
 
-@pytest.mark.parametrize("damage", ["not json", "offset of the wrong type", "corrupt state file"])
-def test_a_damaged_checkpoint_is_a_one_line_error(kafka_settings: Settings, damage: str) -> None:
+def _garble_pages(path: Path) -> None:
+    """Overwrite every byte between the leading magic and the footer: the footer still reads."""
+    data = bytearray(path.read_bytes())
+    footer = int.from_bytes(data[-8:-4], "little") + 8
+    data[4 : len(data) - footer] = b"\x5a" * (len(data) - footer - 4)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "damage", ["not json", "offset of the wrong type", "corrupt state file", "corrupt state pages"]
+)
+def test_a_damaged_checkpoint_is_a_one_line_error(kafka_settings: Settings, damage: str, monkeypatch) -> None:
     directory = _tiny_job(kafka_settings)
     path = directory / st.CHECKPOINT_FILE
     data = json.loads(path.read_text())
@@ -110,9 +120,14 @@ def test_a_damaged_checkpoint_is_a_one_line_error(kafka_settings: Settings, dama
         key = next(iter(data["offsets"]))
         path.write_text(json.dumps({**data, "offsets": {**data["offsets"], key: str(data["offsets"][key])}}))
         named, why = path, "not a non-negative integer"
-    else:
+    elif damage == "corrupt state file":
         named = sorted((directory / data["state_dir"]).rglob("*.parquet"))[0]
         named.write_bytes(b"PAR1 this is not parquet")
+        why = "corrupt"
+    else:  # every page of the state is read before a run starts
+        held = (directory / data["state_dir"] / "held").glob("*.parquet")
+        named = max(held, key=lambda p: p.stat().st_size)
+        _garble_pages(named)
         why = "corrupt"
     build = ["features", "build", "--from-kafka", "--no-online"]
     _one_line_error(_cli(kafka_settings, *build), str(named), why, "--reset")
@@ -121,6 +136,11 @@ def test_a_damaged_checkpoint_is_a_one_line_error(kafka_settings: Settings, dama
     assert debug.exit_code == 2 and "Traceback" in debug.stderr and str(named) in debug.stderr
     with pytest.raises(st.CheckpointError):
         run_kafka(kafka_settings)
+    if damage == "corrupt state pages":  # damage that appears after the run's check: a shard finds it
+        monkeypatch.setattr(st, "check_state", lambda *args: None)
+        with pytest.raises(st.CheckpointError, match=r"corrupt \(.*\); rebuild with .*--reset`$"):
+            run_kafka(kafka_settings, final=True)
+        monkeypatch.undo()
     # The way out that the message names works.
     fixed = _cli(kafka_settings, *build, "--reset", "--final")
     assert fixed.exit_code == 0, fixed.output
