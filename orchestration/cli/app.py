@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,8 @@ features_app = typer.Typer(help="Feature jobs, offline queries and online lookup
 dataset_app = typer.Typer(help="Point-in-time training sets.", no_args_is_help=True)
 app.add_typer(features_app, name="features")
 app.add_typer(dataset_app, name="dataset")
+# Set by the global --debug flag of the current invocation.
+_debug = {"on": False}
 
 
 @app.callback()
@@ -31,7 +35,9 @@ def _global_options(
     bootstrap: str | None = typer.Option(
         None, "--bootstrap", help="Kafka bootstrap host:port (env CTRFLOW_KAFKA_BOOTSTRAP); unset = embedded."
     ),
+    debug: bool = typer.Option(False, "--debug", help="Print the traceback behind an error message."),
 ) -> None:
+    _debug["on"] = debug
     # Global flags become environment so every command's get_settings() sees the same values.
     if home is not None:
         os.environ["CTRFLOW_HOME"] = str(home)
@@ -43,6 +49,15 @@ def usage_error(message: str) -> typer.Exit:
     """Say ``error: <message>`` on stderr; raise the returned exit (code 2: bad usage or bad input)."""
     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
     return typer.Exit(code=2)
+
+
+def error_exit(exc: BaseException) -> typer.Exit:
+    """``usage_error`` for a caught exception (the first line of its message); with --debug the
+    traceback is printed first."""
+    if _debug["on"]:
+        traceback.print_exception(exc, file=sys.stderr)
+    lines = str(exc).strip().splitlines()
+    return usage_error(lines[0] if lines else type(exc).__name__)
 
 
 def json_object_option(text: str | None, option: str) -> dict[str, Any]:

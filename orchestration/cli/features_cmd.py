@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from orchestration.cli.app import features_app, usage_error
+from orchestration.cli.app import error_exit, features_app, usage_error
 from pipelines.beam.job import (
     BatchReport,
     JobConfig,
@@ -26,12 +26,16 @@ from pipelines.beam.job import (
     reset_checkpoint,
     run_file,
     run_kafka,
+    verify_warehouse,
 )
 from pipelines.beam.options import RUNNING_MODES
+from pipelines.locks import LockHeld
 from pipelines.settings import Settings, get_settings
 
 console = Console(stderr=True, soft_wrap=True)
 MAX_QUERY_ROWS_SHOWN = 200
+# What a feature run reports as a one-line error (a bad checkpoint, a missing part file, a held lock).
+JOB_ERRORS = (FileNotFoundError, ValueError, LockHeld)
 
 
 def _online_sink(settings: Settings, enabled: bool) -> OnlineSink | None:
@@ -119,7 +123,9 @@ def features_build(
         help="Label all pending impressions at the end (finished log). Default: on for files, off for Kafka.",
     ),
     reset: bool = typer.Option(
-        False, "--reset", help="Forget the Kafka checkpoint and rebuild from offset 0."
+        False,
+        "--reset",
+        help="Forget the Kafka checkpoint, delete the part files it produced, rebuild from offset 0.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the run report as JSON."),
     shards: int = _SHARDS,
@@ -148,13 +154,15 @@ def features_build(
                     "empty embedded broker[/yellow]"
                 )
             if reset:
-                reset_checkpoint(settings)
+                removed = reset_checkpoint(settings)
+                if not as_json:
+                    console.print(f"reset: checkpoint dropped, {removed} part files of it removed")
             with _BatchProgress(as_json) as on_batch:
                 report = run_kafka(
                     settings, final=bool(final), online_sink=sink, config=config, on_batch=on_batch
                 )
-    except (FileNotFoundError, ValueError) as exc:
-        raise usage_error(str(exc)) from None
+    except JOB_ERRORS as exc:
+        raise error_exit(exc) from None
     _print_report(report, as_json)
     if not report.balanced:
         raise typer.Exit(code=1)
@@ -176,10 +184,13 @@ class _BatchProgress:
         )
 
     def __enter__(self):
-        self.progress.start()
-        task = self.progress.add_task("micro-batches", total=None)
+        task = None
 
         def on_batch(batch: BatchReport) -> None:
+            nonlocal task
+            if task is None:  # started by the first batch: an error before it prints just its line
+                self.progress.start()
+                task = self.progress.add_task("micro-batches", total=None)
             consumed = sum(v["consumed"] for v in batch.accounting.values())
             self.progress.update(task, advance=1, description=f"batch {batch.batch_seq}: {consumed} records")
 
@@ -231,10 +242,31 @@ def features_stream(
                 max_batches=max_batches,
                 on_batch=on_batch,
             )
+    except JOB_ERRORS as exc:
+        raise error_exit(exc) from None
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
     _print_report(report, as_json)
+
+
+@features_app.command("verify")
+def features_verify(
+    as_json: bool = typer.Option(False, "--json", help="Print the verification report as JSON."),
+) -> None:
+    """Check the Kafka feature job's checkpoint, its state and every warehouse part file it vouches for.
+
+    Exit 2 with a one-line error (naming the rebuild command) when something is missing or unusable."""
+    try:
+        report = verify_warehouse(get_settings())
+    except JOB_ERRORS as exc:
+        raise error_exit(exc) from None
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=1))
+    if not report.ok:
+        raise usage_error(report.message())
+    if not as_json:
+        console.print(report.message())
 
 
 def _json_value(value: object) -> object:

@@ -4,14 +4,20 @@ A micro-batch is one Beam pipeline run over planned offset ranges:
 read -> parse (dead letters aside) -> shard by user / by item -> features with the previous state, each
 shard writing its own Parquet files. Before it, the driver removes what an earlier attempt of the same
 ranges wrote; after it, on the driver: online push of the batch's newest rows, the checkpoint commit
-(offsets + state, atomically) and the DuckDB views. A crash anywhere before the commit leaves the last
-checkpoint in force; the rerun rewrites the same-named files.
+(offsets + state + the manifest of part files, atomically) and the DuckDB views. A crash anywhere
+before the commit leaves the last checkpoint in force; the rerun rewrites the same-named files, and
+the files of an attempt that never committed are removed before the next run writes anything.
+
+A Kafka run holds its job's lock (``pipelines.locks``) throughout, refuses a checkpoint that belongs
+to another log (``_check_log``) and verifies that every part file the checkpoint vouches for exists.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -27,15 +33,25 @@ import pyarrow.parquet as pq
 from apache_beam.metrics.metric import MetricsFilter
 
 from pipelines.beam import state as st
-from pipelines.beam.kafka_source import OffsetRange, ReadOffsetRange, current_highwater, plan_batch
+from pipelines.beam.kafka_source import (
+    OffsetRange,
+    ReadOffsetRange,
+    current_highwater,
+    log_identity,
+    plan_batch,
+    record_fingerprints,
+)
 from pipelines.beam.options import pipeline_options, runner_for
 from pipelines.beam.sinks import (
     ALL_TABLES,
     SourceRange,
     batch_file_name,
+    batch_parts,
     read_batch_files,
     refresh_views,
     remove_batch_files,
+    remove_parts,
+    sources_of,
 )
 from pipelines.beam.transforms import (
     ACCOUNTING,
@@ -53,12 +69,15 @@ from pipelines.beam.transforms import (
 )
 from pipelines.beam.watermark import WatermarkFn, merge_progress, next_watermark
 from pipelines.kafka import ensure_ctr_topics, kafka_bootstrap
+from pipelines.locks import resource_lock
 from pipelines.settings import Settings
 
 _LOG = logging.getLogger(__name__)
 OnlineSink = Callable[[str, pa.Table], object]
 ONLINE_TABLES = ("user_stats", "item_stats", "user_sequences")
 SOURCE_TOPICS = ("impressions", "clicks")
+# The name of the batch being written, in the job directory: a restart removes what it left behind.
+ATTEMPT_FILE = "attempt.json"
 
 
 # Local parallelism: every core, as threads (see options.pipeline_options).
@@ -205,7 +224,9 @@ def _run_batch(
     options = pipeline_options(config.beam_args, config.num_workers, config.running_mode)
     shards = config.num_shards
     writer = WarehouseWriter(str(warehouse), plan.ranges, file_name, created_base)
-    remove_batch_files(warehouse, plan.ranges, file_name)  # a rerun replaces, never duplicates
+    if job_directory is not None:
+        _write_json(job_directory / ATTEMPT_FILE, {"file_name": file_name})
+    removed = remove_batch_files(warehouse, plan.ranges, file_name)  # a rerun replaces, never duplicates
     started = time.perf_counter()
     try:
         with beam.Pipeline(runner=runner_for(options), options=options) as p:
@@ -256,6 +277,11 @@ def _run_batch(
         result = p.result
         accounting, maxima, written = _metric_values(result)
         rows = {name: written.get(name, 0) for name in ALL_TABLES}
+    except Exception as exc:
+        unusable = _unusable_state(exc)
+        if unusable is None:
+            raise
+        raise st.CheckpointError(unusable) from exc
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -276,6 +302,14 @@ def _run_batch(
         if isinstance(src, OffsetRange):
             key = st.Checkpoint.key(src.topic, src.partition)
             offsets[key] = max(offsets.get(key, 0), src.end)
+    fingerprints = dict(checkpoint.fingerprints)
+    advanced = {tp: n for tp, n in st.Checkpoint(offsets=offsets).offset_map().items()
+                if checkpoint.offsets.get(st.Checkpoint.key(*tp)) != n}  # fmt: skip
+    if bootstrap is not None and advanced:
+        for (topic, partition), fp in record_fingerprints(bootstrap, advanced).items():
+            fingerprints[st.Checkpoint.key(topic, partition)] = fp
+    gone = {str(p.relative_to(warehouse)) for p in removed}
+    parts = sorted((set(checkpoint.parts) - gone) | set(batch_parts(warehouse, file_name)))
     nxt = st.Checkpoint(
         batch_seq=seq,
         offsets=offsets,
@@ -285,20 +319,38 @@ def _run_batch(
         last_created_ms=created_base + max(rows.values(), default=1) * shards - 1,
         state_dir=st.state_dir_name(seq) if job_directory else None,
         final=plan.final,
+        cluster_id=checkpoint.cluster_id,
+        topic_ids=checkpoint.topic_ids,
+        fingerprints=fingerprints,
+        parts=parts if job_directory else [],
     )
     if job_directory is not None:
         st.commit_checkpoint(job_directory, nxt)
-    try:
-        refresh_views(warehouse, settings.warehouse_db)
-    except duckdb.Error as exc:
-        # Another process holds the database (e.g. a long query); views glob the directories, so
-        # they already see the new files and only a brand-new table waits for the next batch.
-        _LOG.warning("DuckDB views not refreshed this batch: %s", exc)
+    _refresh_views(settings)
     report = BatchReport(
         seq, file_name, plan.final, None if plan.final else watermark_ms, accounting, rows, online_rows,
         round(pipeline_s, 3), round(online_s, 3),
     )  # fmt: skip
     return report, nxt
+
+
+def _unusable_state(exc: BaseException) -> str | None:
+    """The message of a CheckpointError a worker raised (damaged state past what check_state reads):
+    the runner hands it back as a RuntimeError holding the worker's traceback as text."""
+    marker = f"{st.CheckpointError.__name__}: "
+    for line in reversed(str(exc).splitlines()):
+        if marker in line:
+            return re.sub(r"\s*\[while running [^\]]*\]\s*$", "", line.split(marker, 1)[1].strip())
+    return None
+
+
+def _refresh_views(settings: Settings) -> None:
+    try:
+        refresh_views(settings.warehouse_dir, settings.warehouse_db)
+    except duckdb.Error as exc:
+        # Another process holds the database (e.g. a long query); views glob the directories, so
+        # they already see the new files and only a brand-new table waits for the next batch.
+        _LOG.warning("DuckDB views not refreshed this batch: %s", exc)
 
 
 def _kafka_plan(
@@ -317,9 +369,141 @@ def job_name(settings: Settings) -> str:
     return settings.topic_prefix
 
 
-def reset_checkpoint(settings: Settings) -> None:
-    """Forget committed offsets and state: the next run starts from the beginning of the topics."""
-    shutil.rmtree(st.job_dir(settings.checkpoints_dir, job_name(settings)), ignore_errors=True)
+def job_lock_name(settings: Settings) -> str:
+    """The lock of one Kafka feature job: its checkpoint and the warehouse files it writes."""
+    return f"features-{job_name(settings)}"
+
+
+class MissingParts(ValueError):
+    """Part files the committed checkpoint vouches for are gone from the warehouse."""
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """Does the warehouse hold every part file the feature job's checkpoint vouches for?"""
+
+    checkpoint: str
+    batch_seq: int
+    parts: int
+    missing: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing
+
+    def message(self) -> str:
+        if self.ok:
+            return f"{self.parts} part files of checkpoint {self.checkpoint} (batch {self.batch_seq}) present"
+        return (
+            f"{len(self.missing)} of {self.parts} warehouse part files vouched for by checkpoint "
+            f"{self.checkpoint} are missing (first: {self.missing[0]}); {st.RESET_HINT}"
+        )
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "missing": list(self.missing), "ok": self.ok}
+
+
+def verify_warehouse(settings: Settings) -> VerifyReport:
+    """Check the committed checkpoint, its state files and its manifest of part files (read-only).
+
+    Raises CheckpointError when the checkpoint or its state cannot be used."""
+    directory = st.job_dir(settings.checkpoints_dir, job_name(settings))
+    checkpoint = st.load_checkpoint(directory)
+    st.check_state(directory, checkpoint)
+    missing = tuple(p for p in checkpoint.parts if not (settings.warehouse_dir / p).is_file())
+    path = str(directory / st.CHECKPOINT_FILE)
+    return VerifyReport(path, checkpoint.batch_seq, len(checkpoint.parts), missing)
+
+
+def _write_json(path: Path, value: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value))
+    os.replace(tmp, path)
+
+
+def _uncommitted_parts(settings: Settings, directory: Path, committed: set[str]) -> list[str]:
+    """Part files of a batch that was being written when its job died (never committed)."""
+    try:
+        name = json.loads((directory / ATTEMPT_FILE).read_text())["file_name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    if not isinstance(name, str):
+        return []
+    return [p for p in batch_parts(settings.warehouse_dir, name) if p not in committed]
+
+
+def _parts_by_footer(settings: Settings) -> list[str]:
+    """Part files of this job found by their footers (for a checkpoint without a manifest): files
+    read from its topics, and final flushes (which read no records, so name no source)."""
+    warehouse = settings.warehouse_dir
+    topics = {settings.topic(t) for t in SOURCE_TOPICS}
+    found = []
+    for table in ALL_TABLES:
+        for path in sorted((warehouse / table).rglob("*.parquet")) if (warehouse / table).is_dir() else ():
+            try:
+                sources = sources_of(path)
+            except (OSError, pa.ArrowException):
+                continue  # unreadable: whose it is cannot be told, so it is left alone
+            if sources & topics or (not sources and path.name.startswith("final-")):
+                found.append(str(path.relative_to(warehouse)))
+    return found
+
+
+def reset_checkpoint(settings: Settings) -> int:
+    """Forget committed offsets and state, and delete every warehouse part file the dropped checkpoint
+    vouched for (and those of an uncommitted attempt): the next run rebuilds from offset 0 without
+    leaving a row of the old build behind. Returns the number of part files removed."""
+    directory = st.job_dir(settings.checkpoints_dir, job_name(settings))
+    with resource_lock(settings, job_lock_name(settings)):
+        try:
+            parts = st.load_checkpoint(directory).parts
+        except st.CheckpointError:  # an older or broken checkpoint has no usable manifest
+            parts = _parts_by_footer(settings)
+        parts = [*parts, *_uncommitted_parts(settings, directory, set(parts))]
+        removed = remove_parts(settings.warehouse_dir, parts)
+        shutil.rmtree(directory, ignore_errors=True)
+        if removed and settings.warehouse_db.exists():
+            _refresh_views(settings)
+    return removed
+
+
+class LogMismatch(st.CheckpointError):
+    """The checkpoint's offsets belong to another log than the broker now holds."""
+
+
+def _check_log(
+    checkpoint: st.Checkpoint,
+    path: Path,
+    identity: tuple[str | None, dict[str, str | None]],
+    highwater: dict[tuple[str, int], int],
+    bootstrap: str,
+) -> None:
+    """Refuse a checkpoint whose offsets would be applied to another log (a recreated topic, another
+    or a restarted in-memory broker): resuming would skip records of the new log, mixing two logs."""
+
+    def refuse(why: str) -> LogMismatch:
+        return LogMismatch(f"checkpoint {path} belongs to another log: {why}; {st.RESET_HINT}")
+
+    cluster, topic_ids = identity
+    if checkpoint.cluster_id and cluster and checkpoint.cluster_id != cluster:
+        raise refuse(f"cluster id {cluster!r}, the checkpoint's is {checkpoint.cluster_id!r}")
+    for topic, tid in sorted(checkpoint.topic_ids.items()):
+        if tid and topic_ids.get(topic) and topic_ids[topic] != tid:
+            raise refuse(f"topic {topic} has id {topic_ids[topic]}, the checkpoint's is {tid}")
+    offsets = checkpoint.offset_map()
+    for (topic, partition), offset in sorted(offsets.items()):
+        if (topic, partition) not in highwater:
+            raise refuse(f"{topic}[{partition}] no longer exists")
+        if offset > highwater[(topic, partition)]:
+            raise refuse(
+                f"offset {offset} of {topic}[{partition}] is beyond its high-water mark "
+                f"{highwater[(topic, partition)]}"
+            )
+    for (topic, partition), now in record_fingerprints(bootstrap, offsets).items():
+        then = checkpoint.fingerprints.get(st.Checkpoint.key(topic, partition))
+        if then is not None and now is not None and then != now:
+            raise refuse(f"the record before offset {then.offset + 1} of {topic}[{partition}] differs")
 
 
 def run_kafka(
@@ -346,29 +530,39 @@ def run_kafka(
     directory = st.job_dir(settings.checkpoints_dir, job_name(settings))
     report = RunReport()
     started = time.perf_counter()
-    with kafka_bootstrap(settings) as bootstrap:
-        ensure_ctr_topics(bootstrap, settings)
-        topics = [settings.topic(t) for t in SOURCE_TOPICS]
-        target = current_highwater(bootstrap, topics)
-        while not stop.is_set() and (max_batches is None or len(report.batches) < max_batches):
-            checkpoint = st.load_checkpoint(directory)
-            if continuous:
-                target = current_highwater(bootstrap, topics)
-            plan = _kafka_plan(checkpoint, target, config, final)
-            if not plan.sources:
-                if final and not checkpoint.final:
-                    plan.final = True  # nothing left to read: flush what is pending
-                elif continuous:
-                    stop.wait(poll_interval_s)
-                    continue
-                else:
+    with resource_lock(settings, job_lock_name(settings)):
+        checkpoint = st.load_checkpoint(directory)
+        verified = verify_warehouse(settings)
+        if not verified.ok:
+            raise MissingParts(verified.message())
+        remove_parts(settings.warehouse_dir, _uncommitted_parts(settings, directory, set(checkpoint.parts)))
+        with kafka_bootstrap(settings) as bootstrap:
+            ensure_ctr_topics(bootstrap, settings)
+            topics = [settings.topic(t) for t in SOURCE_TOPICS]
+            target = current_highwater(bootstrap, topics)
+            identity = log_identity(bootstrap, topics)
+            _check_log(checkpoint, directory / st.CHECKPOINT_FILE, identity, target, bootstrap)
+            checkpoint.cluster_id, checkpoint.topic_ids = identity  # the next commit records the log
+            while not stop.is_set() and (max_batches is None or len(report.batches) < max_batches):
+                if continuous:
+                    target = current_highwater(bootstrap, topics)
+                plan = _kafka_plan(checkpoint, target, config, final)
+                if not plan.sources:
+                    if final and not checkpoint.final:
+                        plan.final = True  # nothing left to read: flush what is pending
+                    elif continuous:
+                        stop.wait(poll_interval_s)
+                        continue
+                    else:
+                        break
+                batch, checkpoint = _run_batch(
+                    settings, plan, checkpoint, directory, config, bootstrap, online_sink
+                )
+                report.batches.append(batch)
+                if on_batch:
+                    on_batch(batch)
+                if plan.final:
                     break
-            batch, _ = _run_batch(settings, plan, checkpoint, directory, config, bootstrap, online_sink)
-            report.batches.append(batch)
-            if on_batch:
-                on_batch(batch)
-            if plan.final:
-                break
     report.seconds = time.perf_counter() - started
     return report
 

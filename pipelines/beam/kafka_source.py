@@ -13,8 +13,13 @@ from dataclasses import dataclass, field
 
 import apache_beam as beam
 from kafka import KafkaConsumer, TopicPartition
+from kafka.admin import KafkaAdminClient
 
+from pipelines.beam.state import RecordFingerprint
 from pipelines.kafka import high_watermarks, make_consumer, partitions_for
+
+# A broker without topic ids reports the all-zero UUID.
+_NO_TOPIC_ID = "00000000-0000-0000-0000-000000000000"
 
 
 @dataclass(frozen=True, order=True)
@@ -66,7 +71,7 @@ def plan_batch(
         if start > hw:
             raise ValueError(
                 f"checkpoint offset {start} of {topic}[{partition}] is beyond its high-water mark {hw}: "
-                "the topic was recreated; reset the feature job's checkpoint"
+                "the topic was recreated; rebuild with `ctrflow features build --from-kafka --reset`"
             )
         end = min(hw, start + max_records_per_partition)
         for lo in range(start, end, piece_size):
@@ -82,6 +87,55 @@ def current_highwater(bootstrap: str, topics: list[str]) -> dict[tuple[str, int]
         return {(tp.topic, tp.partition): hw for tp, hw in high_watermarks(consumer, parts).items()}
     finally:
         consumer.close()
+
+
+def log_identity(bootstrap: str, topics: list[str]) -> tuple[str | None, dict[str, str | None]]:
+    """(cluster id, topic id per topic) as the broker reports them; None where it reports none."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="ctrflow-admin")
+    try:
+        cluster = admin.describe_cluster().get("cluster_id") or None
+        ids: dict[str, str | None] = {t: None for t in topics}
+        for topic in admin.describe_topics(topics):
+            tid = topic.get("topic_id")
+            if topic.get("name") in ids and tid and str(tid) != _NO_TOPIC_ID:
+                ids[topic["name"]] = str(tid)
+        return cluster, ids
+    finally:
+        admin.close()
+
+
+def record_fingerprints(
+    bootstrap: str, offsets: Mapping[tuple[str, int], int], timeout_s: float = 10.0
+) -> dict[tuple[str, int], RecordFingerprint | None]:
+    """The fingerprint of the record just before each offset (None for offset 0, or when the log no
+    longer holds that record, e.g. after retention or compaction: there is nothing to compare)."""
+    out: dict[tuple[str, int], RecordFingerprint | None] = {}
+    consumer = make_consumer(bootstrap, client_id="ctrflow-fingerprint", max_poll_records=1)
+    try:
+        for (topic, partition), offset in sorted(offsets.items()):
+            out[(topic, partition)] = None
+            if offset <= 0:
+                continue
+            tp = TopicPartition(topic, partition)
+            consumer.assign([tp])
+            if consumer.beginning_offsets([tp]).get(tp, 0) > offset - 1:
+                continue  # retention moved the log start past it
+            consumer.seek(tp, offset - 1)
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                records = consumer.poll(timeout_ms=200, max_records=1).get(tp)
+                if records:
+                    r = records[0]
+                    if r.offset == offset - 1:
+                        out[(topic, partition)] = RecordFingerprint(
+                            r.key.hex() if r.key is not None else None, int(r.timestamp), r.offset
+                        )
+                    break
+                if consumer.position(tp) >= offset:
+                    break  # an offset gap (compaction): no record there
+    finally:
+        consumer.close()
+    return out
 
 
 def read_range(consumer: KafkaConsumer, rng: OffsetRange, timeout_s: float = 60.0) -> RawBatch:

@@ -121,14 +121,14 @@ def _may_overlap(stem: str, ranges: Sequence[SourceRange]) -> bool:
     return False
 
 
-def remove_batch_files(warehouse: Path, ranges: Sequence[SourceRange], file_name: str) -> int:
+def remove_batch_files(warehouse: Path, ranges: Sequence[SourceRange], file_name: str) -> list[Path]:
     """Delete every table's files produced from any of ``ranges`` (or by a batch of the same name),
     before a batch writes: a rerun of a range replaces its output instead of duplicating it.
 
     Only files whose names may overlap have their footers read: a streaming warehouse holds many
     thousands of files, and this runs before every micro-batch.
     """
-    removed = 0
+    removed = []
     for table in ALL_TABLES:
         table_dir = warehouse / table
         if not table_dir.is_dir():
@@ -140,8 +140,31 @@ def remove_batch_files(warehouse: Path, ranges: Sequence[SourceRange], file_name
                 _may_overlap(stem, ranges) and any(a.overlaps(b) for a in _ranges_of(path) for b in ranges)
             ):
                 path.unlink()
-                removed += 1
+                removed.append(path)
     return removed
+
+
+def batch_parts(warehouse: Path, file_name: str) -> list[str]:
+    """Warehouse-relative paths of every part file a batch named ``file_name`` wrote (its manifest)."""
+    pattern = f"{part_file_name(glob.escape(file_name), '*')}.parquet"
+    tables = [warehouse / t for t in ALL_TABLES if (warehouse / t).is_dir()]
+    return sorted(str(p.relative_to(warehouse)) for table in tables for p in table.rglob(pattern))
+
+
+def remove_parts(warehouse: Path, parts: Iterable[str]) -> int:
+    """Delete the given warehouse-relative part files (those already gone are skipped)."""
+    removed = 0
+    for rel in parts:
+        path = warehouse / rel
+        if path.is_file():
+            path.unlink()
+            removed += 1
+    return removed
+
+
+def sources_of(path: Path) -> set[str]:
+    """The sources (topics, log files) whose records produced a part file, from its footer."""
+    return {r.source for r in _ranges_of(path)}
 
 
 def to_table_schema(name: str, rows: pa.Table, created_base_ms: int, created_stride: int = 1) -> pa.Table:
@@ -225,13 +248,16 @@ def read_batch_files(warehouse: Path, name: str, file_name: str) -> pa.Table:
 
 
 def refresh_views(warehouse: Path, database: Path, tables: Iterable[str] = ALL_TABLES) -> list[str]:
-    """One DuckDB view per table over its Parquet directory (hive partitioning by date)."""
+    """One DuckDB view per table over its Parquet directory (hive partitioning by date); a table
+    without files has none."""
     database.parent.mkdir(parents=True, exist_ok=True)
     created = []
     with duckdb.connect(str(database)) as con:
         for name in tables:
             table_dir = warehouse / name
             if not any(table_dir.rglob("*.parquet")):
+                # e.g. after a reset deleted its files: a view over no files fails every query
+                con.execute(f'DROP VIEW IF EXISTS "{name}"')
                 continue
             pattern = str(table_dir / "**" / "*.parquet").replace("'", "''")
             con.execute(

@@ -6,12 +6,18 @@ the impression ids still inside their dedup window, 7 days of per-entity history
 last N clicks. The checkpoint JSON names the offsets and the state directory; it is replaced with
 ``os.replace`` only after every sink wrote, so a killed job restarts from the last complete batch and
 rewrites the same-named output files.
+
+Besides offsets and state the checkpoint records which log it belongs to (the broker's cluster id and
+topic ids where it reports them, and a fingerprint of the record just before each committed offset)
+and the manifest of warehouse part files its batches produced. A checkpoint of another format, or one
+that cannot be read, is refused with a message naming ``--reset``: it is never silently reused.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +32,14 @@ from pipelines.beam.shards import rows_of_shard
 from pipelines.events import EVENT_SCHEMA
 
 CHECKPOINT_FILE = "checkpoint.json"
-CHECKPOINT_VERSION = 1
+# 2: log identity (cluster, topic ids, record fingerprints) and the part-file manifest.
+CHECKPOINT_VERSION = 2
+RESET_HINT = "rebuild with `ctrflow features build --from-kafka --reset`"
+_STATE_DIR = re.compile(r"state-\d{8}")
+
+
+class CheckpointError(ValueError):
+    """The committed checkpoint (or its state) cannot be used; the message says why and names --reset."""
 
 
 def _history_schema(entity: str) -> pa.Schema:
@@ -50,9 +63,19 @@ STATE_KINDS: dict[str, pa.Schema] = {
 }
 
 
+@dataclass(frozen=True)
+class RecordFingerprint:
+    """The record just before a committed offset: a recreated topic or another broker differs here."""
+
+    key: str | None  # hex of the key bytes
+    timestamp: int
+    offset: int
+
+
 @dataclass
 class Checkpoint:
-    """What has been committed: next offset per ``topic|partition``, watermark, state location."""
+    """What has been committed: next offset per ``topic|partition``, watermark, state location, which
+    log the offsets belong to, and the warehouse part files the committed batches produced."""
 
     batch_seq: int = 0
     offsets: dict[str, int] = field(default_factory=dict)
@@ -61,6 +84,10 @@ class Checkpoint:
     last_created_ms: int = 0
     state_dir: str | None = None
     final: bool = False  # the last batch labelled everything (a finished log)
+    cluster_id: str | None = None  # None: the broker did not say
+    topic_ids: dict[str, str | None] = field(default_factory=dict)
+    fingerprints: dict[str, RecordFingerprint | None] = field(default_factory=dict)  # None: offset 0
+    parts: list[str] = field(default_factory=list)  # warehouse-relative paths, sorted
     version: int = CHECKPOINT_VERSION
 
     @staticmethod
@@ -79,14 +106,133 @@ def job_dir(checkpoints_dir: Path, job_name: str) -> Path:
     return checkpoints_dir / "features" / job_name
 
 
+def _unusable(path: Path, why: str) -> CheckpointError:
+    return CheckpointError(f"checkpoint {path} is unusable: {why}; {RESET_HINT}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int_map(path: Path, data: dict, name: str, *, partition_keys: bool) -> dict[str, int]:
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        raise _unusable(path, f"{name} is not an object")
+    for k, v in value.items():
+        if partition_keys and not re.fullmatch(r".+\|\d+", k):
+            raise _unusable(path, f"{name} key {k!r} is not 'topic|partition'")
+        if not _is_int(v) or v < 0:
+            raise _unusable(path, f"{name}[{k!r}] = {v!r} is not a non-negative integer")
+    return value
+
+
+def _fingerprint(path: Path, k: str, value: object) -> RecordFingerprint | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != {"key", "timestamp", "offset"}:
+        raise _unusable(path, f"fingerprint of {k!r} is malformed")
+    key, ts, offset = value["key"], value["timestamp"], value["offset"]
+    if not (key is None or isinstance(key, str)) or not _is_int(ts) or not _is_int(offset):
+        raise _unusable(path, f"fingerprint of {k!r} has values of the wrong type")
+    return RecordFingerprint(key, ts, offset)
+
+
+def _parse_checkpoint(path: Path, data: object) -> Checkpoint:
+    if not isinstance(data, dict):
+        raise _unusable(path, "not a JSON object")
+    version = data.get("version")
+    if version != CHECKPOINT_VERSION:
+        raise _unusable(path, f"format {version!r}, this ctrflow reads format {CHECKPOINT_VERSION}")
+    unknown = set(data) - set(Checkpoint.__dataclass_fields__)
+    if unknown:
+        raise _unusable(path, f"unknown fields {sorted(unknown)}")
+    offsets = _int_map(path, data, "offsets", partition_keys=True)
+    progress = _int_map(path, data, "max_event_times", partition_keys=True)
+    for name in ("batch_seq", "last_created_ms"):
+        if not _is_int(data.get(name, 0)) or data.get(name, 0) < 0:
+            raise _unusable(path, f"{name} = {data.get(name)!r} is not a non-negative integer")
+    watermark = data.get("watermark_ms")
+    if watermark is not None and not _is_int(watermark):
+        raise _unusable(path, f"watermark_ms = {watermark!r} is not an integer")
+    state_dir = data.get("state_dir")
+    if state_dir is not None and not (isinstance(state_dir, str) and _STATE_DIR.fullmatch(state_dir)):
+        raise _unusable(path, f"state_dir = {state_dir!r} is not a state directory name")
+    if not isinstance(data.get("final", False), bool):
+        raise _unusable(path, "final is not true/false")
+    cluster = data.get("cluster_id")
+    topic_ids = data.get("topic_ids", {})
+    if (
+        not (cluster is None or isinstance(cluster, str))
+        or not isinstance(topic_ids, dict)
+        or not all(v is None or isinstance(v, str) for v in topic_ids.values())
+    ):
+        raise _unusable(path, "cluster_id / topic_ids have values of the wrong type")
+    prints = data.get("fingerprints", {})
+    if not isinstance(prints, dict) or set(prints) != set(offsets):
+        raise _unusable(path, "fingerprints do not match the offsets")
+    parts = data.get("parts", [])
+    if not isinstance(parts, list) or not all(
+        isinstance(p, str) and p and not p.startswith("/") and ".." not in Path(p).parts for p in parts
+    ):
+        raise _unusable(path, "parts is not a list of warehouse-relative paths")
+    return Checkpoint(
+        batch_seq=data.get("batch_seq", 0),
+        offsets=offsets,
+        max_event_times=progress,
+        watermark_ms=watermark,
+        last_created_ms=data.get("last_created_ms", 0),
+        state_dir=state_dir,
+        final=data.get("final", False),
+        cluster_id=cluster,
+        topic_ids=topic_ids,
+        fingerprints={k: _fingerprint(path, k, v) for k, v in prints.items()},
+        parts=parts,
+    )
+
+
 def load_checkpoint(directory: Path) -> Checkpoint:
+    """The committed checkpoint (an empty one when there is none); CheckpointError when unusable."""
     path = directory / CHECKPOINT_FILE
-    if not path.exists():
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
         return Checkpoint()
-    data = json.loads(path.read_text())
-    if data.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{path}: unsupported checkpoint version {data.get('version')!r}")
-    return Checkpoint(**data)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _unusable(path, f"cannot be read ({exc})") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _unusable(path, f"not valid JSON ({exc})") from exc
+    return _parse_checkpoint(path, data)
+
+
+def _corrupt_state(path: Path, exc: BaseException) -> CheckpointError:
+    lines = str(exc).strip().splitlines()
+    reason = lines[0] if lines else type(exc).__name__
+    return CheckpointError(f"state file {path} is corrupt ({reason}); {RESET_HINT}")
+
+
+def check_state(directory: Path, checkpoint: Checkpoint) -> None:
+    """Every state file the checkpoint names is a readable Parquet file of its kind's schema, every
+    page of it (one read of the state per run).
+
+    Run on the driver before a run, so that a damaged file is one clear error; inside the pipeline it
+    would be a worker's traceback on stderr (``read_state`` still names the file if one goes bad then).
+    """
+    if checkpoint.state_dir is None:
+        return
+    root = directory / checkpoint.state_dir
+    if not root.is_dir():
+        raise _unusable(directory / CHECKPOINT_FILE, f"its state directory {root} is missing")
+    for kind, schema in STATE_KINDS.items():
+        for path in sorted((root / kind).glob("*.parquet")):
+            try:
+                names = pq.read_schema(path).names
+            except (OSError, pa.ArrowException) as exc:
+                raise _corrupt_state(path, exc) from exc
+            if names != schema.names:
+                raise CheckpointError(f"state file {path} has columns {names}, not {kind}'s; {RESET_HINT}")
+            _read_state_file(path, schema)
 
 
 def commit_checkpoint(directory: Path, checkpoint: Checkpoint) -> None:
@@ -127,12 +273,19 @@ def read_state(state_root: Path | None, kind: str, column: str, shard: int, num_
     directory = state_root / kind
     own = directory / state_file_name(shard, num_shards)
     if column == SHARDED_BY[kind] and own.exists():
-        return pq.read_table(own, schema=schema)
+        return _read_state_file(own, schema)
     files = sorted(directory.glob("*.parquet"))
     if not files:
         return schema.empty_table()
-    table = pa.concat_tables([pq.read_table(f, schema=schema) for f in files])
+    table = pa.concat_tables([_read_state_file(f, schema) for f in files])
     return rows_of_shard(table, column, shard, num_shards)
+
+
+def _read_state_file(path: Path, schema: pa.Schema) -> pa.Table:
+    try:
+        return pq.read_table(path, schema=schema)
+    except (OSError, pa.ArrowException) as exc:  # damage past the footer that check_state reads
+        raise _corrupt_state(path, exc) from exc
 
 
 def write_state(state_root: Path, kind: str, shard: int, num_shards: int, table: pa.Table) -> None:

@@ -44,6 +44,26 @@ def distinct_points(events: pa.Table, entity: str) -> pa.Table:
     return events.select([entity, "event_time"]).take(pa.array(first))
 
 
+def drop_seen_points(events: pa.Table, seen: pa.Table, entity: str) -> pa.Table:
+    """The rows of ``events`` whose (entity, event_time) is not in ``seen`` (the history of earlier
+    batches): an instant an earlier batch already produced a row for gets no second row when a late
+    event at that same instant arrives (e.g. the rest of a request cut off by a run's high-water
+    marks, read after the watermark had passed it). Such a row would repeat the earlier one anyway:
+    statistics count only events strictly before the instant."""
+    if events.num_rows == 0 or seen.num_rows == 0:
+        return events
+    times = events["event_time"].to_numpy()
+    # Only history at or after the batch's earliest instant can collide; usually a short tail.
+    seen = seen.filter(pc.greater_equal(seen["event_time"], int(times.min())))
+    if seen.num_rows == 0:
+        return events
+    e_codes, s_codes = entity_codes(events[entity], seen[entity])
+    s_times = seen["event_time"].to_numpy()
+    space = KeySpace.covering([times, s_times], 0, int(max(e_codes.max(), s_codes.max())) + 1)
+    fresh = ~np.isin(space.key(e_codes, times), space.key(s_codes, s_times))
+    return events if fresh.all() else events.filter(pa.array(fresh))
+
+
 def window_stats(history: pa.Table, events: pa.Table, entity: str) -> pa.Table:
     """Statistics of ``entity`` at each distinct (entity, event_time) of ``events``, from ``history``
     (which must hold every event of those entities in the 7 days before each point).

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 from pipelines.beam.attribution import CLICK_SCHEMA, attribute, first_occurrences
 from pipelines.beam.parse import SOURCED_EVENT_SCHEMA
 from pipelines.beam.sequences import click_history_of, keep_last_clicks, last_n_sequences
-from pipelines.beam.stats import distinct_points, history_of, prune_history, window_stats
+from pipelines.beam.stats import distinct_points, drop_seen_points, history_of, prune_history, window_stats
 from pipelines.events import CLICK, EVENT_SCHEMA, IMPRESSION
 
 
@@ -90,7 +90,9 @@ def user_shard_step(
     clicks = ready.filter(pc.equal(ready["type"], CLICK))
 
     history = pa.concat_tables([state.user_history, history_of(ready, "user_id")])
-    user_stats = window_stats(history, ready, "user_id")
+    # One row per distinct (entity, event time), across batches too (see drop_seen_points).
+    user_stats = window_stats(history, drop_seen_points(ready, state.user_history, "user_id"), "user_id")
+    seen_impressions = state.user_history.filter(pc.invert(state.user_history["is_click"]))
 
     attributed = attribute(
         pa.concat_tables([state.pending_impressions, impressions]),
@@ -102,7 +104,8 @@ def user_shard_step(
     # The new clicks are the tail of attribute's clicks; their categories go into the click history.
     categories = attributed.click_categories.slice(state.pending_clicks.num_rows)
     all_clicks = pa.concat_tables([state.click_history, click_history_of(clicks, categories)])
-    sequences = last_n_sequences(all_clicks, distinct_points(impressions, "user_id"), sequence_length)
+    points = distinct_points(drop_seen_points(impressions, seen_impressions, "user_id"), "user_id")
+    sequences = last_n_sequences(all_clicks, points, sequence_length)
     prune_at = _prune_point(ready, watermark_ms)
     seen = checked.seen
     if prune_at is not None:  # an id older than the window before every future event is never repeated
@@ -135,6 +138,6 @@ def item_shard_step(
     them in state), this step only reads them."""
     ready, _ = split_ready(state.held, new, watermark_ms, ITEM_EVENT_SCHEMA)
     history = pa.concat_tables([state.item_history, history_of(ready, "item_id")])
-    item_stats = window_stats(history, ready, "item_id")
+    item_stats = window_stats(history, drop_seen_points(ready, state.item_history, "item_id"), "item_id")
     prune_at = _prune_point(ready, watermark_ms)
     return {"item_stats": item_stats}, prune_history(history, prune_at) if prune_at is not None else history

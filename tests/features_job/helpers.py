@@ -29,3 +29,16 @@ def comparable(table: pa.Table, keys: list[str]) -> list[dict]:
     if "created" in table.column_names:
         table = table.drop_columns(["created"])
     return table.sort_by([(k, "ascending") for k in keys]).to_pylist()
+
+
+# Every table's key: one row per key, whatever batches, restarts or resets came in between.
+UNIQUE_KEYS: dict[str, list[str]] = {**TABLE_KEYS, "dead_letters": ["source", "partition", "offset"]}
+
+
+def duplicate_keys(home: Path, name: str) -> list[tuple]:
+    """Keys of ``name`` (UNIQUE_KEYS) that more than one row of the table holds."""
+    keys = ", ".join(f'"{k}"' for k in UNIQUE_KEYS[name])
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
+        if not con.execute("SELECT 1 FROM duckdb_views() WHERE view_name = ?", [name]).fetchall():
+            return []  # the job never wrote a row of this table
+        return con.execute(f'SELECT {keys} FROM "{name}" GROUP BY ALL HAVING count(*) > 1').fetchall()

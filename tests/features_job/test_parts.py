@@ -142,7 +142,7 @@ def test_removing_a_batch_reads_only_footers_whose_names_may_overlap(tmp_path, m
     monkeypatch.setattr(sinks, "_ranges_of", lambda path: footers.append(path.stem) or real(path))
 
     removed = sinks.remove_batch_files(tmp_path, [SourceRange("p.impressions", 0, 150, 300)], "new")
-    assert removed == 1
+    assert len(removed) == 1
     left = {p.stem for p in tmp_path.rglob("*.parquet")}
     assert left == set(written) - {"clicks.0.0-10+impressions.0.100-200.s0000"}
     # Names rule out the first and last files; the same-tag file of another prefix needs its footer.
