@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -40,6 +40,19 @@ class Settings(BaseSettings):
         default="localhost:6379", description="Feast Redis connection string (compose profile)."
     )
 
+    # --- validation gates (Great Expectations suites) ------------------------------------------------
+    min_click_rate: float = Field(
+        default=0.001, ge=0, description="Events gate: clicks / impressions must be at least this."
+    )
+    max_click_rate: float = Field(
+        default=0.6, ge=0, description="Events gate: clicks / impressions must be at most this."
+    )
+    min_distinct_users: int = Field(
+        default=2, ge=0,
+        description="Events and dataset gates: at least this many distinct user ids (one user = a broken "
+        "producer or join); raise it to what a real window of your traffic has.",
+    )
+
     # --- orchestration (Prefect deployments) -----------------------------------------------------------
     feature_refresh_interval_s: int = Field(default=300, ge=10, description="Feature refresh schedule.")
     retrain_cron: str = Field(default="0 */6 * * *", description="Continual-training schedule (cron, UTC).")
@@ -47,6 +60,12 @@ class Settings(BaseSettings):
     # --- serving -------------------------------------------------------------------------------------
     serving_host: str = "127.0.0.1"
     serving_port: int = Field(default=8000, ge=0, le=65535)
+
+    @model_validator(mode="after")
+    def _click_rate_bounds(self) -> Settings:
+        if self.min_click_rate > self.max_click_rate:
+            raise ValueError("min_click_rate must be <= max_click_rate")
+        return self
 
     # --- derived paths (not configurable on their own: they follow `home`) ---------------------------
     @property
