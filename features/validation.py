@@ -21,7 +21,6 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from pipelines import events as event_contract
 from pipelines import logfile
@@ -289,9 +288,8 @@ def read_events(path: Path) -> tuple[pa.Table, ReadChecks]:
     except ValueError as exc:
         raise ValidationInputError(str(exc)) from None
     if log_format == "parquet":
-        parquet = pq.ParquetFile(path)
         try:
-            logfile.check_columns(parquet.schema_arrow, path)
+            parquet = logfile.open_parquet(path)
         except logfile.LogSchemaError as exc:
             raise ValidationInputError(str(exc)) from None
         return logfile.conform_columns(parquet.read()), ReadChecks()

@@ -10,11 +10,12 @@ Public API (used by the simulator, the adapters' ``convert``, replay and the Bea
 - ``iter_events(path)``: every record of a log, validated once: a dict for a good record, a
   ``DeadLetter`` (source = path, partition = -1, offset = 1-based line/row number) for a bad one.
   Blank lines are not records (as for most JSON Lines readers): they are skipped.
-- ``check_columns(schema, source)`` / ``conform_columns(table)``: the one conform step for columnar
-  (Parquet) logs, used by replay, the feature job and validation alike: a missing required column or a
-  column of a type that cannot safely become the contract's is a ``LogSchemaError`` (one line, raised
-  before any record is read); what is safely coercible is coerced (a timestamp column -> int ms UTC,
-  integer ids -> strings, narrower ints and floats -> the contract's widths); other columns are ignored.
+- ``open_parquet(path)``, ``check_columns(schema, source)``, ``conform_columns(table)``: the one
+  conform step for columnar (Parquet) logs, used by replay, the feature job and validation alike: an
+  unreadable file, a missing required column or a column of a type that cannot safely become the
+  contract's is a ``LogSchemaError`` (one line, raised before any record is read); what is safely
+  coercible is coerced (a timestamp column -> int ms UTC, integer ids -> strings, narrower ints and
+  floats -> the contract's widths); other columns are ignored.
 - ``iter_log(path, chunk_rows)``: ``pyarrow.Table`` chunks in ``EVENT_SCHEMA`` (at most ``chunk_rows``
   rows each). Malformed records go to ``on_dead_letter`` if given, else raise ``MalformedEvent`` naming
   the line: a bad record is never skipped silently.
@@ -240,6 +241,16 @@ def check_columns(schema: pa.Schema, source: Path | str) -> None:
             )
 
 
+def open_parquet(path: Path | str) -> pq.ParquetFile:
+    """A columnar log whose columns ``check_columns`` accepts; LogSchemaError (one line) otherwise."""
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise LogSchemaError(f"{path}: not a readable Parquet file ({exc})") from None
+    check_columns(parquet.schema_arrow, path)
+    return parquet
+
+
 def conform_columns(table: pa.Table) -> pa.Table:
     """A columnar log's table as ``COLUMNAR_SCHEMA`` (check its schema with ``check_columns`` first):
     contract columns in order, coerced, every one nullable (bad rows are found afterwards, per row)."""
@@ -268,9 +279,7 @@ def iter_events(path: Path | str) -> Iterator[dict[str, Any] | DeadLetter]:
     A Parquet log's columns are checked here, at the call (LogSchemaError), not at the first record."""
     if log_format(path) == "jsonl":
         return _jsonl_events(path)
-    parquet = pq.ParquetFile(path)
-    check_columns(parquet.schema_arrow, path)  # now, not at the first record
-    return _parquet_events(path, parquet)
+    return _parquet_events(path, open_parquet(path))  # columns checked now, not at the first record
 
 
 def _jsonl_events(path: Path | str) -> Iterator[dict[str, Any] | DeadLetter]:

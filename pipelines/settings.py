@@ -25,6 +25,10 @@ class Settings(BaseSettings):
     kafka_bootstrap: str | None = Field(
         default=None, description="host:port of a real Kafka; unset = start the embedded broker."
     )
+    kafka_connect_timeout_s: float = Field(
+        default=5.0, gt=0, le=300,
+        description="How long to wait for a configured Kafka to answer before giving up with an error.",
+    )
     topic_prefix: str = "ctr"
     topic_partitions: int = Field(default=4, ge=1, le=256)
 

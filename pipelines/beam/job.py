@@ -23,7 +23,6 @@ from pathlib import Path
 import apache_beam as beam
 import duckdb
 import pyarrow as pa
-import pyarrow.parquet as pq
 from apache_beam.metrics.metric import MetricsFilter
 
 from pipelines.beam import state as st
@@ -53,7 +52,7 @@ from pipelines.beam.transforms import (
 )
 from pipelines.beam.watermark import WatermarkFn, merge_progress, next_watermark
 from pipelines.kafka import ensure_ctr_topics, kafka_bootstrap
-from pipelines.logfile import check_columns, log_format
+from pipelines.logfile import log_format, open_parquet
 from pipelines.settings import Settings
 
 _LOG = logging.getLogger(__name__)
@@ -377,9 +376,7 @@ def file_slices(path: Path, piece_size: int) -> tuple[list[FileSlice], int]:
     if not path.is_file():
         raise FileNotFoundError(f"log file not found: {path}")
     if log_format(path) == "parquet":
-        parquet = pq.ParquetFile(path)
-        check_columns(parquet.schema_arrow, path)  # a log the job cannot read fails here, before any work
-        n = parquet.metadata.num_rows
+        n = open_parquet(path).metadata.num_rows  # a log the job cannot read fails here, before any work
         return [FileSlice(str(path), a, min(n, a + piece_size)) for a in range(0, n, piece_size)], n
     with open(path, "rb") as f:
         n = sum(1 for _ in f)
