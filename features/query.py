@@ -4,7 +4,8 @@ Only plain queries run: one statement that DuckDB classifies as a SELECT (``SELE
 ``VALUES``, ``DESCRIBE``, ``SHOW``, ``SUMMARIZE``). COPY, ATTACH, INSTALL, LOAD, PRAGMA, SET, EXPORT,
 CALL, EXPLAIN and everything else are refused before anything runs: the connection is opened read-only,
 but a read-only connection still writes files (``COPY ... TO``) and loads extensions. As a second fence
-the connection may read files only under the warehouse directory, and its configuration is locked.
+the connection may read files only under the warehouse and datasets directories, and its configuration
+is locked.
 """
 
 from __future__ import annotations
@@ -37,11 +38,11 @@ def run_query(settings: Settings, sql: str) -> pa.Table:
     check_query(sql)
     if not settings.warehouse_db.exists():
         raise QueryError(f"no warehouse at {settings.warehouse_db}: run `ctrflow features build` first")
-    # A trailing separator: the allowed prefix is the directory, not every path that starts like it.
-    allowed = str(settings.warehouse_dir) + "/"
+    # Trailing separators: an allowed prefix is the directory, not every path that starts like it.
+    allowed = [f"{settings.warehouse_dir}/", f"{settings.datasets_dir}/"]
     try:
         with duckdb.connect(str(settings.warehouse_db), read_only=True) as con:
-            con.execute("SET allowed_directories = $dirs", {"dirs": [allowed]})
+            con.execute("SET allowed_directories = $dirs", {"dirs": allowed})
             con.execute("SET enable_external_access = false")
             con.execute("SET lock_configuration = true")
             return con.sql(sql).to_arrow_table()
