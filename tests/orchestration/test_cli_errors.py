@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 from pathlib import Path
 
@@ -32,6 +33,14 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(autouse=True)
+def _global_flags_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The global flags set these for the process: put back what was there before each test."""
+    for name in ("CTRFLOW_HOME", "CTRFLOW_KAFKA_BOOTSTRAP", "CTRFLOW_DEBUG"):
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+        monkeypatch.delenv(name)
 
 
 def test_home_that_is_a_file(tmp_path: Path) -> None:
