@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.compute as pc
 
 from pipelines import events as event_contract
 from pipelines import logfile
@@ -35,12 +35,21 @@ MAX_FAILED_EXAMPLES = 5
 
 
 class ValidationInputError(ValueError):
-    """The data to validate cannot be read (missing file, undecodable line, unknown format)."""
+    """The data to validate cannot be read (missing file, unknown format, unreadable Parquet columns)."""
+
+
+def _setting(name: str) -> Any:
+    return Settings.model_fields[name].default
+
+
+# The events suite bounds clicks / impressions through the mean of this derived column (1 per click, 0 per
+# impression, null otherwise): a mean m is the rate m / (1 - m), so a rate bound r is the mean r / (1 + r).
+CLICK_COLUMN = "is_click"
 
 
 @dataclass(frozen=True)
 class ValidationBounds:
-    """Run-time values of the suites' parameters."""
+    """Run-time values of the suites' parameters (``for_settings``: the configured gates)."""
 
     max_clock_skew_s: int = 300
     max_age_s: int | None = None  # freshness; None = no freshness check (replayed history is old)
@@ -49,6 +58,20 @@ class ValidationBounds:
     min_label_rate: float = 0.001
     max_label_rate: float = 0.6
     max_sequence_length: int = 50
+    min_click_rate: float = _setting("min_click_rate")
+    max_click_rate: float = _setting("max_click_rate")
+    min_distinct_users: int = _setting("min_distinct_users")
+
+    @classmethod
+    def for_settings(cls, settings: Settings, **overrides: Any) -> ValidationBounds:
+        """The bounds the settings configure, with explicit overrides (CLI flags) on top."""
+        return cls(**{
+            "max_sequence_length": settings.sequence_length,
+            "min_click_rate": settings.min_click_rate,
+            "max_click_rate": settings.max_click_rate,
+            "min_distinct_users": settings.min_distinct_users,
+            **overrides,
+        })
 
     def parameters(self, now: datetime) -> dict[str, Any]:
         now_ms = int(now.timestamp() * 1000)
@@ -64,6 +87,9 @@ class ValidationBounds:
             "min_label_rate": self.min_label_rate,
             "max_label_rate": self.max_label_rate,
             "max_sequence_length": self.max_sequence_length,
+            "min_click_share": self.min_click_rate / (1 + self.min_click_rate),
+            "max_click_share": self.max_click_rate / (1 + self.max_click_rate),
+            "min_distinct_users": self.min_distinct_users,
         }
 
 
@@ -82,12 +108,14 @@ class ValidationReport:
     evaluated: int
     failed: list[FailedExpectation] = field(default_factory=list)
     rows: int = 0
+    blank_lines: int = 0
     results_path: Path | None = None
     docs_path: Path | None = None
 
     def summary(self) -> str:
         head = f"{self.suite}: {'PASSED' if self.success else 'FAILED'} " \
-               f"({self.evaluated - len(self.failed)}/{self.evaluated} expectations, {self.rows} rows)"
+               f"({self.evaluated - len(self.failed)}/{self.evaluated} expectations, {self.rows} rows" \
+               + (f", {self.blank_lines} blank lines skipped)" if self.blank_lines else ")")
         return "\n".join([head, *(f"  - {f.message}" for f in self.failed)])
 
 
@@ -165,7 +193,7 @@ def validate_table(settings: Settings, suite: str, frame: pa.Table, run: str | N
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     run = run or new_run_name()
-    bounds = bounds or ValidationBounds(max_sequence_length=settings.sequence_length)
+    bounds = bounds or ValidationBounds.for_settings(settings)
     spec = load_suite_spec(suite)
     out_dir = settings.runs_dir / run / "validation"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -204,6 +232,7 @@ def validate_table(settings: Settings, suite: str, frame: pa.Table, run: str | N
     docs = out_dir / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
     report = ValidationReport(suite=suite, run=run, success=bool(result.success) and not read_checks.failed,
                               evaluated=evaluated, failed=failed, rows=frame.num_rows,
+                              blank_lines=read_checks.blank_lines,
                               docs_path=docs if docs.exists() else None)
     report.results_path = out_dir / f"{suite}-results.json"
     report.results_path.write_text(json.dumps(
@@ -218,6 +247,7 @@ _JSON_TYPES: dict[str, type] = {"type": str, **event_contract.IMPRESSION_REQUIRE
 # Bad records are what the suite judges, so the table must be able to hold nulls in every column.
 _READ_SCHEMA = pa.schema([f.with_nullable(True) for f in event_contract.EVENT_SCHEMA])
 SCHEMA_CHECK = "column_values_match_event_schema"
+DECODE_CHECK = "lines_are_json_objects"
 
 
 @dataclass(frozen=True)
@@ -226,6 +256,7 @@ class ReadChecks:
 
     evaluated: int = 0
     failed: tuple[FailedExpectation, ...] = ()
+    blank_lines: int = 0  # skipped, not records (as most JSON Lines readers do)
 
 
 def _conforms(value: Any, expected: type, arrow_type: pa.DataType) -> bool:
@@ -244,7 +275,9 @@ def _conforms(value: Any, expected: type, arrow_type: pa.DataType) -> bool:
 
 def read_events(path: Path) -> tuple[pa.Table, ReadChecks]:
     """A canonical event log (JSON Lines or Parquet) as a table, without dropping bad records: the suite
-    judges them. Lines that are not JSON objects are an input error with their line number. A JSON value
+    judges them. Lines that are not JSON objects are left out of the table and counted, as a failed
+    read check naming the first; blank lines are skipped and counted. A Parquet log goes through the
+    columnar conform step (``logfile.conform_columns``); one it cannot read is an input error. A JSON value
     of the wrong type for its column (``"event_time": "soon"``) becomes null in the table, so the not-null
     and range expectations see a missing value, and is reported as a failed schema check naming the
     column, the count and the first line."""
@@ -255,20 +288,28 @@ def read_events(path: Path) -> tuple[pa.Table, ReadChecks]:
     except ValueError as exc:
         raise ValidationInputError(str(exc)) from None
     if log_format == "parquet":
-        return pq.read_table(path), ReadChecks()
+        try:
+            parquet = logfile.open_parquet(path)
+        except logfile.LogSchemaError as exc:
+            raise ValidationInputError(str(exc)) from None
+        return logfile.conform_columns(parquet.read()), ReadChecks()
     columns = [(f.name, _JSON_TYPES[f.name], f.type) for f in _READ_SCHEMA]
     mistyped: dict[str, list] = {}  # column -> [count, first line number, first value]
+    undecodable: list = [0, 0, ""]  # [count, first line number, first reason]
+    blank_lines = 0
     records = []
     with path.open("rb") as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
+                blank_lines += 1
                 continue
             try:
                 record = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise ValidationInputError(f"{path}:{number}: not JSON ({exc})") from None
-            if not isinstance(record, dict):
-                raise ValidationInputError(f"{path}:{number}: not a JSON object")
+                if not isinstance(record, dict):
+                    raise ValueError(f"a JSON {type(record).__name__}, not an object")
+            except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+                undecodable = [undecodable[0] + 1, undecodable[1] or number, undecodable[2] or str(exc)]
+                continue
             row = {}
             for name, expected, arrow_type in columns:
                 value = record.get(name)
@@ -284,7 +325,11 @@ def read_events(path: Path) -> tuple[pa.Table, ReadChecks]:
                           "read as null)")
         for name, (count, line, value) in mistyped.items()
     )
-    checks = ReadChecks(evaluated=len(columns), failed=failed)
+    count, line, reason = undecodable
+    if count:
+        failed += (FailedExpectation(DECODE_CHECK, None, f"{DECODE_CHECK} ({count} lines are not JSON "
+                                     f"objects, e.g. line {line}: {reason:.80}; left out)"),)
+    checks = ReadChecks(evaluated=len(columns) + 1, failed=failed, blank_lines=blank_lines)
     if not records:
         return event_contract.EVENT_SCHEMA.empty_table(), checks
     return pa.Table.from_pylist(records, schema=_READ_SCHEMA), checks
@@ -294,7 +339,15 @@ def validate_events(settings: Settings, path: Path, run: str | None = None,
                     bounds: ValidationBounds | None = None) -> ValidationReport:
     """Validate a canonical event log file with the ``events`` suite (plus the read-time type checks)."""
     table, checks = read_events(path)
-    return validate_table(settings, "events", table, run, bounds, read_checks=checks)
+    return validate_table(settings, "events", with_click_column(table), run, bounds, read_checks=checks)
+
+
+def with_click_column(events: pa.Table) -> pa.Table:
+    """The events with ``CLICK_COLUMN``: 1 for a click, 0 for an impression, null for any other type."""
+    kind = events.column("type")
+    flag = pc.if_else(pc.equal(kind, event_contract.CLICK), 1,
+                      pc.if_else(pc.equal(kind, event_contract.IMPRESSION), 0, pa.scalar(None, pa.int8())))
+    return events.append_column(CLICK_COLUMN, flag.cast(pa.int8()))
 
 
 def validate_dataset(settings: Settings, name: str | None = None, run: str | None = None,

@@ -28,7 +28,11 @@ MAX_EVENT_TIME_MS = 4_102_444_800_000
 MAX_ID_LENGTH = 256
 MAX_POSITION = 10_000
 HOUR_RANGE = (0, 23)  # hour of day; the columnar form stores it as int8
+# One record's size limit, for every reader (replay, the feature job, convert): a larger record is
+# malformed and its dead letter keeps only a prefix of it, so a dead letter always fits in a Kafka message
+# (a broker's default limit is 1 MB) and a runaway line cannot stop a replay half way.
 MAX_RECORD_BYTES = 64 * 1024
+DEADLETTER_RAW_PREFIX_BYTES = 1024
 
 # Required fields and their JSON types, per event type.
 IMPRESSION_REQUIRED: dict[str, type] = {
@@ -167,11 +171,17 @@ def validate_event(record: Any) -> dict[str, Any]:
     return record
 
 
+def check_record_size(raw: bytes | str) -> None:
+    """Raise MalformedEvent when a record is over ``MAX_RECORD_BYTES`` (str: counted as UTF-8)."""
+    size = len(raw) if isinstance(raw, bytes) else len(raw.encode("utf-8", errors="surrogateescape"))
+    if size > MAX_RECORD_BYTES:
+        raise MalformedEvent(f"record of {size} bytes exceeds {MAX_RECORD_BYTES}")
+
+
 def decode_event(raw: bytes | str) -> dict[str, Any]:
     """Parse and validate one JSON line; raises MalformedEvent with the reason."""
+    check_record_size(raw)
     if isinstance(raw, bytes):
-        if len(raw) > MAX_RECORD_BYTES:
-            raise MalformedEvent(f"record of {len(raw)} bytes exceeds {MAX_RECORD_BYTES}")
         try:
             raw = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -206,13 +216,20 @@ def encode_event(record: Mapping[str, Any]) -> bytes:
 
 @dataclass(frozen=True)
 class DeadLetter:
-    """A record that failed to parse or validate, with where it came from and why."""
+    """A record that failed to parse or validate, with where it came from and why.
+
+    ``raw`` is the record's bytes, or only their first ``DEADLETTER_RAW_PREFIX_BYTES`` when the record is
+    over ``MAX_RECORD_BYTES`` (the error then says how big it was)."""
 
     source: str
     partition: int
     offset: int
     error: str
     raw: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.raw) > MAX_RECORD_BYTES:
+            object.__setattr__(self, "raw", bytes(self.raw[:DEADLETTER_RAW_PREFIX_BYTES]))
 
     def to_json(self) -> bytes:
         # surrogateescape maps each undecodable byte to its own lone surrogate, which json writes as a

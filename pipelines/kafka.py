@@ -10,6 +10,7 @@ take their upper bound from the high-water mark that a fetch reports (``high_wat
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import subprocess
@@ -84,10 +85,35 @@ class EmbeddedBroker:
         self.stop()
 
 
+class KafkaUnavailable(RuntimeError):
+    """No broker answered at the configured bootstrap address in time (one line, names the address)."""
+
+
+def wait_for_broker(bootstrap: str, timeout_s: float) -> None:
+    """Return once a broker at ``bootstrap`` answers; raise KafkaUnavailable after ``timeout_s``.
+
+    Without this, the first client to connect waits its own default (30 s and more) and fails with a
+    timeout deep inside the Kafka client."""
+    # The client logs every refused attempt; the outcome is reported here, once.
+    client_log = logging.getLogger("kafka")
+    level = client_log.level
+    client_log.setLevel(logging.CRITICAL)
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="ctrflow-probe",
+                                 bootstrap_timeout_ms=int(timeout_s * 1000))
+    except (KafkaError, OSError, ValueError):
+        raise KafkaUnavailable(f"no Kafka broker answered at {bootstrap} within {timeout_s:g} s") from None
+    finally:
+        client_log.setLevel(level)
+    admin.close()
+
+
 @contextlib.contextmanager
 def kafka_bootstrap(settings: Settings) -> Iterator[str]:
-    """Yield a bootstrap address: the configured one, or an embedded broker for the duration."""
+    """Yield a bootstrap address: the configured one (once a broker answers there, see
+    ``wait_for_broker``), or an embedded broker for the duration."""
     if settings.kafka_bootstrap:
+        wait_for_broker(settings.kafka_bootstrap, settings.kafka_connect_timeout_s)
         yield settings.kafka_bootstrap
         return
     with EmbeddedBroker() as broker:

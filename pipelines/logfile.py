@@ -9,6 +9,13 @@ Public API (used by the simulator, the adapters' ``convert``, replay and the Bea
 - ``iter_lines(path)``: ``(line_number, raw_bytes)`` of a JSONL log, 1-based, newline stripped.
 - ``iter_events(path)``: every record of a log, validated once: a dict for a good record, a
   ``DeadLetter`` (source = path, partition = -1, offset = 1-based line/row number) for a bad one.
+  Blank lines are not records (as for most JSON Lines readers): they are skipped.
+- ``open_parquet(path)``, ``check_columns(schema, source)``, ``conform_columns(table)``: the one
+  conform step for columnar (Parquet) logs, used by replay, the feature job and validation alike: an
+  unreadable file, a missing required column or a column of a type that cannot safely become the
+  contract's is a ``LogSchemaError`` (one line, raised before any record is read); what is safely
+  coercible is coerced (a timestamp column -> int ms UTC, integer ids -> strings, narrower ints and
+  floats -> the contract's widths); other columns are ignored.
 - ``iter_log(path, chunk_rows)``: ``pyarrow.Table`` chunks in ``EVENT_SCHEMA`` (at most ``chunk_rows``
   rows each). Malformed records go to ``on_dead_letter`` if given, else raise ``MalformedEvent`` naming
   the line: a bad record is never skipped silently.
@@ -187,28 +194,119 @@ def iter_lines(path: Path | str) -> Iterator[tuple[int, bytes]]:
                 yield line_no, raw.rstrip(b"\r\n")
 
 
+class LogSchemaError(ValueError):
+    """A columnar log whose columns cannot be read as canonical events (one line, names the column)."""
+
+
+# Integer columns are conformed to int64 (not the contract's int32/int8) so that an out-of-range value is
+# a per-row dead letter with its reason, not a failed cast of the whole column.
+COLUMNAR_SCHEMA = pa.schema(
+    [
+        pa.field(f.name, pa.int64() if pa.types.is_integer(f.type) else f.type, nullable=True)
+        for f in EVENT_SCHEMA
+    ]
+)
+REQUIRED_COLUMNS = tuple(f.name for f in EVENT_SCHEMA if not f.nullable)
+
+
+def _coercible(name: str, source: pa.DataType, target: pa.DataType) -> bool:
+    """Whether column ``name`` of type ``source`` becomes ``target`` without losing or inventing meaning."""
+    if pa.types.is_dictionary(source):
+        source = source.value_type
+    if pa.types.is_null(source) or source == target:
+        return True
+    if pa.types.is_string(target):  # ids: text, or integers (1234 -> "1234")
+        return pa.types.is_string(source) or pa.types.is_large_string(source) or pa.types.is_integer(source)
+    if pa.types.is_integer(target):  # event_time may also be a timestamp column (-> ms UTC)
+        return pa.types.is_integer(source) or (name == "event_time" and pa.types.is_timestamp(source))
+    if pa.types.is_floating(target):
+        return pa.types.is_floating(source) or pa.types.is_integer(source)
+    return False
+
+
+def check_columns(schema: pa.Schema, source: Path | str) -> None:
+    """Raise LogSchemaError unless a columnar log with this schema can be conformed (see module doc)."""
+    missing = [name for name in REQUIRED_COLUMNS if name not in schema.names]
+    if missing:
+        raise LogSchemaError(
+            f"{source}: columnar log lacks required column(s) {missing} (it has {schema.names})"
+        )
+    for target in COLUMNAR_SCHEMA:
+        if target.name not in schema.names:
+            continue
+        kind = schema.field(target.name).type
+        if not _coercible(target.name, kind, target.type):
+            raise LogSchemaError(
+                f"{source}: column {target.name!r} is {kind}, which cannot be read as {target.type}"
+            )
+
+
+def open_parquet(path: Path | str) -> pq.ParquetFile:
+    """A columnar log whose columns ``check_columns`` accepts; LogSchemaError (one line) otherwise."""
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise LogSchemaError(f"{path}: not a readable Parquet file ({exc})") from None
+    check_columns(parquet.schema_arrow, path)
+    return parquet
+
+
+def conform_columns(table: pa.Table) -> pa.Table:
+    """A columnar log's table as ``COLUMNAR_SCHEMA`` (check its schema with ``check_columns`` first):
+    contract columns in order, coerced, every one nullable (bad rows are found afterwards, per row)."""
+    columns = []
+    for target in COLUMNAR_SCHEMA:
+        if target.name not in table.column_names:
+            columns.append(pa.nulls(table.num_rows, target.type))
+            continue
+        column = table[target.name]
+        if pa.types.is_dictionary(column.type):
+            column = column.cast(column.type.value_type)
+        if pa.types.is_timestamp(column.type):
+            # A naive timestamp is taken as UTC; a zoned one is an instant whatever its zone.
+            column = column.cast(pa.timestamp("ms", tz=column.type.tz)).cast(pa.int64())
+        columns.append(column.cast(target.type))
+    return pa.Table.from_arrays(columns, schema=COLUMNAR_SCHEMA)
+
+
 def _dead_letter(path: Path | str, line_no: int, error: str, raw: bytes) -> DeadLetter:
     return DeadLetter(source=str(path), partition=-1, offset=line_no, error=error, raw=raw)
 
 
 def iter_events(path: Path | str) -> Iterator[dict[str, Any] | DeadLetter]:
-    """Every record of a canonical log, validated once: dicts for good records, DeadLetters for bad."""
+    """Every record of a canonical log, validated once: dicts for good records, DeadLetters for bad.
+
+    A Parquet log's columns are checked here, at the call (LogSchemaError), not at the first record."""
     if log_format(path) == "jsonl":
-        for line_no, raw in iter_lines(path):
-            try:
-                yield decode_event(raw)
-            except MalformedEvent as exc:
-                yield _dead_letter(path, line_no, str(exc), raw)
-        return
+        return _jsonl_events(path)
+    return _parquet_events(path, open_parquet(path))  # columns checked now, not at the first record
+
+
+def _jsonl_events(path: Path | str) -> Iterator[dict[str, Any] | DeadLetter]:
+    for line_no, raw in iter_lines(path):
+        if raw.isspace() or not raw:
+            continue
+        try:
+            yield decode_event(raw)
+        except MalformedEvent as exc:
+            yield _dead_letter(path, line_no, str(exc), raw)
+
+
+def _parquet_events(path: Path | str, parquet: pq.ParquetFile) -> Iterator[dict[str, Any] | DeadLetter]:
     row_no = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=65_536):
-        for record in batch.to_pylist():
+    for batch in parquet.iter_batches(batch_size=65_536, columns=_present(parquet.schema_arrow)):
+        for record in conform_columns(pa.Table.from_batches([batch])).to_pylist():
             row_no += 1
             clean = {k: v for k, v in record.items() if v is not None}
             try:
                 yield validate_event(clean)
             except MalformedEvent as exc:
                 yield _dead_letter(path, row_no, str(exc), encode_event(clean))
+
+
+def _present(schema: pa.Schema) -> list[str]:
+    """The contract columns a columnar log has (the others are never read)."""
+    return [name for name in COLUMNAR_SCHEMA.names if name in schema.names]
 
 
 def iter_log(

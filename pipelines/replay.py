@@ -4,7 +4,9 @@ Impressions go to ``<prefix>.impressions`` and clicks to ``<prefix>.clicks``, ke
 user's events stay ordered in one partition; malformed records go to ``<prefix>.deadletter`` as
 ``DeadLetter`` JSON (raw bytes, reason, source file, 1-based line number). The counts always add up:
 ``read = produced + dead_lettered + skipped`` (``skipped``: adapter lines that are deliberately not
-events, e.g. a Taobao ``cart``).
+events, e.g. a Taobao ``cart``). Blank lines of a canonical JSONL log are not records: they are skipped
+and counted apart, in ``blank_lines``. A record over ``events.MAX_RECORD_BYTES`` is dead-lettered like
+any malformed one (its dead letter keeps a prefix of it), so one runaway line cannot stop a replay.
 
 Canonical JSONL is assumed to be in event-time order (the simulator and ``convert`` write it so);
 records that go back in time are still produced and counted in ``out_of_order``. Adapter output is put
@@ -49,6 +51,7 @@ class ReplayStats:
     impressions: int = 0
     clicks: int = 0
     out_of_order: int = 0
+    blank_lines: int = 0
     failed: int = 0
     seconds: float = 0.0
 
@@ -115,10 +118,12 @@ class _Pacer:
 
 
 # What a source yields per record: (kind, user_id, event_time, payload). kind is "impression" or
-# "click" (payload: the value bytes), DEAD (payload: a DeadLetter) or SKIP (payload: a Skipped).
+# "click" (payload: the value bytes), DEAD (payload: a DeadLetter), SKIP (payload: a Skipped) or BLANK
+# (a blank line, not a record; payload: its line number).
 DEAD = "deadletter"
 SKIP = "skipped"
-SourceItem = tuple[str, str | None, int | None, "bytes | DeadLetter | Skipped"]
+BLANK = "blank"
+SourceItem = tuple[str, str | None, int | None, "bytes | DeadLetter | Skipped | int"]
 _BLOCK_BYTES = 2 * 1024 * 1024
 
 
@@ -136,6 +141,9 @@ def _canonical_jsonl(path: Path) -> Iterator[SourceItem]:
 
 def _check_lines(path: Path, first_line: int, block: list[bytes]) -> Iterator[SourceItem]:
     values = [raw.strip() for raw in block]
+    if not all(values):
+        yield from _check_lines_with_blanks(path, first_line, block, values)
+        return
     checked = check_block(values)
     if checked is not None and all(checked.valid):
         # The common case: no per-record Python at all.
@@ -146,6 +154,21 @@ def _check_lines(path: Path, first_line: int, block: list[bytes]) -> Iterator[So
             yield checked.types[i], checked.user_ids[i], checked.event_times[i], values[i]
         else:
             yield _check_line(path, first_line + i, raw.rstrip(b"\r\n"))
+
+
+def _check_lines_with_blanks(
+    path: Path, first_line: int, block: list[bytes], values: list[bytes]
+) -> Iterator[SourceItem]:
+    """A block holding blank lines: each run of non-blank lines is checked as a block of its own."""
+    run_start = 0
+    for i, value in enumerate([*values, b""]):
+        if value:
+            continue
+        if run_start < i:
+            yield from _check_lines(path, first_line + run_start, block[run_start:i])
+        if i < len(values):
+            yield BLANK, None, None, first_line + i
+        run_start = i + 1
 
 
 def _check_line(path: Path, line_no: int, raw: bytes) -> SourceItem:
@@ -239,7 +262,7 @@ def replay(
     producer = producer or make_producer(bootstrap)
     deliveries = _Deliveries()
     started = time.perf_counter()
-    read = impressions = clicks = dead = skipped = out_of_order = 0
+    read = impressions = clicks = dead = skipped = out_of_order = blank = 0
     try:
         router = _Router(producer, settings)
         route, routes = router.route, router.cache
@@ -249,6 +272,9 @@ def replay(
         last_time = 0
         # The per-record hot path: locals only, one dict lookup for the user's key and partitions.
         for kind, user_id, event_time, payload in items:
+            if kind == BLANK:
+                blank += 1
+                continue
             read += 1
             if kind != DEAD and kind != SKIP:
                 key, imp_partition, clk_partition = routes.get(user_id) or route(user_id)
@@ -280,7 +306,7 @@ def replay(
         if own_producer:
             producer.close()
     stats = ReplayStats(read=read, impressions=impressions, clicks=clicks, dead_lettered=dead,
-                        skipped=skipped, out_of_order=out_of_order)
+                        skipped=skipped, out_of_order=out_of_order, blank_lines=blank)
     stats.seconds = time.perf_counter() - started
     if on_progress:
         on_progress(stats.read % PROGRESS_EVERY)

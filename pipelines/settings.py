@@ -25,6 +25,10 @@ class Settings(BaseSettings):
     kafka_bootstrap: str | None = Field(
         default=None, description="host:port of a real Kafka; unset = start the embedded broker."
     )
+    kafka_connect_timeout_s: float = Field(
+        default=5.0, gt=0, le=300,
+        description="How long to wait for a configured Kafka to answer before giving up with an error.",
+    )
     topic_prefix: str = "ctr"
     topic_partitions: int = Field(default=4, ge=1, le=256)
 
@@ -46,6 +50,19 @@ class Settings(BaseSettings):
         default="localhost:6379", description="Feast Redis connection string (compose profile)."
     )
 
+    # --- validation gates (Great Expectations suites) ------------------------------------------------
+    min_click_rate: float = Field(
+        default=0.001, ge=0, description="Events gate: clicks / impressions must be at least this."
+    )
+    max_click_rate: float = Field(
+        default=0.6, ge=0, description="Events gate: clicks / impressions must be at most this."
+    )
+    min_distinct_users: int = Field(
+        default=2, ge=0,
+        description="Events and dataset gates: at least this many distinct user ids (one user = a broken "
+        "producer or join); raise it to what a real window of your traffic has.",
+    )
+
     # --- orchestration (Prefect deployments) -----------------------------------------------------------
     feature_refresh_interval_s: int = Field(default=300, ge=10, description="Feature refresh schedule.")
     retrain_cron: str = Field(default="0 */6 * * *", description="Continual-training schedule (cron, UTC).")
@@ -55,7 +72,7 @@ class Settings(BaseSettings):
     serving_port: int = Field(default=8000, ge=0, le=65535)
 
     @model_validator(mode="after")
-    def _dedup_covers_attribution(self) -> Settings:
+    def _check_bounds(self) -> Settings:
         # A shorter dedup window would let a re-sent impression be labelled twice while its clicks
         # can still attach to either copy.
         if self.dedup_window_s < self.attribution_window_s:
@@ -63,6 +80,8 @@ class Settings(BaseSettings):
                 f"dedup_window_s ({self.dedup_window_s}) must be at least attribution_window_s "
                 f"({self.attribution_window_s})"
             )
+        if self.min_click_rate > self.max_click_rate:
+            raise ValueError("min_click_rate must be <= max_click_rate")
         return self
 
     # --- derived paths (not configurable on their own: they follow `home`) ---------------------------

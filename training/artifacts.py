@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from pipelines.settings import Settings
@@ -117,15 +117,26 @@ def version_dir(settings: Settings, version: str) -> Path:
 
 
 def read_config(settings: Settings, version: str) -> dict[str, Any]:
-    return json.loads((version_dir(settings, version) / CONFIG_FILE).read_text())
+    path = version_dir(settings, version) / CONFIG_FILE
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"version {version!r}: {path} is unreadable ({exc})") from None
+    if not isinstance(config, dict):
+        raise ArtifactError(f"version {version!r}: {path} is not a JSON object")
+    return config
 
 
 def read_weights(settings: Settings, version: str, name: str) -> dict[str, torch.Tensor]:
     """One model's state dict from a version (keys without the model-name prefix)."""
     prefix = f"{name}."
-    # Only this model's tensors: a version holds every model of its cohort in one file.
-    with safe_open(str(version_dir(settings, version) / WEIGHTS_FILE), framework="pt") as f:
-        state = {k[len(prefix) :]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}  # noqa: SIM118 (not a dict)
+    path = version_dir(settings, version) / WEIGHTS_FILE
+    try:
+        # Only this model's tensors: a version holds every model of its cohort in one file.
+        with safe_open(str(path), framework="pt") as f:
+            state = {k[len(prefix) :]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}  # noqa: SIM118 (not a dict)
+    except (SafetensorError, OSError) as exc:  # truncated, corrupt or unreadable
+        raise ArtifactError(f"version {version!r}: {path} is unreadable ({exc})") from None
     if not state:
         raise ArtifactError(f"version {version!r} has no weights for model {name!r}")
     return state

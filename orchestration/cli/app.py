@@ -10,13 +10,45 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from typer.core import TyperGroup
+from typer.exceptions import TyperException
 
 # Keep Prefect on loopback: no telemetry or analytics calls out of the machine (before Prefect imports).
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+DEBUG_ENV = "CTRFLOW_DEBUG"
+# Typer's own signals (exits, aborts, usage errors) are not errors to rephrase.
+_PASS_THROUGH = (typer.Exit, typer.Abort, TyperException, EOFError)
+
+
+def debugging() -> bool:
+    """Whether --debug (or CTRFLOW_DEBUG=1) asked for tracebacks instead of one-line errors."""
+    return os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+class _OneLineErrors(TyperGroup):
+    """Every error a command lets escape becomes one ``error: ...`` line and exit 2, unless --debug:
+    bad input and unreachable services are expected; a traceback is for whoever debugs the code."""
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except _PASS_THROUGH:
+            raise
+        except Exception as exc:
+            if debugging():
+                raise
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            message = lines[0] if lines else type(exc).__name__
+            if not isinstance(exc, ValueError | OSError | RuntimeError):  # not a bad input: name it
+                message = f"{type(exc).__name__}: {message} (--debug shows the traceback)"
+            raise usage_error(message) from None
+
+
 app = typer.Typer(
     name="ctrflow",
+    cls=_OneLineErrors,
     help="Streaming CTR feature pipeline and continual training.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
@@ -25,8 +57,6 @@ features_app = typer.Typer(help="Feature jobs, offline queries and online lookup
 dataset_app = typer.Typer(help="Point-in-time training sets.", no_args_is_help=True)
 app.add_typer(features_app, name="features")
 app.add_typer(dataset_app, name="dataset")
-# Set by the global --debug flag of the current invocation.
-_debug = {"on": False}
 
 
 @app.callback()
@@ -35,14 +65,20 @@ def _global_options(
     bootstrap: str | None = typer.Option(
         None, "--bootstrap", help="Kafka bootstrap host:port (env CTRFLOW_KAFKA_BOOTSTRAP); unset = embedded."
     ),
-    debug: bool = typer.Option(False, "--debug", help="Print the traceback behind an error message."),
+    debug: bool = typer.Option(
+        False, "--debug", envvar=DEBUG_ENV, help="Show tracebacks instead of one-line errors."
+    ),
 ) -> None:
-    _debug["on"] = debug
     # Global flags become environment so every command's get_settings() sees the same values.
     if home is not None:
         os.environ["CTRFLOW_HOME"] = str(home)
     if bootstrap is not None:
         os.environ["CTRFLOW_KAFKA_BOOTSTRAP"] = bootstrap
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
+    state = Path(os.environ.get("CTRFLOW_HOME", ".ctrflow")).expanduser()
+    if state.exists() and not state.is_dir():
+        raise usage_error(f"--home {state} is a file, not a directory: give the state directory")
 
 
 def usage_error(message: str) -> typer.Exit:
@@ -54,7 +90,7 @@ def usage_error(message: str) -> typer.Exit:
 def error_exit(exc: BaseException) -> typer.Exit:
     """``usage_error`` for a caught exception (the first line of its message); with --debug the
     traceback is printed first."""
-    if _debug["on"]:
+    if debugging():
         traceback.print_exception(exc, file=sys.stderr)
     lines = str(exc).strip().splitlines()
     return usage_error(lines[0] if lines else type(exc).__name__)

@@ -9,7 +9,6 @@ import threading
 from decimal import Decimal
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import typer
@@ -289,20 +288,15 @@ def features_query(
     as_csv: bool = typer.Option(False, "--csv", help="Print rows as CSV with a header."),
     limit: int = typer.Option(MAX_QUERY_ROWS_SHOWN, "--limit", min=1, help="Rows shown in the table view."),
 ) -> None:
-    """Ad-hoc DuckDB SQL over the offline tables (read-only)."""
+    """Ad-hoc DuckDB SQL over the offline tables: one SELECT/WITH query (anything else is refused)."""
+    from features.query import QueryError, run_query
+
     if as_json and as_csv:
         raise usage_error("choose one of --json or --csv")
-    settings = get_settings()
-    if not settings.warehouse_db.exists():
-        raise usage_error(f"no warehouse at {settings.warehouse_db}: run `ctrflow features build` first")
     try:
-        with duckdb.connect(str(settings.warehouse_db), read_only=True) as con:
-            result = con.sql(sql)
-            if result is None:
-                raise usage_error("the statement returned no rows (only queries are supported)")
-            table = result.to_arrow_table()
-    except duckdb.Error as exc:
-        raise usage_error(str(exc).splitlines()[0]) from None
+        table = run_query(get_settings(), sql)
+    except QueryError as exc:
+        raise usage_error(str(exc)) from None
     if as_json:
         typer.echo(json.dumps(table.to_pylist(), default=_json_value))
     elif as_csv:

@@ -268,6 +268,7 @@ def replay_cmd(
         f"read {stats.read:,}: produced {stats.produced:,} ({stats.impressions:,} impressions, "
         f"{stats.clicks:,} clicks), dead-lettered {stats.dead_lettered:,}, skipped {stats.skipped:,} "
         f"in {stats.seconds:.1f} s ({rate:,.0f} records/s)"
+        + (f"; {stats.blank_lines:,} blank lines skipped" if stats.blank_lines else "")
     )
     if stats.out_of_order:
         console.print(f"[yellow]warning:[/yellow] {stats.out_of_order:,} events went back in event time "

@@ -162,9 +162,9 @@ def _bounds(max_age_s: int | None, min_rows: int, max_rows: int, min_label_rate:
         raise typer.BadParameter("need 0 <= --min-rows <= --max-rows")
     if not 0 <= min_label_rate <= max_label_rate <= 1:
         raise typer.BadParameter("need 0 <= --min-label-rate <= --max-label-rate <= 1")
-    return ValidationBounds(max_age_s=max_age_s, min_rows=min_rows, max_rows=max_rows,
-                            min_label_rate=min_label_rate, max_label_rate=max_label_rate,
-                            max_sequence_length=get_settings().sequence_length)
+    return ValidationBounds.for_settings(get_settings(), max_age_s=max_age_s, min_rows=min_rows,
+                                         max_rows=max_rows, min_label_rate=min_label_rate,
+                                         max_label_rate=max_label_rate)
 
 
 def _report(report: ValidationReport) -> None:

@@ -29,7 +29,6 @@ from pathlib import Path
 import apache_beam as beam
 import duckdb
 import pyarrow as pa
-import pyarrow.parquet as pq
 from apache_beam.metrics.metric import MetricsFilter
 
 from pipelines.beam import state as st
@@ -70,6 +69,7 @@ from pipelines.beam.transforms import (
 from pipelines.beam.watermark import WatermarkFn, merge_progress, next_watermark
 from pipelines.kafka import ensure_ctr_topics, kafka_bootstrap
 from pipelines.locks import resource_lock
+from pipelines.logfile import log_format, open_parquet
 from pipelines.settings import Settings
 
 _LOG = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ class RunReport:
             for key, counts in b.accounting.items():
                 acc = total.setdefault(key, {"consumed": 0, "accepted": 0, "dead_lettered": 0})
                 for k, v in counts.items():
-                    acc[k] += v
+                    acc[k] = acc.get(k, 0) + v
         return dict(sorted(total.items()))
 
     @property
@@ -571,8 +571,8 @@ def file_slices(path: Path, piece_size: int) -> tuple[list[FileSlice], int]:
     """Row slices of a canonical log (Parquet: row ranges; JSON Lines: one slice, line-numbered)."""
     if not path.is_file():
         raise FileNotFoundError(f"log file not found: {path}")
-    if path.suffix == ".parquet":
-        n = pq.ParquetFile(path).metadata.num_rows
+    if log_format(path) == "parquet":
+        n = open_parquet(path).metadata.num_rows  # a log the job cannot read fails here, before any work
         return [FileSlice(str(path), a, min(n, a + piece_size)) for a in range(0, n, piece_size)], n
     with open(path, "rb") as f:
         n = sum(1 for _ in f)

@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pajson
 
 from pipelines import events as ev
+from pipelines.logfile import conform_columns
 
 # Columnar input may carry nulls anywhere; they are found and dead-lettered before the strict cast.
 NULLABLE_EVENT_SCHEMA = pa.schema([f.with_nullable(True) for f in ev.EVENT_SCHEMA])
@@ -44,6 +45,7 @@ class Parsed:
     dead: list[ev.DeadLetter]
     consumed: int
     offsets: np.ndarray  # the source offset of each accepted event (row i of ``events``)
+    blank_lines: int = 0  # of a JSON Lines file: skipped, not records (not in consumed)
 
     @property
     def accepted(self) -> int:
@@ -150,19 +152,6 @@ def _reason_masks(table: pa.Table) -> list[tuple[str, pa.Array]]:
     return [(reason, pc.fill_null(mask, False)) for reason, mask in checks if n]
 
 
-def conform_columns(table: pa.Table) -> pa.Table:
-    """Select and cast a columnar log to EVENT_SCHEMA (missing optional columns become nulls)."""
-    columns = []
-    for fld in ev.EVENT_SCHEMA:
-        if fld.name in table.column_names:
-            columns.append(table[fld.name].cast(fld.type))
-        elif fld.nullable:
-            columns.append(pa.nulls(table.num_rows, fld.type))
-        else:
-            raise ValueError(f"columnar log lacks required column {fld.name!r}")
-    return pa.Table.from_arrays(columns, schema=NULLABLE_EVENT_SCHEMA)
-
-
 def _first_failures(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     """(bad-row mask, reason per row) with the first failing check of each row."""
     n = table.num_rows
@@ -176,7 +165,8 @@ def _first_failures(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
 
 
 def parse_columns(source: str, start: int, table: pa.Table) -> Parsed:
-    """Vectorised validation of a columnar slice starting at row ``start`` (0-based) of ``source``."""
+    """Vectorised validation of a columnar slice starting at row ``start`` (0-based) of ``source``
+    (whose schema ``logfile.check_columns`` has accepted)."""
     table = conform_columns(table)
     n = table.num_rows
     bad, reasons = _first_failures(table)

@@ -248,21 +248,31 @@ def read_batch_files(warehouse: Path, name: str, file_name: str) -> pa.Table:
 
 
 def refresh_views(warehouse: Path, database: Path, tables: Iterable[str] = ALL_TABLES) -> list[str]:
-    """One DuckDB view per table over its Parquet directory (hive partitioning by date); a table
-    without files has none."""
+    """One DuckDB view per table over its Parquet directory (hive partitioning by date); a table with no
+    file yet (no dead letters, say) gets an empty view of the same columns, so every table answers."""
     database.parent.mkdir(parents=True, exist_ok=True)
     created = []
     with duckdb.connect(str(database)) as con:
         for name in tables:
             table_dir = warehouse / name
-            if not any(table_dir.rglob("*.parquet")):
-                # e.g. after a reset deleted its files: a view over no files fails every query
-                con.execute(f'DROP VIEW IF EXISTS "{name}"')
-                continue
-            pattern = str(table_dir / "**" / "*.parquet").replace("'", "''")
-            con.execute(
-                f'CREATE OR REPLACE VIEW "{name}" AS SELECT * FROM '
-                f"read_parquet('{pattern}', hive_partitioning = true, union_by_name = true)"
-            )
+            if any(table_dir.rglob("*.parquet")):
+                pattern = str(table_dir / "**" / "*.parquet").replace("'", "''")
+                options = "hive_partitioning = true, union_by_name = true"
+                body = f"SELECT * FROM read_parquet('{pattern}', {options})"
+            else:
+                # No file yet (no dead letters, say) or none left after a reset: an empty view of the
+                # same columns, since a view over no files fails every query.
+                body = _empty_select(con, ALL_TABLES[name])
+            con.execute(f'CREATE OR REPLACE VIEW "{name}" AS {body}')
             created.append(name)
     return created
+
+
+def _empty_select(con: duckdb.DuckDBPyConnection, schema: pa.Schema) -> str:
+    """A SELECT of no rows with the columns (and DuckDB types) the table's files would have."""
+    relation = con.from_arrow(schema.empty_table())
+    columns = [f'CAST(NULL AS {kind}) AS "{name}"' for name, kind in zip(relation.columns, relation.types,
+                                                                          strict=True)]
+    if "event_time" in schema.names:  # date-partitioned: the hive partition column
+        columns.append('CAST(NULL AS DATE) AS "date"')
+    return f"SELECT {', '.join(columns)} WHERE false"

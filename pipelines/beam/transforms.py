@@ -40,6 +40,7 @@ from pipelines.beam.steps import (
 )
 from pipelines.events import DEADLETTER_SCHEMA, DeadLetter
 from pipelines.kafka import make_producer
+from pipelines.logfile import COLUMNAR_SCHEMA, log_format
 
 ACCOUNTING = "ctrflow.accounting"
 OUTPUT = "ctrflow.output"
@@ -55,6 +56,8 @@ def count_parsed(parsed: Parsed) -> None:
     Metrics.counter(ACCOUNTING, f"consumed/{key}").inc(parsed.consumed)
     Metrics.counter(ACCOUNTING, f"accepted/{key}").inc(parsed.accepted)
     Metrics.counter(ACCOUNTING, f"dead_lettered/{key}").inc(len(parsed.dead))
+    if parsed.blank_lines:
+        Metrics.counter(ACCOUNTING, f"blank_lines/{key}").inc(parsed.blank_lines)
 
 
 def count_rejected(letters: list[DeadLetter]) -> None:
@@ -94,14 +97,20 @@ class ReadFileSlice(beam.DoFn):
 
     def process(self, piece: FileSlice) -> Iterator[Parsed]:
         path = Path(piece.path)
-        if path.suffix == ".parquet":
+        if log_format(path) == "parquet":
             parsed = parse_columns(piece.path, piece.start, _parquet_rows(path, piece.start, piece.end))
         else:
             with open(path, "rb") as f:
                 lines = [line.rstrip(b"\r\n") for line in f]
-            chosen = lines[piece.start : piece.end]
-            offsets = list(range(piece.start + 1, piece.start + 1 + len(chosen)))  # 1-based line numbers
+            # 1-based line numbers; blank lines are not records: skipped and counted apart.
+            numbered = [
+                (n, line)
+                for n, line in enumerate(lines[piece.start : piece.end], piece.start + 1)
+                if line and not line.isspace()
+            ]
+            offsets, chosen = [n for n, _ in numbered], [line for _, line in numbered]
             parsed = parse_json_batch(piece.path, -1, piece.start, piece.end, offsets, chosen)
+            parsed.blank_lines = piece.end - piece.start - len(chosen)
         count_parsed(parsed)
         yield parsed
 
@@ -117,7 +126,8 @@ def _parquet_rows(path: Path, start: int, end: int) -> pa.Table:
         at += n
     if not groups:
         return pf.schema_arrow.empty_table()
-    table = pf.read_row_groups(groups)
+    present = [name for name in COLUMNAR_SCHEMA.names if name in pf.schema_arrow.names]
+    table = pf.read_row_groups(groups, columns=present)
     return table.slice(start - first, end - start)
 
 

@@ -139,6 +139,8 @@ def test_event_logs_pass_and_fail_on_real_problems(built, tmp_path: Path) -> Non
 def test_parquet_event_logs_are_validated_too(built, tmp_path: Path) -> None:
     settings, _ = built
     rows = [_impression(i) for i in range(5)] + [_impression(2)]
+    rows.append({"type": "click", "impression_id": "imp3", "user_id": "u0", "item_id": "i3",
+                 "event_time": rows[3]["event_time"] + 5000})
     records = [{k: r.get(k) for k in EVENT_SCHEMA.names} for r in rows]
     table = pa.Table.from_pylist(records, schema=EVENT_SCHEMA)
     pq.write_table(table, tmp_path / "log.parquet")
@@ -167,9 +169,6 @@ def test_values_of_the_wrong_type_fail_the_suite_instead_of_crashing(built, tmp_
 
 
 def test_unreadable_event_logs_are_input_errors(tmp_path: Path) -> None:
-    (tmp_path / "broken.jsonl").write_text('{"type": "click"}\nnot json\n')
-    with pytest.raises(ValidationInputError, match="broken.jsonl:2: not JSON"):
-        read_events(tmp_path / "broken.jsonl")
     with pytest.raises(ValidationInputError, match="does not exist"):
         read_events(tmp_path / "missing.jsonl")
     (tmp_path / "log.csv").write_text("type,impression_id\n")

@@ -80,7 +80,6 @@ MALFORMED = {
     "undecodable value": (encode_event(_impression(1))[:-1] + b',"device":"\xff"}', "not UTF-8"),
     "invalid json": (b"{this is not json}", "invalid JSON"),
     "not an object": (b'["impression"]', "must be a JSON object"),
-    "empty line": (b"", "invalid JSON"),
 }
 TRUNCATED = encode_event(_impression(99))[:40]
 

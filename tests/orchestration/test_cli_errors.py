@@ -1,0 +1,91 @@
+"""Bad input on the command line is one `error: ...` line and exit 2, never a traceback (unless --debug)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from orchestration.cli import app
+from pipelines.beam.job import job_name
+from pipelines.beam.state import Checkpoint, commit_checkpoint, job_dir
+from pipelines.kafka import KafkaUnavailable
+from pipelines.settings import Settings
+from training import artifacts
+
+runner = CliRunner()
+
+
+def _one_line(result) -> str:
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("error: ")
+    return line
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(autouse=True)
+def _global_flags_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The global flags set these for the process: put back what was there before each test."""
+    for name in ("CTRFLOW_HOME", "CTRFLOW_KAFKA_BOOTSTRAP", "CTRFLOW_DEBUG"):
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+        monkeypatch.delenv(name)
+
+
+def test_home_that_is_a_file(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.write_text("not a directory")
+    line = _one_line(runner.invoke(app, ["--home", str(home), "features", "query", "SELECT 1"]))
+    assert line == f"error: --home {home} is a file, not a directory: give the state directory"
+
+
+def test_unreachable_bootstrap_is_one_line_after_a_bounded_wait(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CTRFLOW_KAFKA_CONNECT_TIMEOUT_S", "0.5")
+    log = tmp_path / "log.jsonl"
+    log.write_text("{}\n")
+    address = f"127.0.0.1:{_closed_port()}"
+    line = _one_line(runner.invoke(app, ["--bootstrap", address, "replay", str(log)]))
+    assert line == f"error: no Kafka broker answered at {address} within 0.5 s"
+    # --debug (or CTRFLOW_DEBUG) keeps the exception and its traceback for whoever debugs.
+    debug = runner.invoke(app, ["--debug", "--bootstrap", address, "replay", str(log)])
+    assert isinstance(debug.exception, KafkaUnavailable)
+
+
+def test_a_truncated_weights_file_is_an_artifact_error(settings: Settings) -> None:
+    model = torch.nn.Linear(3, 1)
+    record = artifacts.ModelRecord(family="lr", config={})
+    version = artifacts.save_version(settings, {"m": model}, {"m": record}, {}, feature_service=None,
+                                     window={}, train_config={}, serve="m")
+    weights = settings.registry_dir / version / artifacts.WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[:-7])
+    with pytest.raises(artifacts.ArtifactError, match=f"version '{version}': .* is unreadable") as info:
+        artifacts.read_weights(settings, version, "m")
+    assert "\n" not in str(info.value)
+    (settings.registry_dir / version / artifacts.CONFIG_FILE).write_text("{truncated")
+    with pytest.raises(artifacts.ArtifactError, match="config.json is unreadable"):
+        artifacts.read_config(settings, version)
+
+
+def test_demo_refuses_the_stale_checkpoint_of_an_earlier_embedded_run(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CTRFLOW_KAFKA_BOOTSTRAP", raising=False)
+    monkeypatch.setenv("CTRFLOW_TOPIC_PREFIX", settings.topic_prefix)
+    directory = job_dir(settings.checkpoints_dir, job_name(settings))
+    commit_checkpoint(directory, Checkpoint(offsets={f"{settings.topic('impressions')}|0": 500}))
+    line = _one_line(runner.invoke(app, ["demo", "--train-config", json.dumps({"epochs": 1})]))
+    assert "holds the feature state of an earlier run" in line and "fresh --home" in line
+    assert not settings.datasets_dir.exists()  # refused before the flow simulated anything
