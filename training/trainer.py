@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -203,13 +202,13 @@ def warm_start(cohort: Cohort, settings, version: str) -> list[str]:
     parent = artifacts.read_config(settings, version)
     loaded = []
     for name, model in cohort.models.items():
-        entry = parent["models"].get(name)
+        entry = parent.models.get(name)
         if entry is None:
             continue
-        if entry["family"] != cohort.families[name] or entry["config"] != cohort.configs[name]:
+        if entry.family != cohort.families[name] or entry.config != cohort.configs[name]:
             raise ValueError(
                 f"cannot warm-start {name!r} from {version}: family/config differ "
-                f"({entry['family']} vs {cohort.families[name]})"
+                f"({entry.family} vs {cohort.families[name]})"
             )
         model.load_state_dict(artifacts.read_weights(settings, version, name))
         loaded.append(name)
@@ -369,9 +368,3 @@ def time_split(table: pa.Table, time_column: str, holdout_fraction: float) -> tu
     cut = min(max(1, int(round(ordered.num_rows * (1 - holdout_fraction)))), ordered.num_rows - 1)
     return ordered.slice(0, cut), ordered.slice(cut)
 
-
-def time_range(table: pa.Table, time_column: str) -> dict[str, str | None]:
-    if table.num_rows == 0:
-        return {"start": None, "end": None}
-    lo, hi = pc.min_max(table.column(time_column)).values()
-    return {"start": str(lo.as_py()), "end": str(hi.as_py())}

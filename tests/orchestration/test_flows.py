@@ -47,7 +47,7 @@ def test_demo_runs_the_end_to_end_flow_through_every_stage(prefect_api: None, ho
     assert result["dataset_validation"]["rows"] == sim["impressions"]
 
     version = result["training"]["version"]
-    assert [v["version"] for v in list_versions(settings)] == [version]
+    assert [v.version for v in list_versions(settings)] == [version]
     model, _ = load_model(settings, version)  # the saved student loads back without pickle
     assert sum(p.numel() for p in model.parameters()) > 0
     assert Path(result["training"]["report"]).is_file()

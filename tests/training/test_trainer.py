@@ -107,8 +107,8 @@ def test_cycle_learns_saves_and_warm_starts(settings, data) -> None:
     assert first.metrics["teacher"]["auc"] > 0.55
     assert first.metrics[first.serve]["auc"] > 0.55
     saved = artifacts.read_config(settings, first.version)
-    assert saved["feature_service"] == manifest["feature_service"]
-    assert saved["train_config"]["lambda_kd"] == config.lambda_kd
+    assert saved.feature_service == manifest.feature_service
+    assert saved.train_config["lambda_kd"] == config.lambda_kd
     assert (first.run_dir / "report.md").is_file() and (first.run_dir / "calibration.png").is_file()
 
     # Warm start: a fresh cohort carries the parent's weights by name before any training.
@@ -123,9 +123,9 @@ def test_cycle_learns_saves_and_warm_starts(settings, data) -> None:
     second = run_cycle(settings, later, manifest, _config(baselines=("lr",), kd_rampup_steps=50),
                        parent=first.version, progress=False)
     second_config = artifacts.read_config(settings, second.version)
-    assert second_config["parent"] == first.version
+    assert second_config.parent == first.version
     # A warm-started teacher is mature: no KD ramp-up again (the version records what ran).
-    assert second_config["train_config"]["kd_rampup_steps"] == 0
+    assert second_config.train_config["kd_rampup_steps"] == 0
     assert sorted(second.warm_started) == ["lr", "student_0", "student_1", "teacher"]
 
 
