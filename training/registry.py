@@ -134,7 +134,7 @@ _SCHEMA = (
     )""",
     """CREATE TABLE IF NOT EXISTS champion_history (
         seq BIGINT PRIMARY KEY,
-        at TIMESTAMP NOT NULL,
+        changed_at TIMESTAMP NOT NULL,
         action VARCHAR NOT NULL,
         version VARCHAR NOT NULL,
         model VARCHAR,
@@ -391,7 +391,8 @@ def _set_status(con: duckdb.DuckDBPyConnection, version: str, status: str, reaso
 
 def _history(con: duckdb.DuckDBPyConnection) -> list[HistoryEntry]:
     rows = con.execute(
-        "SELECT seq, at, action, version, model, previous, forced, reason FROM champion_history ORDER BY seq"
+        "SELECT seq, changed_at, action, version, model, previous, forced, reason FROM champion_history "
+        "ORDER BY seq"
     ).fetchall()
     return [HistoryEntry(seq, _iso(at), action, version, model, previous, bool(forced), reason)
             for seq, at, action, version, model, previous, forced, reason in rows]
