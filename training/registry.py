@@ -110,10 +110,12 @@ _SCHEMA = (
         train_start TIMESTAMP,
         train_end TIMESTAMP,
         train_rows BIGINT,
+        train_part VARCHAR,
         holdout_dataset VARCHAR,
         holdout_start TIMESTAMP,
         holdout_end TIMESTAMP,
         holdout_rows BIGINT,
+        holdout_part VARCHAR,
         dataset_hash VARCHAR,
         metrics JSON,
         train_config JSON,
@@ -315,20 +317,20 @@ class VerifyReport:
 
 _VERSION_COLUMNS = (
     "version, status, status_reason, created_at, registered_at, updated_at, parent, feature_service, "
-    "serve_model, train_dataset, train_start, train_end, train_rows, holdout_dataset, holdout_start, "
-    "holdout_end, holdout_rows, dataset_hash, metrics, gate"
+    "serve_model, train_dataset, train_start, train_end, train_rows, train_part, holdout_dataset, "
+    "holdout_start, holdout_end, holdout_rows, holdout_part, dataset_hash, metrics, gate"
 )
 
 
 def _slice(dataset: str | None, start: datetime | None, end: datetime | None, rows: int | None,
-           digest: str | None) -> DataSlice:
+           part: str | None, digest: str | None) -> DataSlice:
     return DataSlice(dataset=dataset, rows=int(rows or 0), start=_iso(start), end=_iso(end),
-                     content_hash=digest)
+                     part=part or "all", content_hash=digest)
 
 
 def _record(con: duckdb.DuckDBPyConnection, row: tuple) -> VersionRecord:
     (version, status, reason, created, registered, updated, parent, service, serve, t_ds, t_start, t_end,
-     t_rows, h_ds, h_start, h_end, h_rows, digest, metrics, gate) = row
+     t_rows, t_part, h_ds, h_start, h_end, h_rows, h_part, digest, metrics, gate) = row
     models = con.execute(
         "SELECT name, role, family, served, metrics FROM version_models WHERE version = ? ORDER BY name",
         [version],
@@ -336,8 +338,8 @@ def _record(con: duckdb.DuckDBPyConnection, row: tuple) -> VersionRecord:
     return VersionRecord(
         version=version, status=status, status_reason=reason, created_at=_iso(created),
         registered_at=_iso(registered), updated_at=_iso(updated), parent=parent, feature_service=service,
-        serve_model=serve, train=_slice(t_ds, t_start, t_end, t_rows, digest),
-        holdout=None if h_ds is None and h_rows is None else _slice(h_ds, h_start, h_end, h_rows, None),
+        serve_model=serve, train=_slice(t_ds, t_start, t_end, t_rows, t_part, digest),
+        holdout=None if h_part is None else _slice(h_ds, h_start, h_end, h_rows, h_part, None),
         metrics=json.loads(metrics) if metrics else {},
         models=tuple(ModelEntry(n, r, f, bool(s), json.loads(m) if m else {}) for n, r, f, s, m in models),
         gate=None if gate is None else GateRecord.from_json(gate),
@@ -355,13 +357,14 @@ def _insert(con: duckdb.DuckDBPyConnection, config: VersionConfig) -> None:
     holdout = config.holdout
     con.execute(
         "INSERT INTO versions (version, status, created_at, registered_at, updated_at, parent, "
-        "feature_service, serve_model, train_dataset, train_start, train_end, train_rows, holdout_dataset, "
-        "holdout_start, holdout_end, holdout_rows, dataset_hash, metrics, train_config) "
-        "VALUES (?, 'candidate', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "feature_service, serve_model, train_dataset, train_start, train_end, train_rows, train_part, "
+        "holdout_dataset, holdout_start, holdout_end, holdout_rows, holdout_part, dataset_hash, metrics, "
+        "train_config) VALUES (?, 'candidate', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [config.version, _ts(config.created), now, now, config.parent, config.feature_service, config.serve,
          config.train.dataset, _ts(config.train.start), _ts(config.train.end), config.train.rows,
-         holdout.dataset if holdout else None, _ts(holdout.start) if holdout else None,
-         _ts(holdout.end) if holdout else None, holdout.rows if holdout else None, config.train.content_hash,
+         config.train.part, holdout.dataset if holdout else None, _ts(holdout.start) if holdout else None,
+         _ts(holdout.end) if holdout else None, holdout.rows if holdout else None,
+         holdout.part if holdout else None, config.train.content_hash,
          json.dumps(served.metrics if served else {}), json.dumps(config.train_config)],
     )
     for name, model in config.models.items():
