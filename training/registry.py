@@ -582,16 +582,15 @@ def verify(settings: Settings) -> VerifyReport:
 def _feature_service_check(settings: Settings, service: str | None) -> Check:
     if service is None:
         return Check("feature_service", False, "the champion records no feature service")
-    from features.feature_repo.definitions import SERVICE_VIEWS
+    from features.online import online_features
+    from features.services import SERVICE_VIEWS
     from features.store import feature_store
 
     try:
-        store = feature_store(settings, apply=False)
-        # A lookup of an entity that never existed reads every view's online table without needing data.
-        store.get_online_features(
-            features=store.get_feature_service(service),
-            entity_rows=[{"user_id": "__verify__", "item_id": "__verify__"}],
-        ).to_dict()
+        # Registered already (apply=False: verifying must not be what registers it) ...
+        feature_store(settings, apply=False).get_feature_service(service)
+        # ... and the online store answers: an entity that never existed reads every view's table.
+        online_features(settings, "__verify__", ["__verify__"], service)
     except Exception as exc:  # noqa: BLE001 -- Feast raises many types; any of them fails the check
         return Check("feature_service", False, f"{service}: {type(exc).__name__}: {exc}")
     return Check("feature_service", True,
