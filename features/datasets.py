@@ -257,7 +257,7 @@ def latest_event_time(settings: Settings) -> datetime:
         raise DatasetError(f"no labelled samples under {directory}: run the feature job first")
     sql = f"SELECT max(event_time) FROM read_parquet('{parquet_glob(directory)}', hive_partitioning = false)"
     with duckdb.connect() as con:
-        newest = con.sql(sql).fetchone()[0]
+        newest = con.execute(sql).fetchone()[0]
     if newest is None:
         raise DatasetError(f"the labelled samples under {directory} are empty")
     return _utc(newest)

@@ -29,15 +29,9 @@ def _emit(as_json: bool, payload: dict[str, Any]) -> None:
 
 
 def _servability_check() -> ServabilityCheck | None:
-    """The serving code's check, imported only here (training never imports serving_stub). Without it
-    the servability blessing is an explicit FAIL ("not checked"), so nothing is promoted unchecked."""
-    try:
-        from serving_stub.servability import check_servability
-    except ImportError as exc:
-        typer.secho(f"warning: no servability check ({exc}): the servability blessing will FAIL", err=True,
-                    fg=typer.colors.YELLOW)
-        return None
-    return check_servability
+    from orchestration.servability import servability_check
+
+    return servability_check(lambda m: typer.secho(f"warning: {m}", err=True, fg=typer.colors.YELLOW))
 
 
 def _errors():

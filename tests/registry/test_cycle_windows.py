@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from typer.testing import CliRunner
 
+from features.datasets import latest_event_time
 from features.store import feature_store
 from orchestration.cli import app
 from tests.feature_store.synthetic_warehouse import T0_MS, write_synthetic_warehouse
@@ -19,7 +20,10 @@ from training.trainer import TrainConfig
 
 def test_windowed_cycle_records_its_holdout_and_verifies_online(settings, home) -> None:
     settings = settings.model_copy(update={"train_window_s": 36 * 3600, "holdout_window_s": 12 * 3600})
-    write_synthetic_warehouse(settings, n_samples=300, days=3.0)
+    written = write_synthetic_warehouse(settings, n_samples=300, days=3.0)
+    # "Now" of a cycle over replayed history: the newest labelled sample, not the wall clock.
+    newest = max(written["labelled_samples"].column("event_time").to_pylist())
+    assert latest_event_time(settings) == newest
     at = datetime.fromtimestamp(T0_MS / 1000, UTC) + timedelta(days=2, hours=12)
     sets = build_cycle_sets(settings, at)
     cut = at - timedelta(hours=12)
