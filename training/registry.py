@@ -442,14 +442,31 @@ def register_version(settings: Settings, config: VersionConfig) -> VersionRecord
         return _fetch(con, config.version)
 
 
-def list_registered(settings: Settings) -> tuple[VersionRecord, ...]:
-    """Every registered version, oldest first (version folders not yet registered are added first)."""
-    on_disk = [c.version for c in artifacts.list_versions(settings)]
+@dataclass(frozen=True)
+class Listing:
+    """Every registered version, oldest first, and the version folders that cannot be read (why)."""
+
+    versions: tuple[VersionRecord, ...]
+    unreadable: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"versions": [v.to_dict() for v in self.versions], "unreadable": dict(self.unreadable)}
+
+
+def list_registered(settings: Settings) -> Listing:
+    """Every registered version; version folders not registered yet (saved before the registry) are
+    registered first, and a folder that cannot be read is listed with the reason instead."""
+    folders = sorted(p.parent.name for p in settings.registry_dir.glob("*/" + artifacts.CONFIG_FILE)
+                     if not p.parent.name.startswith("."))
+    unreadable: dict[str, str] = {}
     with _transaction(settings) as con:
-        for version in on_disk:
-            _ensure(con, settings, version)
+        for version in folders:
+            try:
+                _ensure(con, settings, version)
+            except RegistryError as exc:
+                unreadable[version] = str(exc)
         rows = con.execute(f"SELECT {_VERSION_COLUMNS} FROM versions ORDER BY created_at, version").fetchall()
-        return tuple(_record(con, row) for row in rows)
+        return Listing(tuple(_record(con, row) for row in rows), unreadable)
 
 
 def show_version(settings: Settings, version: str) -> VersionRecord:

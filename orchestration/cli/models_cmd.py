@@ -59,12 +59,13 @@ def models_list(as_json: bool = _JSON) -> None:
     from training.registry import list_registered
 
     try:
-        records = list_registered(get_settings())
+        listing = list_registered(get_settings())
     except _errors() as exc:
         raise usage_error(str(exc)) from exc
     if as_json:
-        _emit(True, {"versions": [r.to_dict() for r in records]})
+        _emit(True, listing.to_dict())
         return
+    records = listing.versions
     table = Table(title="model versions")
     for column in ("version", "status", "serve", "service", "auc", "gate", "parent"):
         table.add_column(column)
@@ -74,6 +75,8 @@ def models_list(as_json: bool = _JSON) -> None:
         table.add_row(r.version, r.status, r.serve_model or "-", r.feature_service or "-",
                       "-" if auc is None else f"{auc:.4f}", gate, r.parent or "-")
     console.print(table)
+    for version, reason in listing.unreadable.items():
+        typer.secho(f"warning: {version} is not listed: {reason}", err=True, fg=typer.colors.YELLOW)
 
 
 @models_app.command("show")

@@ -178,6 +178,9 @@ def test_old_format_folders_load_without_a_holdout_or_are_refused(trained) -> No
     assert any("recorded no holdout" in r for r in gate.blessing("quality").reasons)
     with pytest.raises(RegistryError, match="config format 99; this ctrflow reads formats 1 and 2"):
         registry.show_version(settings, "v-future-format")
+    listing = registry.list_registered(settings)
+    assert "v-old-format" in {r.version for r in listing.versions}
+    assert "config format 99" in listing.unreadable["v-future-format"]
 
 
 def test_verify_checks_pointer_artifact_and_feature_service(trained) -> None:
