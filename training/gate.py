@@ -58,14 +58,9 @@ class Blessing:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, default=str)
 
-    @classmethod
-    def from_json(cls, text: str) -> Blessing:
-        return cls.from_dict(json.loads(text))
-
 
 DATA, QUALITY, SERVABILITY = "data", "quality", "servability"
 BLESSINGS: tuple[str, ...] = (DATA, QUALITY, SERVABILITY)
-SLICES: tuple[str, ...] = ("new", "light", "heavy")
 
 # Given a version id, load it through the serving code and say whether it serves what offline scores.
 ServabilityCheck = Callable[[Settings, str], Blessing]
