@@ -86,7 +86,7 @@ def main() -> int:
                 everything = pa.concat_tables(split.days[: c + 1])
                 rows["scratch (all days so far)"].append(_row(cycle(everything, test, None, False).metrics))
             rows["frozen"].append(_row(evaluate_version(settings, frozen, test)))
-        lineage = [v["parent"] for v in artifacts.list_versions(settings)]
+        lineage = [v.parent for v in artifacts.list_versions(settings)]
     text = render(rows, args, split.source, time.perf_counter() - started, lineage)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

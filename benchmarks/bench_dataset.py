@@ -98,7 +98,7 @@ def main() -> None:
         built = build_dataset(settings)
         full_build = time.perf_counter() - start
         console.print(f"{'full build (join+hash+write)':<34} {full_build:7.2f} s  "
-                      f"-> {built.manifest['rows']:,} rows")
+                      f"-> {built.manifest.rows:,} rows")
         feast = None
         if not args.skip_feast:
             feast, feast_table = interleaved({"ctrflow Feast path": lambda: join_features(

@@ -32,7 +32,7 @@ from rich.table import Table
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.machine import machine
-from features.manifest import SEQUENCE_COLUMNS, SEQUENCE_VIEW, manifest_columns
+from features.manifest import SEQUENCE_COLUMNS, SEQUENCE_VIEW, DatasetManifest, ManifestColumns
 from features.services import DEFAULT_SERVICE
 from pipelines.tables import STAT_WINDOWS
 from training.config import StudentConfig, TeacherConfig
@@ -52,8 +52,10 @@ def contract_schema(max_seq_len: int) -> InputSchema:
     stats = [f"{view}__{stat}_{w}" for view in ("user_stats", "item_stats")
              for w in STAT_WINDOWS for stat in ("impressions", "clicks", "ctr")]  # fmt: skip
     sequence = [*SEQUENCE_COLUMNS.values(), f"{SEQUENCE_VIEW}__seq_length"]
-    manifest = {"feature_service": DEFAULT_SERVICE, "has_p_click": False,
-                "columns": manifest_columns(stats + sequence)}  # fmt: skip
+    manifest = DatasetManifest(
+        name="contract", feature_service=DEFAULT_SERVICE, window_start=None, window_end=None, rows=0,
+        label_rate=0.0, content_hash="", columns=ManifestColumns.for_features(stats + sequence),
+    )
     return InputSchema.from_manifest(manifest, max_seq_len=max_seq_len)
 
 

@@ -10,17 +10,17 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pyarrow as pa
 
+from features.manifest import DatasetManifest
 from pipelines.settings import Settings
 
 
 @dataclass
 class DaySplit:
     days: list[pa.Table]  # one training-set table per day, oldest first
-    manifest: dict[str, Any]
+    manifest: DatasetManifest
     source: str
 
     @property
@@ -62,7 +62,8 @@ def simulated_days(settings: Settings, days: int, impressions: int, seed: int,
     simulate(config, log)
     run_file(settings, log)
     first = datetime.fromisoformat(config.start).replace(tzinfo=UTC)
-    tables, manifest = [], {}
+    tables: list[pa.Table] = []
+    manifest: DatasetManifest | None = None
     for day in range(days):
         built = build_dataset(settings, first + timedelta(days=day), first + timedelta(days=day + 1))
         table, manifest = load_dataset(settings, built.name)

@@ -20,8 +20,8 @@ on both join paths and online: counts 0 (int64), CTRs the smoothing prior
 
 ``manifest.json``::
 
-    {"name", "feature_service", "window": {"start": iso|null, "end": iso|null}, "rows", "label_rate",
-     "content_hash", "created_at", "engine",
+    {"format": 1, "name", "feature_service", "window": {"start": iso|null, "end": iso|null}, "rows",
+     "label_rate", "content_hash", "created_at", "engine",
      "columns": {"label": "label", "time": "event_time", "user": "user_id", "item": "item_id",
                  "categorical": ["user_id", "item_id", "category", "position", "hour", "device", "page",
                                  "subcategory", "genres", "request_size", "user_age", "user_gender",
@@ -29,6 +29,8 @@ on both join paths and online: counts 0 (int64), CTRs the smoothing prior
                  "dense": [...stats features...],
                  "sequence": {"item_ids": ..., "category_ids": ..., "event_times": ...} | null},
      "has_p_click": bool}
+
+``features.manifest.DatasetManifest`` is this record, typed; every reader goes through it.
 
 The window is ``start <= event_time < end``; no bound = everything in the warehouse. Two join engines
 give identical rows: ``asof`` (DuckDB ASOF JOIN, the default: fast) and ``feast``
@@ -38,7 +40,6 @@ give identical rows: ``asof`` (DuckDB ASOF JOIN, the default: fast) and ``feast`
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 from collections.abc import Callable
@@ -54,7 +55,7 @@ import pyarrow.parquet as pq
 
 from features.asof import ROW_ID, asof_features, parquet_glob
 from features.feature_repo.definitions import DEFAULT_SERVICE, SERVICE_VIEWS, full_feature_names
-from features.manifest import manifest_columns
+from features.manifest import DatasetManifest, ManifestColumns
 from features.normalize import normalize_features
 from features.store import feature_store
 from pipelines import tables
@@ -73,7 +74,7 @@ class DatasetError(RuntimeError):
 class BuiltDataset:
     name: str
     path: Path
-    manifest: dict[str, Any]
+    manifest: DatasetManifest
 
 
 def _iso(ts: datetime | None) -> str | None:
@@ -193,37 +194,38 @@ def content_hash(table: pa.Table) -> str:
 
 
 def make_manifest(name: str, table: pa.Table, service: str, start: datetime | None, end: datetime | None,
-                  digest: str, engine: str) -> dict[str, Any]:
+                  digest: str, engine: str) -> DatasetManifest:
     rows = table.num_rows
     labels = pc.sum(table.column("label").cast(pa.int64())).as_py() or 0
-    return {
-        "name": name,
-        "feature_service": service,
-        "window": {"start": _iso(_utc(start)), "end": _iso(_utc(end))},
-        "rows": rows,
-        "label_rate": labels / rows if rows else 0.0,
-        "content_hash": digest,
-        "created_at": datetime.now(UTC).isoformat(),
-        "engine": engine,
-        "columns": manifest_columns(full_feature_names(service)),
-        "has_p_click": table.column("p_click").null_count < rows if rows else False,
-    }
+    return DatasetManifest(
+        name=name,
+        feature_service=service,
+        window_start=_iso(_utc(start)),
+        window_end=_iso(_utc(end)),
+        rows=rows,
+        label_rate=labels / rows if rows else 0.0,
+        content_hash=digest,
+        created_at=datetime.now(UTC).isoformat(),
+        engine=engine,
+        columns=ManifestColumns.for_features(full_feature_names(service)),
+        has_p_click=table.column("p_click").null_count < rows if rows else False,
+    )
 
 
-def write_dataset(settings: Settings, table: pa.Table, manifest: dict[str, Any]) -> Path:
+def write_dataset(settings: Settings, table: pa.Table, manifest: DatasetManifest) -> Path:
     """Write data.parquet + manifest.json atomically (temp folder + rename), then move LATEST."""
     settings.datasets_dir.mkdir(parents=True, exist_ok=True)
-    final = settings.datasets_dir / manifest["name"]
-    staging = settings.datasets_dir / f".{manifest['name']}.tmp"
+    final = settings.datasets_dir / manifest.name
+    staging = settings.datasets_dir / f".{manifest.name}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     pq.write_table(table, staging / "data.parquet")
-    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    (staging / "manifest.json").write_text(manifest.to_json() + "\n")
     if final.exists():
         shutil.rmtree(final)
     staging.rename(final)
     latest_tmp = settings.datasets_dir / f".{LATEST_FILE}.tmp"
-    latest_tmp.write_text(manifest["name"] + "\n")
+    latest_tmp.write_text(manifest.name + "\n")
     os.replace(latest_tmp, settings.datasets_dir / LATEST_FILE)
     return final
 
@@ -251,6 +253,19 @@ def build_dataset(settings: Settings, start: datetime | None = None, end: dateti
     return BuiltDataset(name=name, path=write_dataset(settings, table, manifest), manifest=manifest)
 
 
+def latest_event_time(settings: Settings) -> datetime:
+    """The newest labelled sample's event time (UTC): "now" for a cycle over replayed history."""
+    directory = settings.warehouse_dir / "labelled_samples"
+    if not any(directory.rglob("*.parquet")):
+        raise DatasetError(f"no labelled samples under {directory}: run the feature job first")
+    sql = f"SELECT max(event_time) FROM read_parquet('{parquet_glob(directory)}', hive_partitioning = false)"
+    with duckdb.connect() as con:
+        newest = con.execute(sql).fetchone()[0]
+    if newest is None:
+        raise DatasetError(f"the labelled samples under {directory} are empty")
+    return _utc(newest)
+
+
 def latest_name(settings: Settings) -> str:
     path = settings.datasets_dir / LATEST_FILE
     if not path.exists():
@@ -258,7 +273,7 @@ def latest_name(settings: Settings) -> str:
     return path.read_text().strip()
 
 
-def load_dataset(settings: Settings, name: str | None = None) -> tuple[pa.Table, dict[str, Any]]:
+def load_dataset(settings: Settings, name: str | None = None) -> tuple[pa.Table, DatasetManifest]:
     """A built training set and its manifest; ``name=None`` = the one LATEST points to."""
     name = name or latest_name(settings)
     if "/" in name or name.startswith("."):
@@ -266,5 +281,8 @@ def load_dataset(settings: Settings, name: str | None = None) -> tuple[pa.Table,
     folder = settings.datasets_dir / name
     if not (folder / "manifest.json").exists():
         raise DatasetError(f"dataset {name!r} not found under {settings.datasets_dir}")
-    manifest = json.loads((folder / "manifest.json").read_text())
+    try:
+        manifest = DatasetManifest.from_json((folder / "manifest.json").read_text())
+    except ValueError as exc:
+        raise DatasetError(str(exc)) from exc
     return pq.read_table(folder / "data.parquet"), manifest

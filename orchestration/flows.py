@@ -83,15 +83,39 @@ def validate_training_set(settings: Settings, name: str) -> dict[str, Any]:
 
 
 @_task
+def build_cycle_training_sets(settings: Settings) -> tuple[str, str]:
+    """This cycle's training set [t-W-H, t-H) and holdout [t-H, t), t = just after the newest sample."""
+    from training.cycle import build_cycle_sets
+
+    sets = build_cycle_sets(settings)
+    return sets.train.name, sets.holdout.name
+
+
+@_task
 def train_cohort(settings: Settings, dataset: str, train_config: dict[str, Any],
-                 warm_start: str | None) -> dict[str, Any]:
+                 warm_start: str | None, holdout: str | None = None) -> dict[str, Any]:
     from training.cycle import load_training_set, run_cycle
     from training.trainer import TrainConfig
 
     table, manifest = load_training_set(settings, dataset)
+    holdout_table, holdout_manifest = load_training_set(settings, holdout) if holdout else (None, None)
     result = run_cycle(settings, table, manifest, TrainConfig.from_dict(train_config), parent=warm_start,
-                       progress=False)
+                       holdout_table=holdout_table, holdout_manifest=holdout_manifest, progress=False)
     return result.summary()
+
+
+@_task
+def gate_and_promote(settings: Settings, version: str) -> dict[str, Any]:
+    """Promote the new version if it passes the gate against the champion; a FAIL is a result (the version
+    is rejected and the champion keeps serving), not a failed flow."""
+    from orchestration.servability import servability_check
+    from training.registry import PromotionRefused, promote
+
+    try:
+        report = promote(settings, version, servability=servability_check(print))
+    except PromotionRefused as exc:
+        return {"promoted": False, "failures": exc.gate.failures() if exc.gate else [str(exc)]}
+    return {"promoted": True, "previous": report.previous}
 
 
 def _with_bootstrap(settings: Settings, bootstrap: str) -> Settings:
@@ -117,18 +141,21 @@ def feature_refresh_flow(final: bool = False) -> dict[str, Any]:
 @flow(name="ctrflow-continual-training", log_prints=True)
 def continual_training_flow(train_config: dict[str, Any] | None = None,
                             warm_start_from_latest: bool = True) -> dict[str, Any]:
-    """Build the training set from the warehouse -> validate it -> train (warm-started from the newest
-    version) -> evaluate + save. It does not validate raw events: it reads what the feature job wrote
-    (which dead-letters malformed records); ``end_to_end_flow`` and ``ctrflow validate events`` run the
-    events suite on a log file."""
+    """Build this cycle's training set [t-W-H, t-H) and holdout [t-H, t) from the warehouse -> validate
+    the training set -> train (warm-started from the newest version) -> evaluate on the holdout, save and
+    register -> the promotion gate against the champion, promoting on PASS. It does not validate raw
+    events: it reads what the feature job wrote (which dead-letters malformed records); ``end_to_end_flow``
+    and ``ctrflow validate events`` run the events suite on a log file."""
     from training.artifacts import latest_version
 
     settings = get_settings()
-    name = build_training_set(settings)
+    name, holdout = build_cycle_training_sets(settings)
     gate = validate_training_set(settings, name)
     parent = latest_version(settings) if warm_start_from_latest else None
-    trained = train_cohort(settings, name, train_config or {}, parent)
-    return {"dataset": name, "validation": gate, "training": trained}
+    trained = train_cohort(settings, name, train_config or {}, parent, holdout)
+    promotion = gate_and_promote(settings, trained["version"])
+    return {"dataset": name, "holdout": holdout, "validation": gate, "training": trained,
+            "promotion": promotion}
 
 
 @flow(name="ctrflow-end-to-end", log_prints=True)

@@ -67,6 +67,23 @@ class Settings(BaseSettings):
     feature_refresh_interval_s: int = Field(default=300, ge=10, description="Feature refresh schedule.")
     retrain_cron: str = Field(default="0 */6 * * *", description="Continual-training schedule (cron, UTC).")
 
+    # --- training windows and the promotion gate --------------------------------------------------------
+    # A cycle at time t trains on [t - W - H, t - H) and is gated on the holdout [t - H, t).
+    train_window_s: int = Field(default=3 * 86400, ge=60, description="W: training window of a cycle.")
+    holdout_window_s: int = Field(default=6 * 3600, ge=60, description="H: the gate's holdout window.")
+    # None is refused by the gate: a missing threshold is an error, never an implicit pass.
+    gate_auc_tolerance: float | None = Field(
+        default=0.002, ge=0, description="A challenger's AUC may be at most this much below the champion's."
+    )
+    gate_logloss_tolerance: float | None = Field(
+        default=0.002, ge=0, description="A challenger's logloss may exceed the champion's by at most this."
+    )
+    gate_pcoc_low: float | None = Field(default=0.8, gt=0, description="Lowest predicted/observed clicks.")
+    gate_pcoc_high: float | None = Field(default=1.25, gt=0, description="Highest predicted/observed clicks.")
+    gate_min_slice_rows: int | None = Field(
+        default=200, ge=1, description="A user-activity slice with fewer rows (or no click) is not gated."
+    )
+
     # --- serving -------------------------------------------------------------------------------------
     serving_host: str = "127.0.0.1"
     serving_port: int = Field(default=8000, ge=0, le=65535)

@@ -2,8 +2,9 @@
 
 A version is one trained cohort (teacher, students, baselines) under ``settings.registry_dir/<version>/``:
 ``model.safetensors`` holds every model's tensors keyed ``<model name>.<parameter>``; ``config.json``
-holds what it takes to rebuild and judge them: each model's family + config + metrics, the input schema,
-the feature service, the data window, the training config and the parent version (lineage).
+(``VersionConfig``) holds what it takes to rebuild and judge them: each model's family + config + metrics,
+the input schema, the feature service, the rows trained on and held out, the training config and the
+parent version (lineage).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -27,20 +28,141 @@ from pipelines.settings import Settings
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Format 1 (before the typed record) kept the data window as one untyped block and did not say which
+# rows the holdout was; such versions still load, but have no recorded holdout to gate or evaluate on.
+LEGACY_FORMAT = 1
+DataPart = Literal["all", "head", "tail"]
 
 
 class ArtifactError(RuntimeError):
     """A version that does not exist, or whose files are incomplete or inconsistent."""
 
 
-@dataclass
+def model_role(family: str) -> str:
+    """A model's part in the cohort: the distilling ``teacher``, a served ``student`` or a ``baseline``."""
+    return family if family in ("teacher", "student") else "baseline"
+
+
+@dataclass(frozen=True)
 class ModelRecord:
     """What a version stores about one model of the cohort (besides its weights)."""
 
     family: str
     config: dict[str, Any]
     metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def role(self) -> str:
+        return model_role(self.family)
+
+
+@dataclass(frozen=True)
+class DataSlice:
+    """Rows of one training set: all of them, or the first/last ``rows`` by event time (a time split).
+
+    ``start``/``end`` are the first and last event times in the rows (ISO), ``content_hash`` the training
+    set's, so a rebuilt set under the same name is noticed.
+    """
+
+    dataset: str | None
+    rows: int
+    start: str | None = None
+    end: str | None = None
+    part: DataPart = "all"
+    content_hash: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DataSlice:
+        if data.get("part", "all") not in ("all", "head", "tail"):
+            raise ArtifactError(f"data slice part {data.get('part')!r} is not all, head or tail")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class VersionConfig:
+    """``config.json`` of a version: how to rebuild its models and what they were trained and judged on."""
+
+    version: str
+    created: str
+    parent: str | None
+    feature_service: str | None
+    input_schema: dict[str, Any]
+    train_config: dict[str, Any]
+    serve: str | None
+    models: dict[str, ModelRecord]
+    train: DataSlice
+    holdout: DataSlice | None
+    # Why the cohort (or single models) did not warm-start from ``parent``: schema or config changes.
+    cold_start_reason: str | None = None
+    cold_start: dict[str, str] = field(default_factory=dict)
+    format: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": self.format, "version": self.version, "created": self.created, "parent": self.parent,
+            "feature_service": self.feature_service, "input_schema": self.input_schema,
+            "train_config": self.train_config, "serve": self.serve,
+            "models": {n: asdict(r) for n, r in self.models.items()},
+            "train": self.train.to_dict(),
+            "holdout": None if self.holdout is None else self.holdout.to_dict(),
+            "cold_start_reason": self.cold_start_reason, "cold_start": dict(self.cold_start),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True, default=str)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VersionConfig:
+        fmt = data.get("format")
+        name = data.get("version")
+        if fmt not in (FORMAT_VERSION, LEGACY_FORMAT):
+            raise ArtifactError(
+                f"version {name!r} has config format {fmt!r}; this ctrflow reads formats "
+                f"{LEGACY_FORMAT} and {FORMAT_VERSION} (it was written by another ctrflow release)"
+            )
+        try:
+            if fmt == LEGACY_FORMAT:
+                window = data.get("window") or {}
+                train_rows = window.get("train") or {}
+                train = DataSlice(
+                    dataset=window.get("dataset"), rows=int(train_rows.get("rows", 0)),
+                    start=train_rows.get("start"), end=train_rows.get("end"), part="head",
+                    content_hash=window.get("content_hash"),
+                )
+                holdout = None
+            else:
+                train = DataSlice.from_dict(data["train"])
+                holdout = None if data.get("holdout") is None else DataSlice.from_dict(data["holdout"])
+            return cls(
+                version=str(data["version"]), created=str(data["created"]), parent=data.get("parent"),
+                feature_service=data.get("feature_service"), input_schema=dict(data["input_schema"]),
+                train_config=dict(data.get("train_config") or {}), serve=data.get("serve"),
+                models={n: ModelRecord(**r) for n, r in data["models"].items()},
+                train=train, holdout=holdout, cold_start_reason=data.get("cold_start_reason"),
+                cold_start=dict(data.get("cold_start") or {}), format=FORMAT_VERSION,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(
+                f"version {name!r} has an incomplete config.json: missing or bad {exc}"
+            ) from exc
+
+    @classmethod
+    def from_json(cls, text: str) -> VersionConfig:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ArtifactError(f"config.json is not JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ArtifactError("config.json must hold a JSON object")
+        return cls.from_dict(data)
+
+    @property
+    def served(self) -> ModelRecord | None:
+        return None if self.serve is None else self.models.get(self.serve)
 
 
 def new_version_id(now: datetime | None = None) -> str:
@@ -68,13 +190,15 @@ def save_version(
     schema: dict[str, Any],
     *,
     feature_service: str | None,
-    window: dict[str, Any],
+    train: DataSlice,
+    holdout: DataSlice | None,
     train_config: dict[str, Any],
     parent: str | None = None,
     serve: str | None = None,
-    extra: dict[str, Any] | None = None,
-) -> str:
-    """Write a new version atomically (temp dir + rename) and return its id."""
+    cold_start_reason: str | None = None,
+    cold_start: Mapping[str, str] | None = None,
+) -> VersionConfig:
+    """Write a new version atomically (temp dir + rename) and return its config."""
     if set(models) != set(records):
         raise ValueError(f"weights for {sorted(models)} but records for {sorted(records)}")
     if serve is not None and serve not in models:
@@ -82,28 +206,21 @@ def save_version(
     registry = settings.registry_dir
     registry.mkdir(parents=True, exist_ok=True)
     version = new_version_id()
-    config = {
-        "format": FORMAT_VERSION,
-        "version": version,
-        "created": datetime.now(UTC).isoformat(),
-        "parent": parent,
-        "feature_service": feature_service,
-        "window": window,
-        "input_schema": schema,
-        "train_config": train_config,
-        "serve": serve,
-        "models": {n: asdict(r) for n, r in records.items()},
-        **(extra or {}),
-    }
+    config = VersionConfig(
+        version=version, created=datetime.now(UTC).isoformat(), parent=parent,
+        feature_service=feature_service, input_schema=schema, train_config=train_config, serve=serve,
+        models=dict(records), train=train, holdout=holdout, cold_start_reason=cold_start_reason,
+        cold_start=dict(cold_start or {}),
+    )
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=registry))
     try:
         save_file(_state_tensors(models), str(tmp / WEIGHTS_FILE), metadata={"version": version})
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
+        (tmp / CONFIG_FILE).write_text(config.to_json())
         os.replace(tmp, registry / version)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return version
+    return config
 
 
 def version_dir(settings: Settings, version: str) -> Path:
@@ -116,14 +233,16 @@ def version_dir(settings: Settings, version: str) -> Path:
     return path
 
 
-def read_config(settings: Settings, version: str) -> dict[str, Any]:
+def read_config(settings: Settings, version: str) -> VersionConfig:
+    """A version's typed config; an unknown format or a damaged file is an ``ArtifactError`` saying so."""
     path = version_dir(settings, version) / CONFIG_FILE
     try:
-        config = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"version {version!r}: {path} is unreadable ({exc})") from None
-    if not isinstance(config, dict):
-        raise ArtifactError(f"version {version!r}: {path} is not a JSON object")
+    config = VersionConfig.from_json(text)
+    if config.version != version:
+        raise ArtifactError(f"folder {version!r} holds the config of version {config.version!r}")
     return config
 
 
@@ -142,7 +261,7 @@ def read_weights(settings: Settings, version: str, name: str) -> dict[str, torch
     return state
 
 
-def list_versions(settings: Settings) -> list[dict[str, Any]]:
+def list_versions(settings: Settings) -> list[VersionConfig]:
     """Every complete version's config, oldest first (half-written temp dirs are ignored)."""
     registry = settings.registry_dir
     if not registry.is_dir():
@@ -151,30 +270,37 @@ def list_versions(settings: Settings) -> list[dict[str, Any]]:
     for path in sorted(registry.iterdir()):
         if path.name.startswith(".") or not (path / CONFIG_FILE).is_file():
             continue
-        out.append(json.loads((path / CONFIG_FILE).read_text()))
-    return sorted(out, key=lambda c: (c["created"], c["version"]))
+        out.append(read_config(settings, path.name))
+    return sorted(out, key=lambda c: (c.created, c.version))
 
 
 def latest_version(settings: Settings) -> str | None:
     versions = list_versions(settings)
-    return versions[-1]["version"] if versions else None
+    return versions[-1].version if versions else None
 
 
-def load_model(settings: Settings, version: str, name: str | None = None) -> tuple[torch.nn.Module, dict]:
+def load_model(
+    settings: Settings, version: str, name: str | None = None
+) -> tuple[torch.nn.Module, VersionConfig]:
     """Rebuild one model of a version with its weights (default: the model marked to serve).
 
-    Returns the model in eval mode and the version config (schema, metrics, lineage).
+    Returns the model in eval mode and the version's typed config (schema, metrics, lineage).
     """
     from training.inputs import InputSchema
     from training.models import build_model
 
     config = read_config(settings, version)
-    name = name or config.get("serve")
-    if name is None or name not in config["models"]:
-        raise ArtifactError(f"version {version!r} has no model {name!r}; it has {sorted(config['models'])}")
-    entry = config["models"][name]
-    schema = InputSchema.from_dict(config["input_schema"])
-    model = build_model(entry["family"], entry["config"], schema)
-    model.load_state_dict(read_weights(settings, version, name))
+    name = name or config.serve
+    if name is None or name not in config.models:
+        raise ArtifactError(f"version {version!r} has no model {name!r}; it has {sorted(config.models)}")
+    entry = config.models[name]
+    schema = InputSchema.from_dict(config.input_schema)
+    model = build_model(entry.family, entry.config, schema)
+    try:
+        model.load_state_dict(read_weights(settings, version, name))
+    except RuntimeError as exc:
+        if isinstance(exc, ArtifactError):
+            raise
+        raise ArtifactError(f"version {version!r}: weights of {name!r} do not fit its config: {exc}") from exc
     model.eval()
     return model, config

@@ -7,6 +7,10 @@ match, else cold-started with the reason recorded); train with validation-based 
 model's calibration on the validation slice; evaluate every model on the holdout, measure its cost, save
 the version and write the run report. The served student is the one with the best validation AUC: the
 holdout never chooses anything.
+
+The rows a version trained on (validation included) and was held out on are recorded in its
+config (``DataSlice``), so the promotion gate and ``ctrflow evaluate`` score it on exactly its holdout,
+never on its training rows; a saved version is registered as a ``candidate``.
 """
 
 from __future__ import annotations
@@ -14,16 +18,18 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from features.manifest import DatasetManifest
 from pipelines.settings import Settings
-from training import artifacts
-from training.artifacts import ModelRecord
+from training import artifacts, registry
+from training.artifacts import ArtifactError, DataSlice, ModelRecord, VersionConfig
 from training.inputs import InputSchema, encode, fit_input_schema, schema_change
 from training.report import write_report
 from training.trainer import (
@@ -36,14 +42,16 @@ from training.trainer import (
     predict,
     seed_everything,
     select_device,
-    time_range,
     time_split,
     train_window,
     warm_start,
 )
 
+if TYPE_CHECKING:
+    from features.datasets import BuiltDataset
 
-def load_training_set(settings: Settings, name: str | None = None) -> tuple[pa.Table, dict[str, Any]]:
+
+def load_training_set(settings: Settings, name: str | None = None) -> tuple[pa.Table, DatasetManifest]:
     """The named (default: newest) training set written by `ctrflow dataset build`."""
     # Imported here: features.datasets pulls in Feast (seconds of import) that training itself never needs.
     from features.datasets import load_dataset
@@ -51,7 +59,7 @@ def load_training_set(settings: Settings, name: str | None = None) -> tuple[pa.T
     return load_dataset(settings, name)
 
 
-def schema_for(manifest: dict[str, Any], config: TrainConfig) -> InputSchema:
+def schema_for(manifest: DatasetManifest, config: TrainConfig) -> InputSchema:
     """Input schema sized for the longest sequence any model of the cohort reads."""
     longest = max(int(cfg.get("seq_len", 1)) for _, cfg in cohort_configs(config).values())
     return InputSchema.from_manifest(manifest, max_seq_len=longest)
@@ -79,18 +87,78 @@ class CycleResult:
         }
 
 
+def data_slice(table: pa.Table, manifest: DatasetManifest | None, part: artifacts.DataPart) -> DataSlice:
+    """Which rows of which training set ``table`` is: all of it, or its first/last rows by time."""
+    times = table.column(manifest.columns.time if manifest else "event_time")
+    start = end = None
+    if table.num_rows:
+        lo, hi = pc.min_max(times).values()
+        start, end = _iso(lo.as_py()), _iso(hi.as_py())
+    return DataSlice(
+        dataset=manifest.name if manifest else None, rows=table.num_rows, start=start, end=end, part=part,
+        content_hash=manifest.content_hash if manifest else None,
+    )
+
+
+def _iso(value: Any) -> str:
+    if isinstance(value, datetime):
+        return (value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)).isoformat()
+    return datetime.fromtimestamp(int(value) / 1000, UTC).isoformat()  # integer milliseconds
+
+
+def load_slice(settings: Settings, part: DataSlice) -> pa.Table:
+    """The recorded rows again: the training set by name, checked against its hash, cut as recorded."""
+    if part.dataset is None:
+        raise ArtifactError("the rows were not recorded by training-set name (an in-memory table)")
+    table, manifest = load_training_set(settings, part.dataset)
+    if part.content_hash is not None and manifest.content_hash != part.content_hash:
+        raise ArtifactError(
+            f"training set {part.dataset!r} changed since it was used (content hash "
+            f"{manifest.content_hash[:12]} != recorded {part.content_hash[:12]})"
+        )
+    if part.part != "all":
+        table = table.sort_by([(manifest.columns.time, "ascending")])
+        table = table.slice(0, part.rows) if part.part == "head" else table.slice(table.num_rows - part.rows)
+    if table.num_rows != part.rows:
+        raise ArtifactError(
+            f"training set {part.dataset!r} yields {table.num_rows} rows where {part.rows} were recorded"
+        )
+    return table
+
+
+def recorded_holdout(settings: Settings, config: VersionConfig) -> pa.Table:
+    """The holdout rows a version was judged on when it was trained."""
+    if config.holdout is None:
+        raise ArtifactError(
+            f"version {config.version} recorded no holdout (saved before holdouts were recorded): "
+            "name the rows to score explicitly"
+        )
+    return load_slice(settings, config.holdout)
+
+
+def training_overlap(config: VersionConfig, table: pa.Table, time_column: str = "event_time") -> int:
+    """How many rows of ``table`` fall inside the version's training window (first to last train time)."""
+    if config.train.start is None or config.train.end is None or table.num_rows == 0:
+        return 0
+    times = table.column(time_column)
+    bounds = (config.train.start, config.train.end)
+    lo, hi = (pa.scalar(datetime.fromisoformat(t), times.type) for t in bounds)
+    inside = pc.and_(pc.greater_equal(times, lo), pc.less_equal(times, hi))
+    return int(pc.sum(inside.cast(pa.int64())).as_py() or 0)
+
+
 def evaluate_version(
     settings: Settings, version: str, table: pa.Table, names: list[str] | None = None
 ) -> dict[str, dict[str, float]]:
     """Holdout metrics of models of a saved version (all of them by default) on a training-set table."""
     config = artifacts.read_config(settings, version)
-    unknown = [n for n in names or () if n not in config["models"]]
+    unknown = [n for n in names or () if n not in config.models]
     if unknown:
-        raise ValueError(f"version {version} has no model {unknown}; it has {sorted(config['models'])}")
-    batch = encode(table, InputSchema.from_dict(config["input_schema"]))
+        raise ValueError(f"version {version} has no model {unknown}; it has {sorted(config.models)}")
+    batch = encode(table, InputSchema.from_dict(config.input_schema))
     device = select_device("auto")
     metrics = {}
-    for name in names or list(config["models"]):
+    for name in names or list(config.models):
         model, _ = artifacts.load_model(settings, version, name)
         metrics[name] = evaluate_model(model.to(device), batch, device)[0]
     return metrics
@@ -127,14 +195,14 @@ def export_predictions(
     if missing:
         raise ValueError(f"table lacks the key columns of a prediction file: {missing}")
     config = artifacts.read_config(settings, version)
-    names = list(names or config["models"])
-    unknown = [n for n in names if n not in config["models"]]
+    names = list(names or config.models)
+    unknown = [n for n in names if n not in config.models]
     if unknown:
-        raise ValueError(f"version {version} has no model {unknown}; it has {sorted(config['models'])}")
+        raise ValueError(f"version {version} has no model {unknown}; it has {sorted(config.models)}")
     clashing = [n for n in names if n in PREDICTION_KEYS]
     if clashing:
         raise ValueError(f"model names {clashing} clash with the key columns {list(PREDICTION_KEYS)}")
-    batch = encode(table, InputSchema.from_dict(config["input_schema"]))
+    batch = encode(table, InputSchema.from_dict(config.input_schema))
     device = select_device("auto")
     columns = {c: table.column(c) for c in PREDICTION_KEYS}
     for name in names:
@@ -148,6 +216,29 @@ def export_predictions(
     finally:
         tmp.unlink(missing_ok=True)
     return PredictionExport(version, path, table.num_rows, tuple(names))
+
+
+@dataclass(frozen=True)
+class CycleSets:
+    """The two training sets of one cycle at time ``at``: train [at-W-H, at-H), holdout [at-H, at)."""
+
+    at: datetime
+    train: BuiltDataset
+    holdout: BuiltDataset
+
+
+def build_cycle_sets(settings: Settings, at: datetime | None = None, service: str | None = None) -> CycleSets:
+    """Build a cycle's training and holdout sets with the one dataset builder (default ``at``: just after
+    the newest labelled sample, since replayed history is not "now")."""
+    from features.datasets import DEFAULT_SERVICE, build_dataset, latest_event_time
+
+    at = at or latest_event_time(settings) + timedelta(milliseconds=1)
+    cut = at - timedelta(seconds=settings.holdout_window_s)
+    begin = cut - timedelta(seconds=settings.train_window_s)
+    service = service or DEFAULT_SERVICE
+    train = build_dataset(settings, begin, cut, service)
+    holdout = build_dataset(settings, cut, at, service)
+    return CycleSets(at=at, train=train, holdout=holdout)
 
 
 def _best_student(val_auc: dict[str, float], students: list[str]) -> str | None:
@@ -166,9 +257,10 @@ def _split_validation(table: pa.Table, time_col: str, fraction: float) -> tuple[
 def run_cycle(
     settings: Settings,
     train_table: pa.Table,
-    manifest: dict[str, Any],
+    manifest: DatasetManifest,
     config: TrainConfig,
     holdout_table: pa.Table | None = None,
+    holdout_manifest: DatasetManifest | None = None,
     holdout_fraction: float = 0.2,
     parent: str | None = None,
     save: bool = True,
@@ -176,16 +268,22 @@ def run_cycle(
     progress: bool = True,
     run_name: str | None = None,
 ) -> CycleResult:
-    """Train one cohort on a window and evaluate it on the holdout (the window after, by default)."""
+    """Train one cohort on a window and evaluate it on the holdout (by default the latest
+    ``holdout_fraction`` of the rows by time); a saved version is registered as a ``candidate``."""
     seed_everything(config.seed)
-    time_col = manifest["columns"]["time"]
+    time_col = manifest.columns.time
     if holdout_table is None:
         train_table, holdout_table = time_split(train_table, time_col, holdout_fraction)
+        train_part = data_slice(train_table, manifest, "head")
+        holdout_part = data_slice(holdout_table, manifest, "tail")
+    else:
+        train_part = data_slice(train_table, manifest, "all")
+        holdout_part = data_slice(holdout_table, holdout_manifest, "all")
     fit_table, val_table = _split_validation(train_table, time_col, config.val_fraction)
     schema = schema_for(manifest, config)
     parent_schema, cold_reason = None, None
     if parent is not None:
-        parent_schema = InputSchema.from_dict(artifacts.read_config(settings, parent)["input_schema"])
+        parent_schema = InputSchema.from_dict(artifacts.read_config(settings, parent).input_schema)
         # The sequence length read is the cohort's (a model whose seq_len changed cold-starts alone).
         parent_schema = dataclasses.replace(parent_schema, max_seq_len=schema.max_seq_len)
         cold_reason = schema_change(parent_schema, schema)
@@ -240,26 +338,22 @@ def run_cycle(
 
     version = None
     if save:
-        version = artifacts.save_version(
+        saved = artifacts.save_version(
             settings,
             cohort.models,
             {n: ModelRecord(cohort.families[n], cohort.configs[n], metrics[n]) for n in cohort.models},
             schema.to_dict(),
-            feature_service=manifest.get("feature_service"),
-            window={
-                "dataset": manifest.get("name"),
-                "dataset_window": manifest.get("window"),
-                "content_hash": manifest.get("content_hash"),
-                "train": time_range(fit_table, time_col) | {"rows": fit_table.num_rows},
-                "validation": (time_range(val_table, time_col) | {"rows": val_table.num_rows}
-                               if val_table is not None else None),
-                "holdout": time_range(holdout_table, time_col) | {"rows": holdout_table.num_rows},
-            },
+            feature_service=manifest.feature_service,
+            train=train_part,
+            holdout=holdout_part,
             train_config=config.to_dict(),
             parent=parent,
             serve=serve,
-            extra={"cold_start_reason": cold_reason, "cold_start": cold},
+            cold_start_reason=cold_reason,
+            cold_start=cold,
         )
+        registry.register_version(settings, saved)
+        version = saved.version
     run_dir = settings.runs_dir / (run_name or version or f"run-{datetime.now(UTC):%Y%m%dT%H%M%S}")
     if report:
         oracle = next((m["oracle_auc"] for m in metrics.values() if "oracle_auc" in m), None)

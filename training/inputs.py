@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from features.manifest import DatasetManifest
 from pipelines.events import stable_int_id
 from pipelines.tables import CTR_PRIOR_CLICKS, CTR_PRIOR_IMPRESSIONS
 
@@ -111,24 +112,21 @@ class InputSchema:
             raise ValueError("admitted needs one entry per categorical column (or none)")
 
     @classmethod
-    def from_manifest(cls, manifest: dict[str, Any], max_seq_len: int) -> InputSchema:
+    def from_manifest(cls, manifest: DatasetManifest, max_seq_len: int) -> InputSchema:
         """Build the schema from a training-set manifest (the ``columns`` block of the dataset contract)."""
+        cols = manifest.columns
+        categorical, user, item, dense = cols.categorical, cols.user, cols.item, cols.dense
+        label, time, category = cols.label, cols.time, cols.category
+        if cols.sequence is None:
+            raise ValueError(
+                f"training set of feature service {manifest.feature_service!r} has no behaviour "
+                "sequence; every model family reads one: build it with the sequence_ctr service"
+            )
         try:
-            cols = manifest["columns"]
-            categorical = tuple(cols["categorical"])
-            seq = cols["sequence"]
-            user, item = cols["user"], cols["item"]
-            dense = tuple(cols.get("dense", ()))
-            label, time = cols["label"], cols["time"]
+            seq = cols.sequence
             seq_items, seq_cats, seq_times = seq["item_ids"], seq["category_ids"], seq["event_times"]
-        except (KeyError, TypeError) as exc:
-            if isinstance(manifest.get("columns"), dict) and manifest["columns"].get("sequence", 0) is None:
-                raise ValueError(
-                    f"training set of feature service {manifest.get('feature_service')!r} has no behaviour "
-                    "sequence; every model family reads one: build it with the sequence_ctr service"
-                ) from exc
-            raise ValueError(f"manifest has no usable 'columns' block: missing {exc}") from exc
-        category = cols.get("category", "category")
+        except KeyError as exc:
+            raise ValueError(f"manifest's sequence columns lack {exc}") from exc
 
         def buckets_for(name: str) -> int:
             if name in (user, item):
@@ -149,8 +147,8 @@ class InputSchema:
             seq_category_ids=seq_cats,
             seq_event_times=seq_times,
             max_seq_len=max_seq_len,
-            feature_service=str(manifest.get("feature_service", "")),
-            has_p_click=bool(manifest.get("has_p_click", False)),
+            feature_service=manifest.feature_service,
+            has_p_click=manifest.has_p_click,
             profile_dense=tuple(d for d in dense if d.startswith("user")),
         )
 

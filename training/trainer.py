@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -238,17 +237,17 @@ def warm_start(cohort: Cohort, settings, version: str) -> WarmStart:
     it several times: the parent's served model loads last, so its table is the one kept.
     """
     parent = artifacts.read_config(settings, version)
-    serve = parent.get("serve")
+    serve = parent.serve
     loaded, cold = [], {}
     for name in sorted(cohort.models, key=lambda n: n == serve):
-        entry = parent["models"].get(name)
+        entry = parent.models.get(name)
         if entry is None:
             cold[name] = f"not in parent version {version}"
-        elif entry["family"] != cohort.families[name]:
-            cold[name] = f"family differs from parent {version}: {entry['family']} -> {cohort.families[name]}"
-        elif entry["config"] != cohort.configs[name]:
+        elif entry.family != cohort.families[name]:
+            cold[name] = f"family differs from parent {version}: {entry.family} -> {cohort.families[name]}"
+        elif entry.config != cohort.configs[name]:
             cold[name] = f"config differs from parent {version}: " + _config_change(
-                entry["config"], cohort.configs[name])
+                entry.config, cohort.configs[name])
         else:
             cohort.models[name].load_state_dict(artifacts.read_weights(settings, version, name))
             loaded.append(name)
@@ -541,9 +540,3 @@ def time_split(table: pa.Table, time_column: str, holdout_fraction: float) -> tu
     cut = min(max(1, int(round(ordered.num_rows * (1 - holdout_fraction)))), ordered.num_rows - 1)
     return ordered.slice(0, cut), ordered.slice(cut)
 
-
-def time_range(table: pa.Table, time_column: str) -> dict[str, str | None]:
-    if table.num_rows == 0:
-        return {"start": None, "end": None}
-    lo, hi = pc.min_max(table.column(time_column)).values()
-    return {"start": str(lo.as_py()), "end": str(hi.as_py())}

@@ -134,11 +134,11 @@ def dataset_build(
         raise usage_error(str(exc)) from None
     manifest = built.manifest
     if as_json:
-        typer.echo(json.dumps(manifest, indent=2))
+        typer.echo(json.dumps(manifest.to_dict(), indent=2))
         return
     console.print(
-        f"[green]{built.name}[/green]: {manifest['rows']:,} rows, label rate {manifest['label_rate']:.4f}, "
-        f"{len(manifest['columns']['dense'])} dense features -> {built.path}"
+        f"[green]{built.name}[/green]: {manifest.rows:,} rows, label rate {manifest.label_rate:.4f}, "
+        f"{len(manifest.columns.dense)} dense features -> {built.path}"
     )
 
 
@@ -151,7 +151,7 @@ def dataset_show(name: str | None = typer.Argument(None, help="Dataset name; def
         _, manifest = load_dataset(get_settings(), name)
     except DatasetError as exc:
         raise usage_error(str(exc)) from None
-    typer.echo(json.dumps(manifest, indent=2))
+    typer.echo(json.dumps(manifest.to_dict(), indent=2))
 
 
 def _bounds(max_age_s: int | None, min_rows: int, max_rows: int, min_label_rate: float,

@@ -34,6 +34,10 @@ def train(
     holdout: str | None = typer.Option(
         None, "--holdout", help="Training set to evaluate on (default: the last fraction by time)."
     ),
+    at: str | None = typer.Option(
+        None, "--at", help="Build this cycle's sets first: train on [AT-W-H, AT-H), hold out [AT-H, AT) "
+        "(W, H: CTRFLOW_TRAIN_WINDOW_S, CTRFLOW_HOLDOUT_WINDOW_S); 'latest' = just after the newest sample.",
+    ),
     holdout_fraction: float = typer.Option(0.2, "--holdout-fraction", min=0.01, max=0.9),
     teacher_grade: str = typer.Option("G2", "--teacher-grade", help="G1..G5, or 'none' for no teacher."),
     students: int = typer.Option(2, "--students", min=0, max=8),
@@ -56,11 +60,14 @@ def train(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (last line) with the results."),
 ) -> None:
     """Train teacher + students (online distillation, mutual learning) and save a model version."""
-    from training.cycle import load_training_set, run_cycle
+    from orchestration.cli.store_cmd import parse_time
+    from training.cycle import build_cycle_sets, load_training_set, run_cycle
     from training.trainer import TrainConfig
 
     settings = get_settings()
     overrides = json_object_option(config_json, "--config")
+    if at is not None and (dataset or holdout):
+        raise usage_error("--at builds its own training and holdout sets: drop --dataset / --holdout")
     try:
         config = TrainConfig.from_dict({
             "teacher_grade": None if teacher_grade.lower() == "none" else teacher_grade,
@@ -71,16 +78,19 @@ def train(
             "temperature": temperature, "kd_rampup_steps": kd_rampup_steps, "seed": seed, "device": device,
             "threads": threads,
         } | overrides)
+        if at is not None:
+            sets = build_cycle_sets(settings, None if at == "latest" else parse_time(at, "--at"))
+            dataset, holdout = sets.train.name, sets.holdout.name
         table, manifest = load_training_set(settings, dataset)
-        holdout_table = load_training_set(settings, holdout)[0] if holdout else None
+        holdout_table, holdout_manifest = load_training_set(settings, holdout) if holdout else (None, None)
         result = run_cycle(
-            settings, table, manifest, config, holdout_table=holdout_table,
+            settings, table, manifest, config, holdout_table=holdout_table, holdout_manifest=holdout_manifest,
             holdout_fraction=holdout_fraction, parent=warm_start, progress=not as_json,
         )
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         raise usage_error(str(exc)) from exc
     if as_json:
-        print(json.dumps(result.summary() | {"dataset": manifest.get("name")}))
+        print(json.dumps(result.summary() | {"dataset": manifest.name, "holdout": holdout}))
         return
     console.print(_metrics_table(f"holdout metrics — version {result.version}", result.metrics))
     console.print(f"saved version [bold]{result.version}[/bold] (serve: {result.serve}); "
@@ -90,7 +100,9 @@ def train(
 @app.command("evaluate")
 def evaluate(
     model: str = typer.Argument(..., help="Model version id, or 'latest'."),
-    dataset: str | None = typer.Option(None, "--dataset", help="Training-set name (default: the newest)."),
+    dataset: str | None = typer.Option(
+        None, "--dataset", help="Training set to score (default: the version's recorded holdout)."
+    ),
     name: str | None = typer.Option(None, "--name", help="One model of the version (default: all)."),
     last_fraction: float | None = typer.Option(
         None, "--last-fraction", min=0.01, max=1.0, help="Score only the latest fraction of rows by time."
@@ -98,12 +110,22 @@ def evaluate(
     predictions: Path | None = typer.Option(
         None, "--predictions", help="Also write each row's scores to this .parquet file, a column per model."
     ),
+    allow_overlap: bool = typer.Option(
+        False, "--allow-overlap", help="Score rows inside the version's training window anyway."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (last line)."),
 ) -> None:
-    """Score a saved version's models on a training set: AUC, gAUC (per user and per request), logloss,
-    calibration, oracle gap; optionally export the per-row predictions."""
+    """Score a saved version's models (default: on its recorded holdout): AUC, gAUC (per user and per
+    request), logloss, calibration, oracle gap; optionally export the per-row predictions."""
     from training import artifacts
-    from training.cycle import evaluate_version, export_predictions, load_training_set
+    from training.cycle import (
+        evaluate_version,
+        export_predictions,
+        load_training_set,
+        recorded_holdout,
+        training_overlap,
+    )
+    from training.inputs import InputSchema
     from training.trainer import time_split
 
     settings = get_settings()
@@ -111,9 +133,23 @@ def evaluate(
         version = artifacts.latest_version(settings) if model == "latest" else model
         if version is None:
             raise ValueError("no model versions saved yet (run `ctrflow train`)")
-        table, manifest = load_training_set(settings, dataset)
+        config = artifacts.read_config(settings, version)
+        if dataset is None:
+            if config.holdout is None:
+                raise ValueError(f"version {version} recorded no holdout (an older format): pass --dataset")
+            table, source = recorded_holdout(settings, config), f"holdout of {config.holdout.dataset}"
+        else:
+            table, source = load_training_set(settings, dataset)[0], dataset
+        time_column = InputSchema.from_dict(config.input_schema).time
         if last_fraction is not None and last_fraction < 1.0:
-            table = time_split(table, manifest["columns"]["time"], last_fraction)[1]
+            table = time_split(table, time_column, last_fraction)[1]
+        overlap = training_overlap(config, table, time_column) if dataset is not None else 0
+        if overlap and not allow_overlap:
+            raise ValueError(
+                f"{overlap} of the {table.num_rows} rows of {dataset} lie inside {version}'s training window "
+                f"[{config.train.start}, {config.train.end}]; score its holdout (no --dataset) or pass "
+                "--allow-overlap"
+            )
         metrics = evaluate_version(settings, version, table, [name] if name else None)
         exported = None
         if predictions is not None:
@@ -121,10 +157,11 @@ def evaluate(
     except (ValueError, FileNotFoundError, RuntimeError, OSError) as exc:
         raise usage_error(str(exc)) from exc
     if as_json:
-        print(json.dumps({"version": version, "dataset": manifest.get("name"), "rows": table.num_rows,
-                          "models": metrics} | ({"predictions": str(exported.path)} if exported else {})))
+        print(json.dumps({"version": version, "dataset": source, "rows": table.num_rows,
+                          "overlap_rows": overlap, "models": metrics}
+                         | ({"predictions": str(exported.path)} if exported else {})))
         return
-    title = f"version {version} on {manifest.get('name')} ({table.num_rows} rows)"
+    title = f"version {version} on {source} ({table.num_rows} rows)"
     console.print(_metrics_table(title, metrics))
     if exported:
         scored = ", ".join(exported.models)

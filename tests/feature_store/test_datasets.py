@@ -24,6 +24,7 @@ from features.feature_repo.definitions import (
     feature_default,
     view_features,
 )
+from features.manifest import DatasetManifest
 from pipelines import tables
 from pipelines.settings import Settings
 from pipelines.tables import ENTITY_KEYS
@@ -134,21 +135,22 @@ def test_build_writes_parquet_manifest_and_latest(warehouse) -> None:
     start, end = T0 + timedelta(days=1), T0 + timedelta(days=2)
     built = build_dataset(settings, start=start, end=end)
     data, manifest = load_dataset(settings)
-    assert manifest == json.loads((built.path / "manifest.json").read_text())
-    assert (settings.datasets_dir / "LATEST").read_text().strip() == built.name == manifest["name"]
+    assert manifest == built.manifest == DatasetManifest.from_json((built.path / "manifest.json").read_text())
+    assert json.loads((built.path / "manifest.json").read_text())["format"] == 1
+    assert (settings.datasets_dir / "LATEST").read_text().strip() == built.name == manifest.name
     times = written["labelled_samples"].column("event_time").to_pylist()
-    assert data.num_rows == manifest["rows"] == sum(start <= t < end for t in times) > 0
+    assert data.num_rows == manifest.rows == sum(start <= t < end for t in times) > 0
     assert all(start <= t < end for t in data.column("event_time").to_pylist())
-    assert manifest["window"] == {"start": start.isoformat(), "end": end.isoformat()}
-    assert manifest["label_rate"] == pytest.approx(sum(data.column("label").to_pylist()) / data.num_rows)
+    assert (manifest.window_start, manifest.window_end) == (start.isoformat(), end.isoformat())
+    assert manifest.label_rate == pytest.approx(sum(data.column("label").to_pylist()) / data.num_rows)
     assert data.schema.names[: len(tables.LABELLED_SAMPLES)] == tables.LABELLED_SAMPLES.names
-    assert manifest["columns"]["sequence"]["item_ids"] in data.schema.names
-    assert set(manifest["columns"]["dense"]) < set(data.schema.names)
-    assert manifest["has_p_click"] is True
+    assert manifest.columns.sequence["item_ids"] in data.schema.names
+    assert set(manifest.columns.dense) < set(data.schema.names)
+    assert manifest.has_p_click is True
     # The Feast path writes the same content: the same hash.
     again = build_dataset(settings, start=start, end=end, engine="feast")
-    assert again.manifest["content_hash"] == manifest["content_hash"]
-    assert load_dataset(settings, built.name)[1]["name"] == built.name
+    assert again.manifest.content_hash == manifest.content_hash
+    assert load_dataset(settings, built.name)[1].name == built.name
 
 
 def test_empty_window_and_unknown_inputs_are_clear_errors(warehouse) -> None:

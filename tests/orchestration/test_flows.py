@@ -47,7 +47,7 @@ def test_demo_runs_the_end_to_end_flow_through_every_stage(prefect_api: None, ho
     assert result["dataset_validation"]["rows"] == sim["impressions"]
 
     version = result["training"]["version"]
-    assert [v["version"] for v in list_versions(settings)] == [version]
+    assert [v.version for v in list_versions(settings)] == [version]
     model, _ = load_model(settings, version)  # the saved student loads back without pickle
     assert sum(p.numel() for p in model.parameters()) > 0
     assert Path(result["training"]["report"]).is_file()
@@ -65,6 +65,31 @@ def test_failed_dataset_validation_stops_training(prefect_api: None, home: Path,
     with pytest.raises(ValidationFailed, match="label"):
         continual_training_flow(train_config=tiny_train_config())
     assert list_versions(settings) == []  # nothing was trained, nothing can be promoted
+
+
+def test_continual_training_trains_on_its_window_and_gates_against_the_champion(
+    prefect_api: None, home: Path, tmp_path: Path
+) -> None:
+    from training import registry
+
+    log = tmp_path / "log.jsonl"
+    simulate(SimulatorConfig(days=1, users=50, items=40, impressions=1500, seed=5), log)
+    settings = get_settings()
+    run_file(settings, log)
+    result = continual_training_flow(train_config=tiny_train_config())
+
+    version = result["training"]["version"]
+    saved = load_model(settings, version)[1]
+    assert (saved.train.dataset, saved.holdout.dataset) == (result["dataset"], result["holdout"])
+    record = registry.show_version(settings, version)
+    assert record.gate is not None and record.gate.against is None  # gated, against no champion
+    # Whatever the verdict, it is explicit and the registry, the history and the pointer agree with it.
+    promoted = result["promotion"]["promoted"]
+    assert promoted == record.gate.passed
+    assert record.status == ("champion" if promoted else "rejected")
+    assert registry.current_champion(settings) == (version if promoted else None)
+    if not promoted:
+        assert result["promotion"]["failures"] == record.gate.failures() != []
 
 
 def test_deployments_carry_the_configured_schedules() -> None:

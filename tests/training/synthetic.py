@@ -8,7 +8,6 @@ strictly from events before each impression, like the real builder does.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict, deque
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from features.manifest import SEQUENCE_COLUMNS, SEQUENCE_VIEW, manifest_columns
+from features.manifest import SEQUENCE_COLUMNS, SEQUENCE_VIEW, DatasetManifest, ManifestColumns
 from features.services import DEFAULT_SERVICE
 from pipelines.events import EVENT_SCHEMA, SIDE_FIELDS, stable_int_id
 from pipelines.settings import Settings
@@ -39,17 +38,18 @@ def _dense_columns() -> list[str]:
 DENSE = _dense_columns()
 
 
-def make_manifest(name: str, rows: int, label_rate: float, has_p_click: bool = True) -> dict[str, Any]:
-    return {
-        "name": name,
-        "feature_service": DEFAULT_SERVICE,
-        "window": {"start": "2026-01-01T00:00:00Z", "end": "2026-01-02T00:00:00Z"},
-        "rows": rows,
-        "label_rate": label_rate,
-        "content_hash": f"synthetic-{name}",
-        "columns": manifest_columns([*DENSE, SEQ_ITEMS, SEQ_CATS, SEQ_TIMES, SEQ_LEN_COL]),
-        "has_p_click": has_p_click,
-    }
+def make_manifest(name: str, rows: int, label_rate: float, has_p_click: bool = True) -> DatasetManifest:
+    return DatasetManifest(
+        name=name,
+        feature_service=DEFAULT_SERVICE,
+        window_start="2026-01-01T00:00:00+00:00",
+        window_end="2026-01-02T00:00:00+00:00",
+        rows=rows,
+        label_rate=label_rate,
+        content_hash=f"synthetic-{name}",
+        columns=ManifestColumns.for_features([*DENSE, SEQ_ITEMS, SEQ_CATS, SEQ_TIMES, SEQ_LEN_COL]),
+        has_p_click=has_p_click,
+    )
 
 
 def make_table(
@@ -132,19 +132,19 @@ def make_table(
 
 def make_dataset(
     n_rows: int = 512, seed: int = 0, name: str = "synthetic", **kwargs: Any
-) -> tuple[pa.Table, dict[str, Any]]:
+) -> tuple[pa.Table, DatasetManifest]:
     table = make_table(n_rows=n_rows, seed=seed, **kwargs)
     labels = np.asarray(table.column("label").to_numpy(), dtype=np.float64)
     return table, make_manifest(name, table.num_rows, float(labels.mean()))
 
 
-def write_dataset(settings: Settings, table: pa.Table, manifest: dict[str, Any]) -> Path:
+def write_dataset(settings: Settings, table: pa.Table, manifest: DatasetManifest) -> Path:
     """Write ``datasets_dir/<name>/{data.parquet,manifest.json}`` and point LATEST at it."""
     import pyarrow.parquet as pq
 
-    folder = settings.datasets_dir / manifest["name"]
+    folder = settings.datasets_dir / manifest.name
     folder.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, folder / "data.parquet")
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    (settings.datasets_dir / "LATEST").write_text(manifest["name"])
+    (folder / "manifest.json").write_text(manifest.to_json())
+    (settings.datasets_dir / "LATEST").write_text(manifest.name)
     return folder

@@ -38,16 +38,25 @@ def test_train_then_evaluate_the_saved_version(runner, settings, home) -> None:
     version = out["version"]
     assert artifacts.latest_version(settings) == version
 
-    # Scoring the same holdout (latest 20 % by time) must reproduce the training run's numbers.
-    result = runner.invoke(
-        app, ["--home", str(home), "evaluate", version, "--last-fraction", "0.2", "--json"]
-    )
+    # With no --dataset, evaluate scores the holdout the version recorded (the latest 20 % by time):
+    # it must reproduce the training run's numbers.
+    result = runner.invoke(app, ["--home", str(home), "evaluate", version, "--json"])
     assert result.exit_code == 0, result.output
     evaluated = _last_json(result.output)
-    assert evaluated["rows"] == 80
+    assert evaluated["rows"] == 80 and evaluated["dataset"] == "holdout of day1"
     for name, metrics in out["models"].items():
         assert evaluated["models"][name]["auc"] == pytest.approx(metrics["auc"], abs=1e-6)
         assert evaluated["models"][name]["logloss"] == pytest.approx(metrics["logloss"], abs=1e-6)
+
+    # The whole training set overlaps the training window: refused in one line, unless asked for.
+    result = runner.invoke(app, ["--home", str(home), "evaluate", version, "--dataset", "day1"])
+    assert result.exit_code == 2 and "inside" in result.output and "training window" in result.output
+    assert "Traceback" not in result.output
+    result = runner.invoke(
+        app, ["--home", str(home), "evaluate", version, "--dataset", "day1", "--allow-overlap", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert _last_json(result.output)["overlap_rows"] >= 320
 
     # A second cycle warm-starts from the first and records the lineage.
     result = runner.invoke(app, [
@@ -56,7 +65,7 @@ def test_train_then_evaluate_the_saved_version(runner, settings, home) -> None:
     ])
     assert result.exit_code == 0, result.output
     second = _last_json(result.output)
-    assert artifacts.read_config(settings, second["version"])["parent"] == version
+    assert artifacts.read_config(settings, second["version"]).parent == version
     assert sorted(second["warm_started"]) == ["lr", "student_0", "student_1", "teacher"]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 import torch
 from synthetic import DENSE, SEQ_CATS, SEQ_ITEMS, SEQ_LEN_COL, SEQ_TIMES, make_dataset
 
-from features.manifest import manifest_columns
+from features.manifest import DatasetManifest, ManifestColumns, ManifestError
 from pipelines.events import stable_int_id
 from training.inputs import PRIOR_CTR, InputSchema, encode, hash_ids
 
@@ -25,7 +26,7 @@ def test_schema_comes_from_the_manifest_and_round_trips_through_json(dataset):
     schema = InputSchema.from_manifest(manifest, max_seq_len=6)
     assert schema.categorical[0] == "user_id" and schema.item == "item_id" and schema.category == "category"
     assert schema.seq_item_ids == SEQ_ITEMS
-    assert schema.feature_service == manifest["feature_service"] == "sequence_ctr"
+    assert schema.feature_service == manifest.feature_service == "sequence_ctr"
     assert schema.has_p_click
     # The sequence length is no dense input (the builder's layout): the mask carries it.
     assert set(schema.profile_dense) == {d for d in DENSE if d.startswith("user_stats")}
@@ -37,13 +38,15 @@ def test_schema_comes_from_the_manifest_and_round_trips_through_json(dataset):
 
 def test_bad_manifests_and_bounds_are_refused(dataset):
     _, manifest = dataset
-    with pytest.raises(ValueError, match="columns"):
-        InputSchema.from_manifest({"name": "x"}, max_seq_len=4)
+    with pytest.raises(ManifestError, match="incomplete"):
+        DatasetManifest.from_dict({"name": "x"})
     with pytest.raises(ValueError, match="max_seq_len"):
         InputSchema.from_manifest(manifest, max_seq_len=0)
     with pytest.raises(ValueError, match="unknown"):
         InputSchema.from_dict({**InputSchema.from_manifest(manifest, 4).to_dict(), "surprise": 1})
-    tabular = {**manifest, "feature_service": "tabular_ctr", "columns": manifest_columns(DENSE)}
+    tabular = dataclasses.replace(
+        manifest, feature_service="tabular_ctr", columns=ManifestColumns.for_features(DENSE)
+    )
     with pytest.raises(ValueError, match="no behaviour sequence.*sequence_ctr"):
         InputSchema.from_manifest(tabular, max_seq_len=4)
 

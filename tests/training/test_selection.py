@@ -12,7 +12,7 @@ from synthetic import make_dataset
 from tiny import BASELINE, STUDENT, tiny_train_config
 
 from training import artifacts
-from training.artifacts import ModelRecord
+from training.artifacts import DataSlice, ModelRecord
 from training.cycle import run_cycle, schema_for
 from training.inputs import InputSchema, encode, fit_input_schema
 from training.metrics import auc, pcoc
@@ -117,12 +117,13 @@ def test_saved_version_reapplies_statistics_oov_and_calibration_bit_for_bit(sett
             model.wide.weight.normal_()
     version = artifacts.save_version(
         settings, models, {n: ModelRecord(m.family, m.config.to_dict()) for n, m in models.items()},
-        schema.to_dict(), feature_service=None, window={}, train_config={})
+        schema.to_dict(), feature_service=None, train=DataSlice(dataset=None, rows=200), holdout=None,
+        train_config={}).version
     rows = table.slice(0, 200)
     before = encode(rows, schema)
     for name, model in models.items():
         loaded, config = artifacts.load_model(settings, version, name)
-        reloaded = InputSchema.from_dict(config["input_schema"])
+        reloaded = InputSchema.from_dict(config.input_schema)
         assert reloaded == schema
         after = encode(rows, reloaded)
         for field in ("dense", "categorical", "seq_items", "cand_item"):
@@ -197,12 +198,12 @@ def test_cycle_cold_starts_on_a_schema_change_and_records_why(settings, data) ->
     config = _config(students=1)
     first = run_cycle(settings, table.slice(0, 300), manifest, config, progress=False, report=False)
     dropped = "item_stats__ctr_1h"
-    fewer = dict(manifest, columns=dict(manifest["columns"],
-                                        dense=[d for d in manifest["columns"]["dense"] if d != dropped]))
+    fewer = dataclasses.replace(manifest, columns=dataclasses.replace(
+        manifest.columns, dense=tuple(d for d in manifest.columns.dense if d != dropped)))
     second = run_cycle(settings, table.slice(300).drop_columns([dropped]), fewer, config,
                        parent=first.version, progress=False, report=False)
     saved = artifacts.read_config(settings, second.version)
-    assert saved["parent"] == first.version and second.warm_started == []
-    assert f"removed ['{dropped}']" in saved["cold_start_reason"]
-    assert set(saved["cold_start"]) == {"teacher", "student_0"}
-    assert dropped not in saved["input_schema"]["dense"]
+    assert saved.parent == first.version and second.warm_started == []
+    assert f"removed ['{dropped}']" in saved.cold_start_reason
+    assert set(saved.cold_start) == {"teacher", "student_0"}
+    assert dropped not in saved.input_schema["dense"]

@@ -113,12 +113,11 @@ def test_cycle_learns_saves_and_warm_starts(settings, data) -> None:
         assert {"pcoc_raw", "ece_raw", "val_auc"} <= set(first.metrics[name])
     assert first.serve == max(("student_0", "student_1"), key=lambda s: first.metrics[s]["val_auc"])
     saved = artifacts.read_config(settings, first.version)
-    window = saved["window"]
-    assert window["train"]["end"] <= window["validation"]["start"] <= window["holdout"]["start"]
-    assert window["train"]["rows"] + window["validation"]["rows"] == 800
-    assert len(saved["input_schema"]["dense_mean"]) == len(saved["input_schema"]["dense"])
-    assert saved["feature_service"] == manifest["feature_service"]
-    assert saved["train_config"]["lambda_kd"] == config.lambda_kd
+    # The recorded training rows include the validation slice (both shaped the model); the holdout follows.
+    assert saved.train.rows == 800 and saved.train.end <= saved.holdout.start
+    assert len(saved.input_schema["dense_mean"]) == len(saved.input_schema["dense"])
+    assert saved.feature_service == manifest.feature_service
+    assert saved.train_config["lambda_kd"] == config.lambda_kd
     assert (first.run_dir / "report.md").is_file() and (first.run_dir / "calibration.png").is_file()
 
     # Warm start: a fresh cohort carries the parent's weights by name before any training.
@@ -134,9 +133,9 @@ def test_cycle_learns_saves_and_warm_starts(settings, data) -> None:
     second = run_cycle(settings, later, manifest, _config(baselines=("lr",), kd_rampup_steps=50),
                        parent=first.version, progress=False)
     second_config = artifacts.read_config(settings, second.version)
-    assert second_config["parent"] == first.version
+    assert second_config.parent == first.version
     # A warm-started teacher is mature: no KD ramp-up again (the version records what ran).
-    assert second_config["train_config"]["kd_rampup_steps"] == 0
+    assert second_config.train_config["kd_rampup_steps"] == 0
     assert sorted(second.warm_started) == ["lr", "student_0", "student_1", "teacher"]
 
 
@@ -151,8 +150,8 @@ def test_a_changed_model_config_cold_starts_that_model_and_records_why(settings,
     second = run_cycle(settings, table.slice(200, 400), manifest, wider, parent=first.version,
                        progress=False, report=False)
     saved = artifacts.read_config(settings, second.version)
-    assert saved["parent"] == first.version and saved["cold_start_reason"] is None
-    assert set(saved["cold_start"]) == {"student_0"} and second.warm_started == ["teacher"]
+    assert saved.parent == first.version and saved.cold_start_reason is None
+    assert set(saved.cold_start) == {"student_0"} and second.warm_started == ["teacher"]
 
 
 def test_same_seed_same_result(settings, data) -> None:
