@@ -255,7 +255,7 @@ def read_weights(settings: Settings, version: str, name: str) -> dict[str, torch
         with safe_open(str(path), framework="pt") as f:
             state = {k[len(prefix) :]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}  # noqa: SIM118 (not a dict)
     except (SafetensorError, OSError) as exc:  # truncated, corrupt or unreadable
-        raise ArtifactError(f"version {version!r}: {path} is unreadable ({exc})") from None
+        raise ArtifactError(f"version {version!r} has unreadable weights: {path} ({exc})") from None
     if not state:
         raise ArtifactError(f"version {version!r} has no weights for model {name!r}")
     return state

@@ -22,9 +22,12 @@ DEBUG_ENV = "CTRFLOW_DEBUG"
 _PASS_THROUGH = (typer.Exit, typer.Abort, TyperException, EOFError)
 
 
+_invocation = {"debug": False}
+
+
 def debugging() -> bool:
     """Whether --debug (or CTRFLOW_DEBUG=1) asked for tracebacks instead of one-line errors."""
-    return os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    return _invocation["debug"]
 
 
 class _OneLineErrors(TyperGroup):
@@ -74,8 +77,9 @@ def _global_options(
         os.environ["CTRFLOW_HOME"] = str(home)
     if bootstrap is not None:
         os.environ["CTRFLOW_KAFKA_BOOTSTRAP"] = bootstrap
-    if debug:
-        os.environ[DEBUG_ENV] = "1"
+    # Per invocation (the option reads CTRFLOW_DEBUG too): an earlier --debug in the same process, a test
+    # runner's say, must not leak into this one.
+    _invocation["debug"] = debug
     state = Path(os.environ.get("CTRFLOW_HOME", ".ctrflow")).expanduser()
     if state.exists() and not state.is_dir():
         raise usage_error(f"--home {state} is a file, not a directory: give the state directory")

@@ -14,10 +14,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from orchestration.cli.app import app, usage_error
+from orchestration.cli.app import app
 from orchestration.cli.flows_cmd import train_config_overrides
-from pipelines.beam.job import job_name
-from pipelines.beam.state import job_dir, load_checkpoint
+from pipelines.beam.job import reset_checkpoint
 from pipelines.settings import Settings, get_settings
 from training.config import CPU_STUDENT, CPU_TEACHER
 
@@ -64,18 +63,14 @@ def _print_summary(result: dict[str, Any]) -> None:
     console.print("next: ctrflow features query \"SELECT * FROM user_stats LIMIT 5\"")
 
 
-def _refuse_a_stale_checkpoint(settings: Settings) -> None:
-    """An earlier demo's feature checkpoint names offsets of an embedded broker that is gone: this run's
-    fresh broker starts at offset 0, so the job would read nothing or fail ("the topic was recreated")
-    half way through the flow. Said before anything runs; the state is left as it is."""
+def start_over_on_a_fresh_broker(settings: Settings) -> int:
+    """The demo's embedded broker is new each run, so an earlier run's feature checkpoint names offsets
+    of topics that are gone: drop it with every part file it vouched for (``--reset``), so a second demo
+    in the same home rebuilds the same warehouse instead of failing or mixing two logs. A configured
+    Kafka outlives runs, and its checkpoint is kept. Returns the number of part files removed."""
     if settings.kafka_bootstrap:
-        return  # a configured cluster outlives runs: its checkpoint is meaningful
-    directory = job_dir(settings.checkpoints_dir, job_name(settings))
-    if load_checkpoint(directory).offsets:
-        raise usage_error(
-            f"{settings.home_dir} holds the feature state of an earlier run whose topics lived in an "
-            "embedded broker that is gone: run the demo with a fresh --home (or delete that directory)"
-        )
+        return 0
+    return reset_checkpoint(settings)
 
 
 @app.command("demo")
@@ -92,7 +87,8 @@ def demo(
     from orchestration.flows import end_to_end_flow
 
     config = train_config_overrides(train_config, base=DEMO_TRAIN_CONFIG)
-    _refuse_a_stale_checkpoint(get_settings())
+    if start_over_on_a_fresh_broker(get_settings()):
+        console.print("[dim]earlier demo's feature state reset (its embedded broker is gone)[/dim]")
     result = end_to_end_flow(days=days, users=users, items=items, impressions=impressions, seed=seed,
                              train_config=config)
     _print_summary(result)

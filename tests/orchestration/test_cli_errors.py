@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from pathlib import Path
@@ -12,8 +11,9 @@ import torch
 from typer.testing import CliRunner
 
 from orchestration.cli import app
+from orchestration.cli.demo import start_over_on_a_fresh_broker
 from pipelines.beam.job import job_name
-from pipelines.beam.state import Checkpoint, commit_checkpoint, job_dir
+from pipelines.beam.state import Checkpoint, RecordFingerprint, commit_checkpoint, job_dir, load_checkpoint
 from pipelines.kafka import KafkaUnavailable
 from pipelines.settings import Settings
 from training import artifacts
@@ -67,25 +67,35 @@ def test_unreachable_bootstrap_is_one_line_after_a_bounded_wait(
 def test_a_truncated_weights_file_is_an_artifact_error(settings: Settings) -> None:
     model = torch.nn.Linear(3, 1)
     record = artifacts.ModelRecord(family="lr", config={})
-    version = artifacts.save_version(settings, {"m": model}, {"m": record}, {}, feature_service=None,
-                                     window={}, train_config={}, serve="m")
+    version = artifacts.save_version(
+        settings, {"m": model}, {"m": record}, {}, feature_service=None,
+        train=artifacts.DataSlice(dataset=None, rows=0), holdout=None, train_config={}, serve="m",
+    ).version
     weights = settings.registry_dir / version / artifacts.WEIGHTS_FILE
     weights.write_bytes(weights.read_bytes()[:-7])
-    with pytest.raises(artifacts.ArtifactError, match=f"version '{version}': .* is unreadable") as info:
+    with pytest.raises(artifacts.ArtifactError, match=f"version '{version}' has unreadable weights") as info:
         artifacts.read_weights(settings, version, "m")
     assert "\n" not in str(info.value)
     (settings.registry_dir / version / artifacts.CONFIG_FILE).write_text("{truncated")
-    with pytest.raises(artifacts.ArtifactError, match="config.json is unreadable"):
+    with pytest.raises(artifacts.ArtifactError, match="config.json is not JSON"):
         artifacts.read_config(settings, version)
 
 
-def test_demo_refuses_the_stale_checkpoint_of_an_earlier_embedded_run(
+def test_a_demo_on_a_fresh_embedded_broker_starts_its_feature_state_over(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("CTRFLOW_KAFKA_BOOTSTRAP", raising=False)
-    monkeypatch.setenv("CTRFLOW_TOPIC_PREFIX", settings.topic_prefix)
     directory = job_dir(settings.checkpoints_dir, job_name(settings))
-    commit_checkpoint(directory, Checkpoint(offsets={f"{settings.topic('impressions')}|0": 500}))
-    line = _one_line(runner.invoke(app, ["demo", "--train-config", json.dumps({"epochs": 1})]))
-    assert "holds the feature state of an earlier run" in line and "fresh --home" in line
-    assert not settings.datasets_dir.exists()  # refused before the flow simulated anything
+    part = settings.warehouse_dir / "labelled_samples" / "date=2026-01-05" / "impressions.0.0-10.parquet"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"PAR1")
+    key = f"{settings.topic('impressions')}|0"
+    fingerprints = {key: RecordFingerprint(None, 1, 9)}
+    parts = [str(part.relative_to(settings.warehouse_dir))]
+    commit_checkpoint(directory, Checkpoint(offsets={key: 10}, fingerprints=fingerprints, parts=parts))
+    assert start_over_on_a_fresh_broker(settings) == 1
+    assert not part.exists() and not load_checkpoint(directory).offsets
+    # A configured cluster's checkpoint is meaningful across runs: kept.
+    commit_checkpoint(directory, Checkpoint(offsets={f"{settings.topic('impressions')}|0": 10}))
+    kept = settings.model_copy(update={"kafka_bootstrap": "127.0.0.1:1"})
+    assert start_over_on_a_fresh_broker(kept) == 0 and (directory / "checkpoint.json").exists()

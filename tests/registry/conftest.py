@@ -56,7 +56,7 @@ def _train(settings: Settings, epochs: int, lr: float, seed: int) -> str:
 def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Versions]:
     home = tmp_path_factory.mktemp("registry") / "home"
     settings = Settings(home=home)
-    table, manifest = make_dataset(n_rows=1500, seed=3, name=DATASET)
+    table, manifest = make_dataset(n_rows=1500, seed=3, name=DATASET, item_quality=1.0)
     write_dataset(settings, table, manifest)
     versions = Versions(good=_train(settings, 3, 1e-2, 0), weak=_train(settings, 1, 1e-5, 1),
                         weak2=_train(settings, 1, 1e-5, 2))

@@ -64,7 +64,9 @@ def test_better_challenger_is_promoted_and_a_worse_one_rejected_with_its_numbers
     quality = gate.blessing("quality")
     assert not quality.passed and gate.blessing("data").passed and gate.blessing("servability").passed
     text = "\n".join(quality.reasons)
-    assert "overall: AUC" in text and "not above the" in text and "PCOC" in text
+    # (Its PCOC passes: the validation-fitted calibration repairs even a barely trained model's level.)
+    assert "overall: AUC" in text and "not above the" in text
+    assert "heavy users: AUC" in text and quality.numbers["challenger"]["pcoc"] > 0
     slices = quality.numbers["slices"]
     assert slices["new"] == {"rows": 0, "clicks": 0, "gated": False}  # every holdout user trained
     assert slices["light"]["gated"] and slices["heavy"]["gated"]
