@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     serving_p99_budget_ms: float = Field(
         default=20.0, gt=0, description="Servability gate: in-process p99 of one 100-candidate scoring."
     )
+    serving_torch_threads: int = Field(
+        default=1, ge=0, le=256,
+        description="torch intra-op threads of the server (0 = torch's default); requests run in "
+        "parallel threads, so one each avoids oversubscribing cores.",
+    )
     serving_prediction_log: bool = Field(
         default=True, description="Log every scored request to the <prefix>.served topic."
     )

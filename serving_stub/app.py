@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import torch
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import (
@@ -244,6 +245,8 @@ class ScoringService:
 def create_app(settings: Settings, bootstrap: str | None = None) -> FastAPI:
     """The service for ``settings``; ``bootstrap`` (Kafka host:port) enables the prediction log."""
     metrics = Metrics.create()
+    if settings.serving_torch_threads:
+        torch.set_num_threads(settings.serving_torch_threads)
 
     shown: list[str] = []  # the version label the info gauge carries now
 

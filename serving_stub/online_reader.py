@@ -17,7 +17,7 @@ is absent (the caller applies the cold-start defaults). Tests prove the values e
 
 from __future__ import annotations
 
-import logging
+import functools
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -35,7 +35,6 @@ from features.store import online_path, repo_config_dict
 from pipelines.settings import Settings
 from pipelines.tables import ENTITY_KEYS
 
-_LOG = logging.getLogger(__name__)
 KEY_VERSION = 3  # features.store writes entity_key_serialization_version 3
 
 
@@ -61,7 +60,9 @@ def decode_value(value: ValueProto) -> Any:
     return list(raw.val) if kind.endswith("_list_val") else raw
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def entity_key(join_key: str, entity: str) -> bytes:
+    """Feast's serialised entity key (cached: hot items recur in every request)."""
     proto = EntityKeyProto(join_keys=[join_key], entity_values=[ValueProto(string_val=entity)])
     return serialize_entity_key(proto, entity_key_serialization_version=KEY_VERSION)
 
@@ -110,9 +111,9 @@ class OnlineReader:
         try:
             rows = self._connection().execute(sql, list(keys)).fetchall()
         except sqlite3.Error as exc:
-            self._local.conn = None  # reopen next time (the file may have been recreated)
+            self.close()  # reopen next time (the file may have been recreated)
             raise OnlineReadError(f"online store read of {view} failed: {exc}") from exc
-        found: dict[str, tuple[int, dict[str, Any]]] = {}
+        found: dict[str, OnlineRow] = {}
         wanted = set(view_features(view))
         for key, feature, blob, event_ts in rows:
             if feature not in wanted:
@@ -120,9 +121,11 @@ class OnlineReader:
             value = ValueProto()
             value.ParseFromString(blob)
             entity = keys[key]
-            ts, values = found.setdefault(entity, (_feast_sqlite_ts_ms(event_ts), {}))
-            values[feature] = decode_value(value)
-        return {e: OnlineRow(ts, values) for e, (ts, values) in found.items()}
+            row = found.get(entity)
+            if row is None:  # every feature of an entity's row carries the row's event time
+                row = found[entity] = OnlineRow(_feast_sqlite_ts_ms(event_ts), {})
+            row.values[feature] = decode_value(value)
+        return found
 
     def _read_redis(self, view: str, entities: list[str]) -> ViewRows:
         join_key = ENTITY_KEYS[VIEW_TABLES[view]]
