@@ -6,11 +6,14 @@ Real parts throughout: the training set is built by the point-in-time join, the 
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import torch
 
 from features.datasets import build_dataset, load_dataset
 from features.feature_repo.definitions import VIEW_TABLES
@@ -18,6 +21,8 @@ from features.online import push_latest
 from pipelines.settings import Settings
 from tests.feature_store.synthetic_warehouse import write_synthetic_warehouse
 from tests.training.tiny import STUDENT
+from training import artifacts
+from training.artifacts import ModelRecord
 from training.cycle import run_cycle
 from training.registry import ChampionPointer, write_champion_pointer
 from training.trainer import TrainConfig
@@ -53,3 +58,38 @@ def build_world(settings: Settings, seed: int = 3) -> World:
 def promote(settings: Settings, version: str, model: str) -> None:
     write_champion_pointer(settings, ChampionPointer(version=version, model=model,
                                                      promoted_at=datetime.now(UTC).isoformat()))
+
+
+def variant(settings: Settings, version: str, model: str, change: Callable[[torch.nn.Module], None]) -> str:
+    """A new version holding ``model`` of ``version`` after ``change`` (same schema and config)."""
+    config = artifacts.read_config(settings, version)
+    net, _ = artifacts.load_model(settings, version, model)
+    with torch.no_grad():
+        change(net)
+    entry = config["models"][model]
+    return artifacts.save_version(
+        settings, {model: net}, {model: ModelRecord(entry["family"], entry["config"], entry["metrics"])},
+        config["input_schema"], feature_service=config["feature_service"], window=config["window"],
+        train_config=config["train_config"], parent=version, serve=model,
+    )
+
+
+def last_head_bias(net: torch.nn.Module) -> torch.Tensor:
+    return net.head[-1].bias
+
+
+def shifted(net: torch.nn.Module) -> None:
+    last_head_bias(net).add_(1.5)
+
+
+def poisoned(net: torch.nn.Module) -> None:
+    last_head_bias(net).fill_(float("nan"))
+
+
+def corrupt_copy(settings: Settings, version: str) -> str:
+    """A copy of ``version`` under a new id whose weights file is truncated garbage."""
+    new = artifacts.new_version_id()
+    shutil.copytree(settings.registry_dir / version, settings.registry_dir / new)
+    weights = settings.registry_dir / new / artifacts.WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[:100])
+    return new
