@@ -35,7 +35,8 @@ def test_rows_report_their_event_time_and_stale_rows_get_defaults(world: World) 
     ttl_ms = 7 * 86_400_000
     late = rows["i1"].event_time_ms + ttl_ms + 1000  # the row is older than the view's TTL by then
     values = fetcher.fetch(DEFAULT_SERVICE, "u1", ["i1"], late)
-    assert values["item_stats__impressions_24h"] == [0] and values["item_stats__ctr_7d"] == [pytest.approx(1 / 20)]
+    assert values["item_stats__impressions_24h"] == [0]
+    assert values["item_stats__ctr_7d"] == [pytest.approx(1 / 20)]
     fresh = fetcher.fetch(DEFAULT_SERVICE, "u1", ["i1"], rows["i1"].event_time_ms)
     assert fresh["item_stats__impressions_24h"] == [rows["i1"].values["impressions_24h"]]
 
