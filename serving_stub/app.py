@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import torch
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -120,7 +121,7 @@ class Metrics:
             reloads=Counter("ctrflow_serving_reloads", "Champion models swapped in", registry=r),
             reload_failures=Counter("ctrflow_serving_reload_failures", "Champion reloads refused",
                                     ["reason"], registry=r),
-            serving_version=Gauge("ctrflow_serving_model_info", "1 for the version now serving",
+            serving_version=Gauge("ctrflow_serving_model_info", "1 for the version now serving, 0 before",
                                   ["version"], registry=r),
             log_events=Counter("ctrflow_serving_prediction_log", "Prediction log records", ["outcome"],
                                registry=r),
@@ -248,17 +249,13 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> FastAPI:
     if settings.serving_torch_threads:
         torch.set_num_threads(settings.serving_torch_threads)
 
-    shown: list[str] = []  # the version label the info gauge carries now
-
     def on_reload(ok: bool, reason: str) -> None:
         if ok:
             metrics.reloads.inc()
-            for version in shown:
-                metrics.serving_version.remove(version)
-            shown.clear()
+            for sample in metrics.serving_version.collect()[0].samples:  # earlier versions drop to 0
+                metrics.serving_version.labels(sample.labels["version"]).set(0)
             if holder.current is not None:
                 metrics.serving_version.labels(holder.current.version).set(1)
-                shown.append(holder.current.version)
         else:
             metrics.reload_failures.labels(reason).inc()
 
@@ -285,6 +282,15 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> FastAPI:
 
     app = FastAPI(title="ctrflow serving stub", version="1", lifespan=lifespan)
     app.state.service = service
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> Response:
+        # Without the echoed input (it may be megabytes, or text no encoder takes, e.g. lone surrogates),
+        # and ASCII-escaped: field names come from the client too.
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+                  for e in exc.errors()]
+        body = json.dumps({"detail": errors}, ensure_ascii=True, default=str)
+        return Response(body, 422, media_type="application/json")
 
     @app.post("/v1/score", response_model=ScoreResponse)
     def score(req: ScoreRequest) -> ScoreResponse:

@@ -40,7 +40,12 @@ SMOKE_ITEMS = 8
 
 
 class ModelRefused(RuntimeError):
-    """A model version that cannot serve (unreadable artifact, non-finite scores ...)."""
+    """A model version that cannot serve; ``kind`` is ``artifact`` (cannot be loaded) or ``smoke``
+    (loads, but its scores are not finite probabilities or scoring fails)."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -82,7 +87,8 @@ def smoke_score(model: ServingModel) -> None:
     scores = model.score("__smoke_user", items, RequestContext(now_ms()), features)
     finite = np.isfinite(scores).all()
     if scores.shape != (len(items),) or not finite or (scores < 0).any() or (scores > 1).any():
-        raise ModelRefused(f"smoke scoring gave non-finite or out-of-range scores: {scores.tolist()}")
+        raise ModelRefused(f"{model.version}/{model.name} refused: smoke scoring gave non-finite or "
+                           f"out-of-range scores: {scores.tolist()}", "smoke")
 
 
 def load_serving_model(settings: Settings, version: str, name: str | None = None) -> ServingModel:
@@ -92,7 +98,8 @@ def load_serving_model(settings: Settings, version: str, name: str | None = None
         model, config = load_model(settings, version, name)
         schema = model.schema
     except Exception as exc:  # any broken artifact (missing, truncated, mismatched) is one refusal
-        raise ModelRefused(f"cannot load {version}/{name or 'serve'}: {type(exc).__name__}: {exc}") from exc
+        raise ModelRefused(f"cannot load {version}/{name or 'serve'}: {type(exc).__name__}: {exc}",
+                           "artifact") from exc
     name = name or config["serve"]
     served = ServingModel(
         version=version, name=name, family=config["models"][name]["family"], model=model, schema=schema,
@@ -104,7 +111,8 @@ def load_serving_model(settings: Settings, version: str, name: str | None = None
     except ModelRefused:
         raise
     except Exception as exc:
-        raise ModelRefused(f"smoke scoring of {version}/{name} failed: {type(exc).__name__}: {exc}") from exc
+        raise ModelRefused(f"smoke scoring of {version}/{name} failed: {type(exc).__name__}: {exc}",
+                           "smoke") from exc
     return served
 
 
@@ -142,7 +150,7 @@ class ChampionHolder:
         try:
             pointer = read_champion_pointer(self.settings)
         except Exception as exc:  # a half-edited or foreign file: keep serving, say why
-            self._fail(f"champion pointer unreadable: {type(exc).__name__}: {exc}", None)
+            self._fail(f"champion pointer unreadable: {type(exc).__name__}: {exc}", None, "pointer")
             return
         self.status.pointer = None if pointer is None else json.loads(pointer.to_json())
         current = self.current
@@ -155,7 +163,7 @@ class ChampionHolder:
         try:
             model = load_serving_model(self.settings, pointer.version, pointer.model)
         except ModelRefused as exc:
-            self._fail(str(exc), pointer)
+            self._fail(str(exc), pointer, exc.kind)
             return
         self.current = model  # one reference assignment: requests see the old or the new model, whole
         self.status.reloads += 1
@@ -165,7 +173,7 @@ class ChampionHolder:
                   current.version if current else "nothing")
         self._on_reload(True, "")
 
-    def _fail(self, reason: str, pointer: ChampionPointer | None) -> None:
+    def _fail(self, reason: str, pointer: ChampionPointer | None, kind: str) -> None:
         self.status.failures += 1
         self.status.last_error = reason
         self.status.last_error_at = datetime.now(UTC).isoformat()
@@ -173,7 +181,7 @@ class ChampionHolder:
                                     "version": pointer.version if pointer else None})
         kept = self.current.version if self.current else "nothing"
         _LOG.error("champion reload refused (still serving %s): %s", kept, reason)
-        self._on_reload(False, _reason_kind(reason))
+        self._on_reload(False, kind)
 
     def start(self) -> None:
         self.check()
@@ -193,11 +201,3 @@ class ChampionHolder:
         if self._thread is not None:
             self._thread.join(timeout=10)
 
-
-def _reason_kind(reason: str) -> str:
-    """A small fixed label set for the failure metric (the full reason goes to /v1/model and the log)."""
-    if reason.startswith("champion pointer"):
-        return "pointer"
-    if reason.startswith("cannot load"):
-        return "artifact"
-    return "smoke"
