@@ -77,7 +77,8 @@ class ServedSinkReport:
 
 
 def _offsets_path(settings: Settings) -> Path:
-    return settings.checkpoints_dir / "served" / "offsets.json"
+    # Per topic: homes are shared by runs with different prefixes (and so different topics).
+    return settings.checkpoints_dir / "served" / f"{settings.topic(SERVED_TOPIC)}.offsets.json"
 
 
 def _read_offsets(settings: Settings) -> dict[str, int]:
@@ -88,7 +89,7 @@ def _read_offsets(settings: Settings) -> dict[str, int]:
 def _commit_offsets(settings: Settings, offsets: dict[str, int]) -> None:
     path = _offsets_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".offsets.json.tmp")
+    tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(offsets, sort_keys=True))
     os.replace(tmp, path)
 

@@ -34,6 +34,10 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
     """Serve until interrupted (SIGINT/SIGTERM); returns what the shutdown drained."""
     host = host or settings.serving_host
     port = settings.serving_port if port is None else port
+    # uvicorn reports a bind failure by exiting the process; fail first, as an OSError the CLI can word.
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
     with kafka_bootstrap(settings) as bootstrap:
         app = create_app(settings, bootstrap)
         uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)

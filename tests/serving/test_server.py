@@ -193,7 +193,7 @@ def test_fuzzed_requests_never_get_a_5xx(client: httpx.Client, world: World) -> 
                        st.binary(max_size=200))
     seen: dict[int, int] = {}
 
-    @hsettings(max_examples=150, deadline=None, database=None,
+    @hsettings(max_examples=100, deadline=None, database=None,
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
     @given(bodies)
     def check(body: bytes) -> None:
@@ -239,7 +239,8 @@ def test_prediction_log_has_one_record_per_scored_request_and_joins_clicks(
     assert [(r, i, label) for r, i, label, _ in joined] == [(r, i, 1) for r, _, i in clicked]
     scored = sum(float(line.rsplit(" ", 1)[1]) for line in client.get("/metrics").text.splitlines()
                  if line.startswith("ctrflow_serving_scored_requests_total"))
-    assert report.records == scored  # one record per scored request, over everything this server scored
+    log_lines = [ln for ln in client.get("/metrics").text.splitlines() if "prediction_log" in ln]
+    assert report.records == scored, log_lines  # one record per scored request, all this server scored
 
 
 def server_bootstrap(server: ServerThread) -> str:
