@@ -163,7 +163,8 @@ def sink_served(settings: Settings, bootstrap: str) -> ServedSinkReport:
     rows = 0
     if ranges:
         warehouse = settings.warehouse_dir
-        name = sinks.batch_file_name(ranges, fallback="served")
+        # "<ranges>.<prefix>": range tags drop the topic prefix, and homes may be shared across prefixes.
+        name = sinks.part_file_name(sinks.batch_file_name(ranges, fallback="served"), settings.topic_prefix)
         sinks.remove_batch_files(warehouse, ranges, name)
         if records:
             table = sinks.to_table_schema("served", served_rows(records), int(time.time() * 1000))
