@@ -37,7 +37,7 @@ from pipelines.settings import Settings
 from serving_stub.champion import ChampionHolder
 from serving_stub.online_reader import OnlineReader, OnlineReadError
 from serving_stub.predlog import PredictionLog
-from serving_stub.scoring import FeatureFetcher, RequestContext, now_ms
+from serving_stub.scoring import FeatureFetcher, RequestContext, now_ms, utc_hour
 
 _LOG = logging.getLogger(__name__)
 # Hard caps of the schema itself; the Settings bounds (checked per request) are at most these.
@@ -158,6 +158,7 @@ class GuardMiddleware:
             while not too_big and more:
                 message = await receive()
                 if message["type"] == "http.disconnect":
+                    status["code"] = 499  # the client went away before sending its body
                     return
                 body += message.get("body", b"")
                 more = message.get("more_body", False)
@@ -238,7 +239,8 @@ class ScoringService:
             self.prediction_log.log(ServedRecord(
                 request_id=request_id, user_id=req.user_id, items=tuple(req.items), scores=tuple(scores),
                 model_version=model.version, event_time=context.event_time_ms, served_at=now_ms(),
-                positions=context.positions, hour=ctx.hour, device=ctx.device, page=ctx.page,
+                positions=context.positions, device=ctx.device, page=ctx.page,
+                hour=utc_hour(context.event_time_ms) if ctx.hour is None else ctx.hour,
             ))
         return ScoreResponse(request_id=request_id, model_version=model.version, scores=scores)
 
