@@ -149,8 +149,10 @@ class ChampionHolder:
         self.status.last_check = now
         try:
             pointer = read_champion_pointer(self.settings)
-        except Exception as exc:  # a half-edited or foreign file: keep serving, say why
-            self._fail(f"champion pointer unreadable: {type(exc).__name__}: {exc}", None, "pointer")
+        except Exception as exc:  # a half-edited or foreign file: keep serving, say why (once per cause)
+            reason = f"champion pointer unreadable: {type(exc).__name__}: {exc}"
+            if reason != self.status.last_error:
+                self._fail(reason, None, "pointer")
             return
         self.status.pointer = None if pointer is None else json.loads(pointer.to_json())
         current = self.current
