@@ -267,3 +267,18 @@ def test_not_ready_without_a_champion(tmp_path: Path) -> None:
         assert ready.status_code == 503 and ready.json()["ready"] is False
         response = c.post("/v1/score", json={"user_id": "u1", "items": ["i1"]})
         assert response.status_code == 503 and "no champion" in response.json()["detail"]
+
+
+def test_an_unreadable_pointer_keeps_the_old_model(client: httpx.Client, world: World) -> None:
+    from training.registry import pointer_path
+
+    failures = _failures(client)
+    pointer_path(world.settings).write_text('{"version": ')  # a foreign writer's half-written file
+    try:
+        assert wait_for(lambda: _failures(client) > failures, 3 * world.settings.reload_interval_s + 5)
+        info = client.get("/v1/model").json()
+        assert info["serving"]["version"] == world.version
+        assert info["reload"]["last_error"].startswith("champion pointer unreadable")
+        assert score(client, world).json()["model_version"] == world.version
+    finally:
+        promote(world.settings, world.version, world.model)
