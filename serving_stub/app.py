@@ -9,7 +9,6 @@ and lengths are validated, bodies over ``serving_max_body_bytes`` get 413 before
 from __future__ import annotations
 
 import json
-import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -39,7 +38,6 @@ from serving_stub.online_reader import OnlineReader, OnlineReadError
 from serving_stub.predlog import PredictionLog
 from serving_stub.scoring import FeatureFetcher, RequestContext, now_ms, utc_hour
 
-_LOG = logging.getLogger(__name__)
 # Hard caps of the schema itself; the Settings bounds (checked per request) are at most these.
 SCHEMA_MAX_ITEMS = 10_000
 SCHEMA_MAX_ID = 4096
