@@ -8,6 +8,7 @@ Missing values get ``feature_default`` inside the query, the same rule every oth
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import duckdb
@@ -50,6 +51,8 @@ def _sql_default(feature: str) -> str:
     # features.normalize's fill rule (feature_default), applied inside the query where it is cheapest;
     # join_features' normalize pass then finds no nulls and no type to cast, and returns at once.
     default = feature_default(feature)
+    if default is None:
+        return "NULL"
     if isinstance(default, list):
         return "[]::BIGINT[]"
     return repr(float(default)) if isinstance(default, float) else str(int(default))
@@ -57,9 +60,14 @@ def _sql_default(feature: str) -> str:
 
 def asof_join_sql(settings: Settings, service: str, samples_name: str) -> str:
     """SQL selecting ``_row`` and every ``<view>__<feature>`` of ``service`` for the registered samples."""
+    return asof_views_sql(settings, SERVICE_VIEWS[service], samples_name)
+
+
+def asof_views_sql(settings: Settings, view_names: Sequence[str], samples_name: str) -> str:
+    """SQL selecting ``_row`` and every ``<view>__<feature>`` of the views for the registered samples."""
     views = build_definitions(settings).views
     selects, joins = [f"s.{ROW_ID}"], []
-    for n, view in enumerate(SERVICE_VIEWS[service]):
+    for n, view in enumerate(view_names):
         alias = f"v{n}"
         key = ENTITY_KEYS[VIEW_TABLES[view]]
         ttl_s = int(views[view].ttl.total_seconds())
@@ -76,6 +84,11 @@ def asof_join_sql(settings: Settings, service: str, samples_name: str) -> str:
 
 def asof_features(settings: Settings, entities: pa.Table, service: str) -> pa.Table:
     """Feature columns for ``entities`` (``_row``, ``user_id``, ``item_id``, ``event_time``), by ``_row``."""
+    return asof_view_features(settings, entities, SERVICE_VIEWS[service])
+
+
+def asof_view_features(settings: Settings, entities: pa.Table, view_names: Sequence[str]) -> pa.Table:
+    """``asof_features`` for any views (e.g. a service's plus the candidate views serving reads)."""
     with duckdb.connect() as con:
         con.register("samples", entities)
-        return con.sql(asof_join_sql(settings, service, "samples")).to_arrow_table()
+        return con.sql(asof_views_sql(settings, view_names, "samples")).to_arrow_table()

@@ -17,9 +17,10 @@ def normalize_feature_column(name: str, column: pa.ChunkedArray | pa.Array) -> p
     # Feast turns Int64 features with nulls into float64; the cast back is exact for counts.
     if not column.type.equals(arrow_type):
         column = column.cast(arrow_type)
-    if column.null_count == 0:
+    fill = feature_default(name.split("__", 1)[1])
+    if column.null_count == 0 or fill is None:
         return column
-    default = pa.scalar(feature_default(name.split("__", 1)[1]), type=arrow_type)
+    default = pa.scalar(fill, type=arrow_type)
     return pc.if_else(pc.is_null(column), default, column)
 
 

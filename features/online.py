@@ -17,8 +17,9 @@ from features.feature_repo.definitions import (
     SERVICE_VIEWS,
     VIEW_TABLES,
     feature_arrow_type,
-    full_feature_names,
     push_source_name,
+    serving_feature_names,
+    serving_service_name,
 )
 from features.normalize import normalize_features
 from features.store import FeatureStoreNotReady, feature_service, feature_store
@@ -94,7 +95,9 @@ def online_features(
 ) -> pa.Table:
     """What serving sees for one user and candidate items: one row per item, features filled like training.
 
-    Columns: ``user_id``, ``item_id`` and the service's ``<view>__<feature>`` columns.
+    Columns: ``user_id``, ``item_id``, the service's ``<view>__<feature>`` columns and the candidate
+    views' (``item_attributes__category``). This is Feast's own lookup, the reference the serving stub's
+    direct reads are tested against.
     """
     if service not in SERVICE_VIEWS:
         raise ValueError(f"unknown feature service {service!r}; expected one of {sorted(SERVICE_VIEWS)}")
@@ -104,9 +107,10 @@ def online_features(
         raise ValueError(f"need 1..{MAX_LOOKUP_ITEMS} item ids, got {len(item_ids)}")
     rows = [{"user_id": user_id, "item_id": item} for item in item_ids]
     result = feature_store(settings).get_online_features(
-        features=feature_service(settings, service), entity_rows=rows, full_feature_names=True
+        features=feature_service(settings, serving_service_name(service)), entity_rows=rows,
+        full_feature_names=True,
     ).to_dict()
-    columns = full_feature_names(service)
+    columns = serving_feature_names(service)
     table = pa.table({name: pa.array(result[name], feature_arrow_type(name) if "__" in name else pa.string())
                       for name in ["user_id", "item_id", *columns]})
     return normalize_features(table, columns)

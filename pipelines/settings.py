@@ -87,6 +87,25 @@ class Settings(BaseSettings):
     # --- serving -------------------------------------------------------------------------------------
     serving_host: str = "127.0.0.1"
     serving_port: int = Field(default=8000, ge=0, le=65535)
+    reload_interval_s: float = Field(
+        default=2.0, ge=0.05, le=3600, description="How often the server polls the champion pointer file."
+    )
+    serving_max_items: int = Field(default=1000, ge=1, le=10_000, description="Candidates per request.")
+    serving_max_id_length: int = Field(default=256, ge=1, le=4096, description="Longest user/item id.")
+    serving_max_body_bytes: int = Field(
+        default=1 << 20, ge=1024, description="Largest request body; bigger ones get 413."
+    )
+    serving_p99_budget_ms: float = Field(
+        default=20.0, gt=0, description="Servability gate: in-process p99 of one 100-candidate scoring."
+    )
+    serving_torch_threads: int = Field(
+        default=1, ge=0, le=256,
+        description="torch intra-op threads of the server (0 = torch's default); requests run in "
+        "parallel threads, so one each avoids oversubscribing cores.",
+    )
+    serving_prediction_log: bool = Field(
+        default=True, description="Log every scored request to the <prefix>.served topic."
+    )
 
     @model_validator(mode="after")
     def _check_bounds(self) -> Settings:

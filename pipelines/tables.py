@@ -75,12 +75,48 @@ USER_SEQUENCES = pa.schema(
     ]
 )
 
+# An item's side fields (the canonical event contract has one: ``category``), one row each time an item
+# is first seen in a micro-batch or shows a different value than its previous impression in it. Serving
+# reads the candidate's category from here; training reads each impression's own.
+ITEM_ATTRIBUTES = pa.schema(
+    [
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("event_time", TS, nullable=False),
+        EVENT_SCHEMA.field("category"),
+        pa.field("created", TS, nullable=False),
+    ]
+)
+
+# The serving stub's prediction log: one row per scored candidate, joinable with labelled_samples (and
+# through them clicks) on (request_id, user_id, item_id).
+SERVED = pa.schema(
+    [
+        pa.field("request_id", pa.string(), nullable=False),
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("rank_in_request", pa.int32(), nullable=False),  # index of the item in the request
+        EVENT_SCHEMA.field("position"),
+        EVENT_SCHEMA.field("hour"),
+        EVENT_SCHEMA.field("device"),
+        EVENT_SCHEMA.field("page"),
+        pa.field("event_time", TS, nullable=False),  # the request's as-of time
+        pa.field("served_at", TS, nullable=False),
+        pa.field("model_version", pa.string(), nullable=False),
+        pa.field("score", pa.float64(), nullable=False),
+        pa.field("created", TS, nullable=False),
+    ]
+)
+
 # The entity each feature table is keyed by (the Feast entity's join key).
-ENTITY_KEYS: dict[str, str] = {"user_stats": "user_id", "item_stats": "item_id", "user_sequences": "user_id"}
+ENTITY_KEYS: dict[str, str] = {
+    "user_stats": "user_id", "item_stats": "item_id", "user_sequences": "user_id",
+    "item_attributes": "item_id",
+}  # fmt: skip
 
 TABLES: dict[str, pa.Schema] = {
     "labelled_samples": LABELLED_SAMPLES,
     "user_stats": USER_STATS,
     "item_stats": ITEM_STATS,
     "user_sequences": USER_SEQUENCES,
+    "item_attributes": ITEM_ATTRIBUTES,
 }

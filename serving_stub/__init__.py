@@ -1,1 +1,3 @@
-"""The online scoring service (DESIGN.md §8); not built yet: no issue has asked for it so far."""
+"""The online scoring service: ``ctrflow serve`` (``app``, ``server``), its direct online-store reads
+(``online_reader``), the request encoder (``scoring``), champion hot reload (``champion``), the
+prediction log (``predlog``) and the promotion gate's servability check (``servability``)."""

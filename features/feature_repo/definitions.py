@@ -16,7 +16,7 @@ from functools import cache
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.data_format import ParquetFormat
-from feast.types import Array, FeastType, Float64, Int32, Int64
+from feast.types import Array, FeastType, Float64, Int32, Int64, String
 
 from features.services import DEFAULT_SERVICE, SERVICE_VIEWS
 from pipelines import tables
@@ -32,17 +32,23 @@ STATS_TTL = timedelta(seconds=max(tables.STAT_WINDOWS.values()))
 # The behaviour sequence stays meaningful longer than the stats: a user's clicks from last month still
 # describe their interests.
 SEQUENCE_TTL = timedelta(days=30)
+# An item's category rarely changes; a year bounds how long a catalogue entry of a vanished item counts.
+ITEM_ATTRIBUTES_TTL = timedelta(days=365)
 
 # Feature view name -> warehouse table it reads (the view of user_sequences is called user_sequence).
 VIEW_TABLES: dict[str, str] = {
     "user_stats": "user_stats",
     "item_stats": "item_stats",
     "user_sequence": "user_sequences",
+    "item_attributes": "item_attributes",
 }
+# Views serving reads beyond a training service's: the candidate's side fields, which training sets take
+# from each labelled impression itself (no training service joins them).
+CANDIDATE_VIEWS: tuple[str, ...] = ("item_attributes",)
 
 
 _ARROW_TO_FEAST: dict[str, FeastType] = {
-    "int32": Int32, "int64": Int64, "double": Float64, "list<item: int64>": Array(Int64),
+    "int32": Int32, "int64": Int64, "double": Float64, "list<item: int64>": Array(Int64), "string": String,
 }  # fmt: skip
 
 
@@ -121,10 +127,23 @@ def build_definitions(settings: Settings) -> Definitions:
             source=push_sources["user_sequences"], online=True,
             description="The user's last N clicked items (ids, categories, times in ms), oldest first.",
         ),
+        "item_attributes": FeatureView(
+            name="item_attributes", entities=[item], ttl=ITEM_ATTRIBUTES_TTL,
+            schema=_feature_fields("item_attributes"), source=push_sources["item_attributes"], online=True,
+            description="The item's side fields (category) as of its impressions: the candidate inputs "
+            "serving needs that training reads from each impression.",
+        ),
     }
     services = {
         name: FeatureService(name=name, features=[views[v] for v in view_names])
         for name, view_names in SERVICE_VIEWS.items()
+    }
+    services |= {
+        serving_service_name(name): FeatureService(
+            name=serving_service_name(name), features=[views[v] for v in serving_views(name)],
+            description=f"What serving reads for a model trained on {name}: its views and the candidate's.",
+        )
+        for name in SERVICE_VIEWS
     }
     return Definitions(entities={"user": user, "item": item}, push_sources=push_sources, views=views,
                        services=services)
@@ -133,12 +152,15 @@ def build_definitions(settings: Settings) -> Definitions:
 # Value for a feature whose entity has no row in the view's TTL (never seen, or stale). Feast returns
 # nulls (and Int64 as float64 when any is null); ctrflow fills them so the offline and online paths give
 # identical types and values: counts 0 (int64), CTR the smoothing prior (float64), sequences empty lists
-# and length 0 (int32).
+# and length 0 (int32), side fields (category) null: the value a training impression without one has,
+# which the input layer maps to its reserved "missing" bucket.
 CTR_PRIOR = tables.CTR_PRIOR_CLICKS / tables.CTR_PRIOR_IMPRESSIONS
 
 
 def feature_default(feature: str) -> object:
     """Fill value for a missing feature (bare name, e.g. ``ctr_24h`` or ``seq_item_ids``)."""
+    if feature == "category":
+        return None
     if feature.startswith("ctr_"):
         return CTR_PRIOR
     if feature.startswith("seq_") and feature != "seq_length":
@@ -148,7 +170,25 @@ def feature_default(feature: str) -> object:
 
 def full_feature_names(service: str) -> list[str]:
     """``<view>__<feature>`` column names a service produces, in order."""
-    return [f"{view}__{feature}" for view in SERVICE_VIEWS[service] for feature in view_features(view)]
+    return _names_of(SERVICE_VIEWS[service])
+
+
+def serving_service_name(service: str) -> str:
+    """The Feast service online lookups of a training service use: its views plus ``CANDIDATE_VIEWS``."""
+    return f"{service}__serving"
+
+
+def serving_views(service: str) -> tuple[str, ...]:
+    return (*SERVICE_VIEWS[service], *CANDIDATE_VIEWS)
+
+
+def serving_feature_names(service: str) -> list[str]:
+    """``full_feature_names`` plus the candidate views' features (``item_attributes__category``)."""
+    return _names_of(serving_views(service))
+
+
+def _names_of(views: tuple[str, ...]) -> list[str]:
+    return [f"{view}__{feature}" for view in views for feature in view_features(view)]
 
 
 def feature_arrow_type(full_name: str) -> object:

@@ -160,11 +160,23 @@ def features_build(
                 report = run_kafka(
                     settings, final=bool(final), online_sink=sink, config=config, on_batch=on_batch
                 )
+            if settings.kafka_bootstrap is not None:  # an embedded broker has no served topic to read
+                _sink_prediction_log(settings, settings.kafka_bootstrap)
     except JOB_ERRORS as exc:
         raise error_exit(exc) from None
     _print_report(report, as_json)
     if not report.balanced:
         raise typer.Exit(code=1)
+
+
+def _sink_prediction_log(settings: Settings, bootstrap: str) -> None:
+    """The serving stub's prediction log into the ``served`` warehouse table (see pipelines.served)."""
+    from pipelines.served import sink_served
+
+    served = sink_served(settings, bootstrap)
+    if served.records:
+        console.print(f"prediction log: {served.records} requests, {served.rows} rows into 'served'"
+                      + (f" ({served.skipped} invalid records skipped)" if served.skipped else ""))
 
 
 class _BatchProgress:

@@ -74,7 +74,7 @@ from pipelines.settings import Settings
 
 _LOG = logging.getLogger(__name__)
 OnlineSink = Callable[[str, pa.Table], object]
-ONLINE_TABLES = ("user_stats", "item_stats", "user_sequences")
+ONLINE_TABLES = ("user_stats", "item_stats", "user_sequences", "item_attributes")
 SOURCE_TOPICS = ("impressions", "clicks")
 # The name of the batch being written, in the job directory: a restart removes what it left behind.
 ATTEMPT_FILE = "attempt.json"

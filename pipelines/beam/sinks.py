@@ -27,13 +27,14 @@ import pyarrow.parquet as pq
 
 from pipelines.beam.attribution import ASIDE_SCHEMA
 from pipelines.events import DEADLETTER_SCHEMA
-from pipelines.tables import TABLES, TS
+from pipelines.tables import SERVED, TABLES, TS
 
 MS_PER_DAY = 86_400_000
 RANGES_METADATA_KEY = b"ctrflow.source_ranges"
 MAX_READABLE_NAME = 180
 
-# Tables beyond the Feast contracts: clicks kept aside by attribution, and dead letters.
+# Tables beyond the Feast contracts: clicks kept aside by attribution, dead letters, and the serving
+# stub's prediction log (written by pipelines.served, listed here so every batch refreshes its view).
 UNATTRIBUTED_CLICKS = pa.schema(
     [f if f.name != "event_time" else pa.field("event_time", TS) for f in ASIDE_SCHEMA]
     + [pa.field("created", TS)]
@@ -41,6 +42,7 @@ UNATTRIBUTED_CLICKS = pa.schema(
 EXTRA_TABLES: dict[str, pa.Schema] = {
     "unattributed_clicks": UNATTRIBUTED_CLICKS,
     "dead_letters": DEADLETTER_SCHEMA,
+    "served": SERVED,
 }
 ALL_TABLES: dict[str, pa.Schema] = {**TABLES, **EXTRA_TABLES}
 # Row order inside a file (and the tie-break behind `created`): time, then the entity.
@@ -49,6 +51,8 @@ SORT_KEYS: dict[str, list[str]] = {
     "user_stats": ["event_time", "user_id"],
     "item_stats": ["event_time", "item_id"],
     "user_sequences": ["event_time", "user_id"],
+    "item_attributes": ["event_time", "item_id"],
+    "served": ["event_time", "request_id", "rank_in_request"],
     "unattributed_clicks": ["event_time", "impression_id", "reason"],
     "dead_letters": ["source", "partition", "offset"],
 }

@@ -42,8 +42,10 @@ class ItemShardState:
     item_history: pa.Table
 
 
-# The only columns item statistics need: item shards carry these instead of whole events.
-ITEM_EVENT_SCHEMA = pa.schema([EVENT_SCHEMA.field(n) for n in ("item_id", "event_time", "type")])
+# The only columns item statistics and attributes need: item shards carry these instead of whole events.
+ITEM_EVENT_SCHEMA = pa.schema(
+    [EVENT_SCHEMA.field(n) for n in ("item_id", "event_time", "type", "category")]
+)
 
 
 def split_ready(
@@ -132,7 +134,7 @@ def user_shard_step(
 def item_shard_step(
     state: ItemShardState, new: pa.Table, watermark_ms: int | None
 ) -> tuple[dict[str, pa.Table], pa.Table]:
-    """Item stats for one item shard; returns the rows and the item history to keep.
+    """Item stats and attributes for one item shard; returns the rows and the item history to keep.
 
     ``new`` needs only ITEM_EVENT_SCHEMA's columns; held events belong to the user shards (they keep
     them in state), this step only reads them."""
@@ -140,4 +142,20 @@ def item_shard_step(
     history = pa.concat_tables([state.item_history, history_of(ready, "item_id")])
     item_stats = window_stats(history, drop_seen_points(ready, state.item_history, "item_id"), "item_id")
     prune_at = _prune_point(ready, watermark_ms)
-    return {"item_stats": item_stats}, prune_history(history, prune_at) if prune_at is not None else history
+    rows = {"item_stats": item_stats, "item_attributes": item_attributes(ready)}
+    return rows, prune_history(history, prune_at) if prune_at is not None else history
+
+
+def item_attributes(events: pa.Table) -> pa.Table:
+    """Each item's category as of its impressions: the first impression of the item in ``events`` and
+    every later one whose category differs from the item's previous impression (no state is needed:
+    a value repeated by the next batch is harmless, the newest row wins online and in ASOF joins)."""
+    shown = events.filter(pc.and_(pc.equal(events["type"], IMPRESSION), pc.is_valid(events["category"])))
+    shown = shown.select(["item_id", "event_time", "category"]).sort_by(
+        [("item_id", "ascending"), ("event_time", "ascending")]
+    )
+    if shown.num_rows <= 1:
+        return shown
+    items, categories = shown["item_id"].combine_chunks(), shown["category"].combine_chunks()
+    changed = pc.or_(pc.not_equal(items[1:], items[:-1]), pc.not_equal(categories[1:], categories[:-1]))
+    return shown.filter(pa.concat_arrays([pa.array([True]), changed]))

@@ -133,9 +133,24 @@ def sequences_table(rng: np.random.Generator, n_rows: int, n_users: int, days: f
     )
 
 
+def attributes_table(rng: np.random.Generator, n_rows: int, n_items: int, days: float,
+                     tie_fraction: float = 0.05) -> pa.Table:
+    entity, event_ms = _feature_times(rng, n_rows, n_items, days, tie_fraction)
+    categories = np.array(["news", "sport", "tech", "food", None], dtype=object)
+    return pa.table(
+        {
+            "item_id": pa.array([f"i{k}" for k in entity]),
+            "event_time": _ts(event_ms),
+            "category": pa.array(categories[rng.integers(0, len(categories), n_rows)], pa.string()),
+            "created": _ts(T0_MS + rng.permutation(n_rows)),
+        },
+        schema=tables.ITEM_ATTRIBUTES,
+    )
+
+
 def write_synthetic_warehouse(settings: Settings, n_samples: int = 200, n_users: int = 12, n_items: int = 15,
                               feature_rows: int | None = None, days: float = 3.0, seed: int = 7) -> dict:
-    """Write all four tables; returns them by name. Users/items with the highest ids never get features."""
+    """Write every table; returns them by name. Users/items with the highest ids never get features."""
     rng = np.random.default_rng(seed)
     rows = feature_rows or n_samples
     written = {
@@ -145,6 +160,8 @@ def write_synthetic_warehouse(settings: Settings, n_samples: int = 200, n_users:
         "item_stats": stats_table(rng, "item_id", "i", rows, max(n_items - 1, 1), days),
         "user_sequences": sequences_table(rng, rows, max(n_users - 1, 1), days),
     }
+    # Drawn after the others so the tables above stay what they were for the same seed.
+    written["item_attributes"] = attributes_table(rng, rows, max(n_items - 1, 1), days)
     for name, table in written.items():
         write_table(settings, name, table)
     return written

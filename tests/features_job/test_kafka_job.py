@@ -72,7 +72,8 @@ def test_micro_batches_equal_one_shot_backfill(
         assert comparable(got, keys) == comparable(want, keys), table
         created = got.sort_by("created")["created"].to_pylist()
         assert len(set(created)) == len(created)  # strictly increasing `created`
-    assert pushed["user_stats"] >= 1 and set(pushed) == {"user_stats", "item_stats", "user_sequences"}
+    assert pushed["user_stats"] >= 1 and set(pushed) == {"user_stats", "item_stats", "user_sequences",
+                                                          "item_attributes"}
 
     dead = read_table(kafka_settings.home, "dead_letters")
     assert sorted(dead["raw"].to_pylist()) == sorted(MALFORMED)

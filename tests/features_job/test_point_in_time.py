@@ -145,3 +145,20 @@ def test_labels_equal_independent_attribution(built, small_log: Path) -> None:
     assert wrong == 0
     assert late > 0 and aside == late  # clicks after the window are counted and kept aside
     assert positives > 0
+
+
+def test_item_attributes_hold_each_items_category_from_its_first_impression(built, small_log: Path) -> None:
+    home, _ = built
+    con = _con(home, small_log)
+    # The simulator gives every item one category for life: one batch -> one row per item, at its first
+    # impression (the Kafka job repeats the row per micro-batch; the newest wins either way).
+    want = con.sql(
+        "SELECT item_id, min(event_time) AS t, any_value(category) AS category, "
+        "count(DISTINCT category) AS n FROM log WHERE type = 'impression' AND category IS NOT NULL "
+        "GROUP BY item_id ORDER BY item_id"
+    ).fetchall()
+    got = con.sql(
+        "SELECT item_id, epoch_ms(event_time), category FROM item_attributes ORDER BY item_id"
+    ).fetchall()
+    assert want and all(n == 1 for *_, n in want)
+    assert got == [(item, t, category) for item, t, category, _ in want]

@@ -1,0 +1,49 @@
+"""The gate's servability check: serving path vs PIT join + training encoder, and the p99 budget rule."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from features.online import push_latest
+from serving_stub.servability import MAX_ABS_DIFF, check_servability
+
+from .world import World, corrupt_copy
+
+SMALL = {"sample_users": 4, "candidates": 40, "timing_runs": 20}
+
+
+def test_a_consistent_version_passes_with_its_numbers(world: World) -> None:
+    blessing = check_servability(world.settings, world.version, **SMALL)
+    assert blessing.name == "servability" and blessing.passed, blessing.reasons
+    numbers = blessing.numbers
+    assert numbers["max_abs_diff"] < MAX_ABS_DIFF and numbers["finite"]
+    assert numbers["users"] == 5 and numbers["candidates"] == 40  # 4 sampled users + one never seen
+    assert 0 < numbers["p50_ms"] <= numbers["p99_ms"] and numbers["timing_runs"] == 20
+    budget = world.settings.serving_p99_budget_ms
+    assert blessing.thresholds == {"max_abs_diff": MAX_ABS_DIFF, "p99_ms": budget}
+
+
+def test_over_the_latency_budget_fails(world: World) -> None:
+    strict = world.settings.model_copy(update={"serving_p99_budget_ms": 1e-6})
+    blessing = check_servability(strict, world.version, **SMALL)
+    assert not blessing.passed and blessing.numbers["max_abs_diff"] < MAX_ABS_DIFF
+    assert len(blessing.reasons) == 1 and "p99" in blessing.reasons[0]
+
+
+def test_an_online_store_that_disagrees_with_the_warehouse_fails(world: World) -> None:
+    settings, items = world.settings, world.tables["item_stats"]
+    skewed = items.set_column(items.schema.get_field_index("impressions_7d"), "impressions_7d",
+                              pc.add(items.column("impressions_7d"), pa.scalar(5000, pa.int64())))
+    push_latest(settings, "item_stats", skewed)
+    try:
+        blessing = check_servability(settings, world.version, **SMALL)
+    finally:
+        push_latest(settings, "item_stats", items)
+    assert not blessing.passed and blessing.numbers["max_abs_diff"] > MAX_ABS_DIFF
+    assert "differ" in blessing.reasons[0]
+
+
+def test_an_unloadable_artifact_fails_with_the_reason(world: World) -> None:
+    blessing = check_servability(world.settings, corrupt_copy(world.settings, world.version), **SMALL)
+    assert not blessing.passed and "cannot load" in blessing.reasons[0]
