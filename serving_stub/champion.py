@@ -31,11 +31,11 @@ from serving_stub.scoring import (
     service_of,
 )
 from training.artifacts import load_model, version_dir
+from training.gate import GATE_RECORD_FILE
 from training.inputs import InputSchema
 from training.registry import ChampionPointer, read_champion_pointer
 
 _LOG = logging.getLogger(__name__)
-GATE_RECORD_FILE = "gate.json"  # the promotion gate's record, written into the version folder
 SMOKE_ITEMS = 8
 
 

@@ -30,6 +30,7 @@ from training.references import DENSE, ITEM_CTR, ITEM_POPULARITY, reference_aucs
 from training.trainer import predict, select_device
 
 GATE_FORMAT_VERSION = 1
+GATE_RECORD_FILE = "gate.json"  # the newest gate record, also kept in the version's folder
 
 
 @dataclass(frozen=True)

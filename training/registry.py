@@ -32,7 +32,7 @@ import duckdb
 from pipelines.settings import Settings
 from training import artifacts
 from training.artifacts import ArtifactError, DataSlice, VersionConfig
-from training.gate import GateRecord, ServabilityCheck, run_gate
+from training.gate import GATE_RECORD_FILE, GateRecord, ServabilityCheck, run_gate
 
 POINTER_FILE = "champion.json"
 POINTER_FORMAT_VERSION = 1
@@ -514,7 +514,22 @@ def gate_version(settings: Settings, version: str,
             _set_status(con, version, "rejected", "; ".join(record.failures()))
         elif _fetch(con, version).status == "rejected":
             _set_status(con, version, "candidate", None)
+    _write_gate_file(settings, version, record)
     return record
+
+
+def _write_gate_file(settings: Settings, version: str, record: GateRecord) -> None:
+    """The newest gate record beside the artifacts too: the serving stub shows it in ``/v1/model``
+    without opening the registry's DuckDB file (temp file + rename, as the pointer)."""
+    path = artifacts.version_dir(settings, version) / GATE_RECORD_FILE
+    fd, tmp = tempfile.mkstemp(prefix=".gate-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(record.to_json() + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def promote(settings: Settings, version: str, force: bool = False, reason: str | None = None,
