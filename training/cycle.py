@@ -31,6 +31,7 @@ from training.trainer import (
     evaluate_model,
     fit_calibration,
     inference_ms,
+    resolve_sizes,
     seed_everything,
     select_device,
     time_range,
@@ -121,6 +122,9 @@ def run_cycle(
 ) -> CycleResult:
     """Train one cohort on a window and evaluate it on the holdout (the window after, by default)."""
     seed_everything(config.seed)
+    device = select_device(config.device)
+    # `auto` sizes become concrete here, so the version records what ran (and a warm start compares it).
+    config, sizes = resolve_sizes(config, device)
     time_col = manifest["columns"]["time"]
     if holdout_table is None:
         train_table, holdout_table = time_split(train_table, time_col, holdout_fraction)
@@ -137,7 +141,6 @@ def run_cycle(
             schema = parent_schema
     schema = fit_input_schema(schema, fit_table, config.min_id_count,
                               parent=parent_schema if parent is not None and cold_reason is None else None)
-    device = select_device(config.device)
     train_batch, holdout_batch = encode(fit_table, schema), encode(holdout_table, schema)
     val_batch = encode(val_table, schema) if val_table is not None else None
 
@@ -201,7 +204,7 @@ def run_cycle(
             train_config=config.to_dict(),
             parent=parent,
             serve=serve,
-            extra={"cold_start_reason": cold_reason, "cold_start": cold},
+            extra={"cold_start_reason": cold_reason, "cold_start": cold, "sizes": dataclasses.asdict(sizes)},
         )
     run_dir = settings.runs_dir / (run_name or version or f"run-{datetime.now(UTC):%Y%m%dT%H%M%S}")
     if report:
@@ -211,7 +214,9 @@ def run_cycle(
             + ("" if device.type == "cuda" else " (CUDA/bf16 path not exercised on this machine)"),
             f"train rows {fit_table.num_rows}, validation rows "
             f"{val_table.num_rows if val_table is not None else 0}, holdout rows {holdout_table.num_rows}, "
-            f"{history.steps} steps, {history.samples_per_s:.0f} samples/s for the whole cohort",
+            f"{history.steps} steps, {history.samples_per_s:.0f} samples/s for the whole cohort"
+            + (f" (ETA after the first steps: {history.eta_s:.0f} s)" if history.eta_s is not None else ""),
+            f"sizes: {sizes.reason}",
             f"parent version: {parent or 'none (from scratch)'}; warm-started: {', '.join(loaded) or '-'}",
             "kept checkpoints (validation AUC): " + (", ".join(
                 f"{n} step {b['step']} ({b['auc']:.4f})" for n, b in history.best.items()) or "last step"),

@@ -465,7 +465,7 @@ class _Selector:
             self.cohort.models[name].load_state_dict(self.states[name])
 
 
-ETA_AFTER_STEPS = 5  # steps timed (after the first, which pays allocations) for the ETA
+ETA_AFTER_STEPS = 5  # steps timed for the ETA (fewer in a shorter run)
 ETA_WARN_S = 30 * 60
 LOG_EVERY = 32  # steps between copies of the losses to the host (each copy is a device sync)
 
@@ -546,7 +546,8 @@ def train_window(
     if selector:
         selector.evaluate()
     cohort.train(True)
-    eta_from = None
+    # The ETA times the steps after the first (which pays allocations): up to ETA_AFTER_STEPS of them.
+    eta_from, eta_at = None, 1 + min(ETA_AFTER_STEPS, total_steps - 1)
     with tqdm(total=total_steps, desc="train", unit="step", disable=not progress) as bar:
         for _ in range(config.epochs):
             for cpu_batch in _minibatches(data, config.batch_size, generator):
@@ -563,15 +564,15 @@ def train_window(
                 history.steps += 1
                 history.samples += len(batch)
                 bar.update(1)
-                if history.steps == 1 or history.steps == 1 + ETA_AFTER_STEPS:
-                    log.flush(bar)  # the first losses are checked at once; the ETA times settled steps
+                if history.steps in (1, eta_at):
+                    log.flush(bar)  # the first losses are checked at once
                     if device.type == "cuda":
                         torch.cuda.synchronize()
-                    if history.steps == 1:
-                        eta_from = time.perf_counter()
+                    if eta_from is not None:
+                        _report_eta(history, total_steps, (time.perf_counter() - eta_from) / (eta_at - 1),
+                                    progress)
                     else:
-                        _report_eta(history, total_steps,
-                                    (time.perf_counter() - eta_from) / ETA_AFTER_STEPS, progress)
+                        eta_from = time.perf_counter()
                 elif history.steps % LOG_EVERY == 0:
                     log.flush(bar)
                 if selector and history.steps % period == 0:
