@@ -170,14 +170,15 @@ CPU_BASELINE: dict[str, Any] = {"d_embed": 16, "hidden": [64, 32], "seq_len": 20
 
 # --- sizes chosen by the device (`auto`) --------------------------------------------------------------
 
-# Measured training step time (forward + backward + optimiser) per 1,000 rows at the CPU batch size, one
-# thread, on the 2-core reference machine while other jobs shared it: benchmarks/bench_train_throughput.py
-# prints these figures. Grades not listed are not considered on CPU (each rung costs ~4x the one below).
+# Measured training step time (forward + backward + optimiser) per 1,000 rows, one thread, on the 2-core
+# reference machine while other jobs shared it (load ~5), from benchmarks/bench_train_throughput.py
+# (2026-12-02; 1024-row steps, G2 on 128 rows). Grades not listed are never chosen on CPU (each rung costs
+# ~4x the one below). With 2 small students: G0 ~270 s per 100k rows, G1 ~960 s.
 CPU_MS_PER_1K_ROWS: dict[str, float] = {
-    "G0": 0.0,
-    "G1": 0.0,
-    "G2": 0.0,
-    "student_small": 0.0,
+    "G0": 1762.0,
+    "G1": 8633.0,
+    "G2": 51273.0,
+    "student_small": 463.0,
 }
 CPU_EPOCH_BUDGET_S = 300.0  # one epoch of CPU_BUDGET_ROWS rows should take at most this on CPU
 CPU_BUDGET_ROWS = 100_000
