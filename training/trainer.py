@@ -166,7 +166,8 @@ def resolve_sizes(config: TrainConfig, device: torch.device | None = None) -> tu
 
     CUDA: teacher CUDA_TEACHER_GRADE, full-size students. CPU: small students and the largest teacher
     grade whose measured step time (CPU_MS_PER_1K_ROWS) keeps one epoch of CPU_BUDGET_ROWS rows with the
-    configured students under CPU_EPOCH_BUDGET_S (G0 when none does). A table rather than a timing probe:
+    configured students under CPU_EPOCH_BUDGET_S (G0 when none does; full-size students are not in the
+    table and not counted). A table rather than a timing probe:
     the same machine always resolves to the same sizes, so a warm start finds the same model configs.
     """
     device = device or select_device(config.device)
