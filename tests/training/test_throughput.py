@@ -143,7 +143,7 @@ def test_sparse_id_gradients_all_reduce_under_ddp_gloo(tmp_path) -> None:
     assert not torch.equal(ranks[0]["params"]["embedding.table.weight"], model.embedding.table.weight)
 
 
-def test_eta_is_recorded_after_the_first_steps() -> None:
+def test_eta_is_recorded_after_the_first_steps_and_warns_when_long(monkeypatch, capsys) -> None:
     table, manifest = make_dataset(n_rows=200, seed=1, seq_len=4)
     config = TrainConfig(teacher_grade=None, students=0, baselines=("lr",), batch_size=20, threads=1,
                          baseline={"d_embed": 4, "hidden": [8], "seq_len": 4}, val_fraction=0.0)
@@ -153,3 +153,9 @@ def test_eta_is_recorded_after_the_first_steps() -> None:
     assert history.steps == 10 and history.eta_s is not None and history.eta_s > 0
     # The losses reach the host in chunks, yet the history holds one value per step, in order.
     assert len(history.losses["lr"]) == 10 and len(history.bce["lr"]) == 10
+    assert "ETA" not in capsys.readouterr().err  # progress off: nothing printed
+    monkeypatch.setattr(trainer, "ETA_WARN_S", 0.0)
+    cohort = trainer.build_cohort(config, schema)
+    trainer.train_window(cohort, encode(table, schema), config, CPU, progress=True)
+    err = capsys.readouterr().err
+    assert "ETA:" in err and "warning: training is estimated to take over" in err
