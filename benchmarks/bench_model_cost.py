@@ -38,6 +38,7 @@ from pipelines.tables import STAT_WINDOWS
 from training.config import StudentConfig, TeacherConfig
 from training.inputs import Batch, InputSchema
 from training.models import CTRModel, FeatureEmbedding, SequenceModel, build_model
+from training.optim import SplitOptimizer
 from training.trainer import autocast_context, autocast_dtype
 
 RESULTS = Path(__file__).parent / "results" / "model_cost.md"
@@ -173,10 +174,10 @@ def training_rows(models: dict[str, tuple[str, dict, int]], schema: InputSchema,
         batch = random_batch(schema, rows_per_step, generator, one_user=False).to(device)
         torch.manual_seed(0)
         model = build_model(family, config, schema).to(device).train()
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        opt = SplitOptimizer([model], lr=1e-3)
 
-        def step(m: CTRModel = model, o: torch.optim.Optimizer = opt, batch: Batch = batch) -> None:
-            o.zero_grad(set_to_none=True)
+        def step(m: CTRModel = model, o: SplitOptimizer = opt, batch: Batch = batch) -> None:
+            o.zero_grad()
             with autocast(device):
                 out = m.forward_train(batch)
                 loss = sum(F.binary_cross_entropy_with_logits(z.float(), batch.label) for z in out.logits)

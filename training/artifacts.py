@@ -99,6 +99,7 @@ class VersionConfig:
     # Why the cohort (or single models) did not warm-start from ``parent``: schema or config changes.
     cold_start_reason: str | None = None
     cold_start: dict[str, str] = field(default_factory=dict)
+    sizes: dict[str, Any] = field(default_factory=dict)  # how `auto` sizes were resolved, and why
     format: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -110,6 +111,7 @@ class VersionConfig:
             "train": self.train.to_dict(),
             "holdout": None if self.holdout is None else self.holdout.to_dict(),
             "cold_start_reason": self.cold_start_reason, "cold_start": dict(self.cold_start),
+            "sizes": dict(self.sizes),
         }
 
     def to_json(self) -> str:
@@ -143,7 +145,8 @@ class VersionConfig:
                 train_config=dict(data.get("train_config") or {}), serve=data.get("serve"),
                 models={n: ModelRecord(**r) for n, r in data["models"].items()},
                 train=train, holdout=holdout, cold_start_reason=data.get("cold_start_reason"),
-                cold_start=dict(data.get("cold_start") or {}), format=FORMAT_VERSION,
+                cold_start=dict(data.get("cold_start") or {}), sizes=dict(data.get("sizes") or {}),
+                format=FORMAT_VERSION,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(
@@ -197,6 +200,7 @@ def save_version(
     serve: str | None = None,
     cold_start_reason: str | None = None,
     cold_start: Mapping[str, str] | None = None,
+    sizes: Mapping[str, Any] | None = None,
 ) -> VersionConfig:
     """Write a new version atomically (temp dir + rename) and return its config."""
     if set(models) != set(records):
@@ -210,7 +214,7 @@ def save_version(
         version=version, created=datetime.now(UTC).isoformat(), parent=parent,
         feature_service=feature_service, input_schema=schema, train_config=train_config, serve=serve,
         models=dict(records), train=train, holdout=holdout, cold_start_reason=cold_start_reason,
-        cold_start=dict(cold_start or {}),
+        cold_start=dict(cold_start or {}), sizes=dict(sizes or {}),
     )
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=registry))
     try:

@@ -28,8 +28,10 @@ def _check_heads(d_model: int, n_heads: int) -> None:
         raise ValueError(f"d_model={d_model} must be >= 4 and divisible by n_heads={n_heads}")
 
 
-# MODELS.md §1.4 ladder (UAB layers, width, heads, sequence length); ~4x FLOPs per grade.
+# MODELS.md §1.4 ladder (UAB layers, width, heads, sequence length); ~4x FLOPs per grade. G0 is the CPU
+# rung below it (what two CPU cores train in minutes).
 GRADES: dict[str, tuple[int, int, int, int]] = {
+    "G0": (2, 32, 2, 20),
     "G1": (2, 40, 2, 50),
     "G2": (4, 64, 4, 100),
     "G3": (4, 128, 4, 200),
@@ -164,3 +166,22 @@ CPU_TEACHER: dict[str, Any] = {"d_model": 32, "n_heads": 2, "seq_len": 20, "n_en
 CPU_STUDENT: dict[str, Any] = {"d_model": 32, "n_heads": 2, "seq_len": 20, "local_window": 4, "dilation": 4,
                                "d_embed": 16, "head_hidden": [64, 32]}
 CPU_BASELINE: dict[str, Any] = {"d_embed": 16, "hidden": [64, 32], "seq_len": 20}
+
+
+# --- sizes chosen by the device (`auto`) --------------------------------------------------------------
+
+# Measured training step time (forward + backward + optimiser) per 1,000 rows, one thread, on the 2-core
+# reference machine while other jobs shared it (load ~5), from benchmarks/bench_train_throughput.py
+# (2026-12-02; 1024-row steps, G2 on 128 rows). Grades not listed are never chosen on CPU (each rung costs
+# ~4x the one below). With 2 small students: G0 ~270 s per 100k rows, G1 ~960 s.
+CPU_MS_PER_1K_ROWS: dict[str, float] = {
+    "G0": 1762.0,
+    "G1": 8633.0,
+    "G2": 51273.0,
+    "student_small": 463.0,
+}
+CPU_EPOCH_BUDGET_S = 300.0  # one epoch of CPU_BUDGET_ROWS rows should take at most this on CPU
+CPU_BUDGET_ROWS = 100_000
+CUDA_TEACHER_GRADE = "G2"
+AUTO_BATCH_SIZE: dict[str, int] = {"cpu": 1024, "cuda": 2048}
+STUDENT_SIZES: tuple[str, ...] = ("auto", "small", "full")  # small: CPU_STUDENT; full: the defaults

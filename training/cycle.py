@@ -40,6 +40,7 @@ from training.trainer import (
     fit_calibration,
     inference_ms,
     predict,
+    resolve_sizes,
     seed_everything,
     select_device,
     time_split,
@@ -271,6 +272,9 @@ def run_cycle(
     """Train one cohort on a window and evaluate it on the holdout (by default the latest
     ``holdout_fraction`` of the rows by time); a saved version is registered as a ``candidate``."""
     seed_everything(config.seed)
+    device = select_device(config.device)
+    # `auto` sizes become concrete here, so the version records what ran (and a warm start compares it).
+    config, sizes = resolve_sizes(config, device)
     time_col = manifest.columns.time
     if holdout_table is None:
         train_table, holdout_table = time_split(train_table, time_col, holdout_fraction)
@@ -292,7 +296,6 @@ def run_cycle(
             schema = parent_schema
     schema = fit_input_schema(schema, fit_table, config.min_id_count,
                               parent=parent_schema if parent is not None and cold_reason is None else None)
-    device = select_device(config.device)
     train_batch, holdout_batch = encode(fit_table, schema), encode(holdout_table, schema)
     val_batch = encode(val_table, schema) if val_table is not None else None
 
@@ -351,6 +354,7 @@ def run_cycle(
             serve=serve,
             cold_start_reason=cold_reason,
             cold_start=cold,
+            sizes=dataclasses.asdict(sizes),
         )
         registry.register_version(settings, saved)
         version = saved.version
@@ -362,7 +366,9 @@ def run_cycle(
             + ("" if device.type == "cuda" else " (CUDA/bf16 path not exercised on this machine)"),
             f"train rows {fit_table.num_rows}, validation rows "
             f"{val_table.num_rows if val_table is not None else 0}, holdout rows {holdout_table.num_rows}, "
-            f"{history.steps} steps, {history.samples_per_s:.0f} samples/s for the whole cohort",
+            f"{history.steps} steps, {history.samples_per_s:.0f} samples/s for the whole cohort"
+            + (f" (ETA after the first steps: {history.eta_s:.0f} s)" if history.eta_s is not None else ""),
+            f"sizes: {sizes.reason}",
             f"parent version: {parent or 'none (from scratch)'}; warm-started: {', '.join(loaded) or '-'}",
             "kept checkpoints (validation AUC): " + (", ".join(
                 f"{n} step {b['step']} ({b['auc']:.4f})" for n, b in history.best.items()) or "last step"),

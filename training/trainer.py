@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import math
 import random
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -30,9 +31,23 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from training import artifacts, losses
-from training.config import BASELINE_KINDS, StudentConfig, TeacherConfig, config_for
+from training.config import (
+    AUTO_BATCH_SIZE,
+    BASELINE_KINDS,
+    CPU_BUDGET_ROWS,
+    CPU_EPOCH_BUDGET_S,
+    CPU_MS_PER_1K_ROWS,
+    CPU_STUDENT,
+    CUDA_TEACHER_GRADE,
+    GRADES,
+    STUDENT_SIZES,
+    StudentConfig,
+    TeacherConfig,
+    config_for,
+)
 from training.inputs import Batch, InputSchema
 from training.metrics import auc, ece, evaluate_predictions, logloss, pcoc, reliability_curve
+from training.optim import SplitOptimizer
 
 TEACHER = "teacher"
 
@@ -41,10 +56,12 @@ TEACHER = "teacher"
 class TrainConfig:
     """Everything that decides how a cohort is trained; recorded in every saved version."""
 
-    teacher_grade: str | None = "G2"  # None: no teacher (students alone)
+    # G0..G5, "auto" (chosen by the device: resolve_sizes), None: no teacher (students alone)
+    teacher_grade: str | None = "auto"
     teacher: dict[str, Any] = field(default_factory=dict)  # overrides on top of the grade preset
     students: int = 2
-    student: dict[str, Any] = field(default_factory=dict)  # StudentConfig overrides
+    student_size: str = "auto"  # auto (by device) | small (the CPU shape) | full (StudentConfig defaults)
+    student: dict[str, Any] = field(default_factory=dict)  # StudentConfig overrides on top of the size
     baselines: tuple[str, ...] = ()  # kinds trained alone in the same pass, e.g. ("lr", "din")
     baseline: dict[str, Any] = field(default_factory=dict)  # BaselineConfig overrides (all kinds)
     shared_embedding: bool = True  # teacher and students look up one table (MODELS.md default)
@@ -55,7 +72,7 @@ class TrainConfig:
     kd_rampup_steps: int = 0  # λ_kd grows linearly from 0 over this many steps (immature teacher early)
     lr: float = 1e-3
     weight_decay: float = 0.0
-    batch_size: int = 256
+    batch_size: int = 0  # 0: by device (AUTO_BATCH_SIZE: 1024 on CPU, 2048 on CUDA)
     epochs: int = 1
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
@@ -72,8 +89,13 @@ class TrainConfig:
     threads: int = 0
 
     def __post_init__(self) -> None:
-        if self.students < 0 or self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
-            raise ValueError("students >= 0, epochs >= 1 and batch sizes >= 1 are required")
+        if self.students < 0 or self.epochs < 1 or self.batch_size < 0 or self.eval_batch_size < 1:
+            raise ValueError(
+                "need students >= 0, epochs >= 1, batch_size >= 0 (0: auto) and eval_batch_size >= 1")
+        if self.teacher_grade not in (None, "auto", *GRADES):
+            raise ValueError(f"unknown teacher grade {self.teacher_grade!r}; choose auto or {sorted(GRADES)}")
+        if self.student_size not in STUDENT_SIZES:
+            raise ValueError(f"student_size must be one of {STUDENT_SIZES}, got {self.student_size!r}")
         if self.temperature <= 0 or self.lr <= 0:
             raise ValueError("temperature and lr must be positive")
         if min(self.lambda_kd, self.lambda_ml, self.lambda_rev) < 0:
@@ -117,6 +139,60 @@ def select_device(requested: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' requested but no CUDA device is available")
     return device
+
+
+@dataclass(frozen=True)
+class SizeChoice:
+    """What the ``auto`` sizes resolved to on a device, and why (recorded in the version and run report)."""
+
+    device: str
+    teacher_grade: str | None
+    student_size: str
+    batch_size: int
+    epoch_estimate_s: float | None  # CPU: one epoch of CPU_BUDGET_ROWS rows, from the measured step table
+    reason: str
+
+
+def _cpu_epoch_s(grade: str | None, students: int) -> float:
+    """Estimated seconds for one epoch of CPU_BUDGET_ROWS rows: teacher plus small students, measured."""
+    per_1k = (CPU_MS_PER_1K_ROWS[grade] if grade else 0.0) + students * CPU_MS_PER_1K_ROWS["student_small"]
+    return CPU_BUDGET_ROWS / 1000 * per_1k / 1000
+
+
+def resolve_sizes(config: TrainConfig, device: torch.device | None = None) -> tuple[TrainConfig, SizeChoice]:
+    """Replace every ``auto`` size by the device's choice; explicit values are kept as given.
+
+    CUDA: teacher CUDA_TEACHER_GRADE, full-size students. CPU: small students and the largest teacher
+    grade whose measured step time (CPU_MS_PER_1K_ROWS) keeps one epoch of CPU_BUDGET_ROWS rows with the
+    configured students under CPU_EPOCH_BUDGET_S (G0 when none does; full-size students are not in the
+    table and not counted). A table rather than a timing probe:
+    the same machine always resolves to the same sizes, so a warm start finds the same model configs.
+    """
+    device = device or select_device(config.device)
+    cuda = device.type == "cuda"
+    batch = config.batch_size or AUTO_BATCH_SIZE["cuda" if cuda else "cpu"]
+    student = config.student_size if config.student_size != "auto" else ("full" if cuda else "small")
+    grade, estimate = config.teacher_grade, None
+    why = [f"device {device.type}", f"batch {batch}" + (" (auto)" if not config.batch_size else ""),
+           f"students {student}" + (" (auto)" if config.student_size == "auto" else "")]
+    if grade == "auto" and cuda:
+        grade = CUDA_TEACHER_GRADE
+        why.append(f"teacher {grade} (auto: the CUDA grade)")
+    elif grade == "auto":
+        students = config.students if student == "small" else 0
+        fitting = [g for g in CPU_MS_PER_1K_ROWS if g in GRADES
+                   and _cpu_epoch_s(g, students) <= CPU_EPOCH_BUDGET_S]
+        grade = fitting[-1] if fitting else next(iter(CPU_MS_PER_1K_ROWS))
+        estimate = _cpu_epoch_s(grade, students)
+        why.append(f"teacher {grade} (auto: the largest CPU grade whose measured step time keeps an epoch of "
+                   f"{CPU_BUDGET_ROWS} rows with {students} small students under {CPU_EPOCH_BUDGET_S:.0f} s; "
+                   f"estimate {estimate:.0f} s)" if fitting else
+                   f"teacher {grade} (auto: no CPU grade fits {CPU_EPOCH_BUDGET_S:.0f} s per epoch of "
+                   f"{CPU_BUDGET_ROWS} rows; the smallest, estimate {estimate:.0f} s)")
+    else:
+        why.append(f"teacher {grade or 'none'} (as given)")
+    resolved = dataclasses.replace(config, teacher_grade=grade, student_size=student, batch_size=batch)
+    return resolved, SizeChoice(device.type, grade, student, batch, estimate, "; ".join(why))
 
 
 def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
@@ -187,11 +263,13 @@ class Cohort:
 
 def cohort_configs(config: TrainConfig) -> dict[str, tuple[str, dict[str, Any]]]:
     """name -> (family, model config dict) for every model the TrainConfig asks for."""
+    config = resolve_sizes(config)[0]
     out: dict[str, tuple[str, dict[str, Any]]] = {}
     if config.teacher_grade is not None:
         out[TEACHER] = ("teacher", TeacherConfig.grade(config.teacher_grade, **config.teacher).to_dict())
+    student_base = CPU_STUDENT if config.student_size == "small" else {}
     for j in range(config.students):
-        out[f"student_{j}"] = ("student", StudentConfig.from_dict(dict(config.student)).to_dict())
+        out[f"student_{j}"] = ("student", StudentConfig.from_dict(student_base | config.student).to_dict())
     for kind in config.baselines:
         out[kind] = (kind, config_for(kind, dict(config.baseline)).to_dict())
     return out
@@ -269,6 +347,7 @@ class TrainHistory:
     steps: int = 0
     samples: int = 0
     seconds: float = 0.0
+    eta_s: float | None = None  # training time estimated after the first steps (all epochs, no early stop)
 
     @property
     def samples_per_s(self) -> float:
@@ -385,6 +464,55 @@ class _Selector:
             self.cohort.models[name].load_state_dict(self.states[name])
 
 
+ETA_AFTER_STEPS = 5  # steps timed for the ETA (fewer in a shorter run)
+ETA_WARN_S = 30 * 60
+LOG_EVERY = 32  # steps between copies of the losses to the host (each copy is a device sync)
+
+
+def _report_eta(history: TrainHistory, total_steps: int, per_step_s: float, progress: bool) -> None:
+    history.eta_s = per_step_s * total_steps
+    if not progress:
+        return
+    message = (f"ETA: {history.eta_s / 60:.1f} min for {total_steps} steps "
+               f"({per_step_s * 1000:.0f} ms per step; early stopping may end sooner)")
+    if history.eta_s > ETA_WARN_S:
+        message += (f"\nwarning: training is estimated to take over {ETA_WARN_S // 60} min; a smaller "
+                    "--teacher-grade, fewer --students or a larger --batch-size shortens it")
+    tqdm.write(message, file=sys.stderr)
+
+
+class _LossLog:
+    """Per-step losses kept on the device and copied to the host every LOG_EVERY steps (and before any
+    evaluation and at the end), so the step loop never waits for the device."""
+
+    def __init__(self, history: TrainHistory, names: list[str]) -> None:
+        self.history, self.names = history, names
+        self.pending: list[torch.Tensor] = []
+        self.bce_names: list[str] = []
+
+    def add(self, per_model: dict[str, torch.Tensor], bce: dict[str, torch.Tensor]) -> None:
+        self.bce_names = list(bce)
+        values = [v.detach().float() for v in per_model.values()]
+        self.pending.append(torch.stack(values + list(bce.values())))
+
+    def flush(self, bar: tqdm) -> None:
+        if not self.pending:
+            return
+        rows = torch.stack(self.pending).tolist()
+        first = self.history.steps - len(rows)
+        self.pending = []
+        n = len(self.names)
+        for i, row in enumerate(rows):
+            if not all(math.isfinite(v) for v in row[:n]):
+                values = dict(zip(self.names, row[:n], strict=True))
+                raise FloatingPointError(f"non-finite loss at step {first + i}: {values}")
+            for name, value in zip(self.names, row[:n], strict=True):
+                self.history.losses[name].append(value)
+            for name, value in zip(self.bce_names, row[n:], strict=True):
+                self.history.bce[name].append(value)
+        bar.set_postfix(loss=f"{sum(rows[-1][:n]):.4f}")
+
+
 def train_window(
     cohort: Cohort, data: Batch, config: TrainConfig, device: torch.device, progress: bool = True,
     validation: Batch | None = None,
@@ -394,19 +522,23 @@ def train_window(
     With a ``validation`` slice every model is evaluated on it before training, every
     `eval_every_steps` and at the end; each ends at its best checkpoint (``history.best``) and stops
     updating after `patience` evaluations without improvement (the others go on; training ends when
-    every model has stopped). Without one, the last step is kept.
+    every model has stopped). Without one, the last step is kept. After the first steps the ETA is
+    recorded (``history.eta_s``) and, with ``progress``, printed to stderr with the progress bar.
     """
+    config = resolve_sizes(config, device)[0]
     if config.threads:
         torch.set_num_threads(config.threads)
-    optimizer = torch.optim.AdamW(cohort.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = SplitOptimizer(cohort.models.values(), lr=config.lr, weight_decay=config.weight_decay)
     dtype = autocast_dtype(device, config.precision)
     generator = torch.Generator().manual_seed(config.seed)
     id_generator = torch.Generator().manual_seed(config.seed + 1)
     names = list(cohort.models)
     history = TrainHistory(losses={n: [] for n in names}, bce={n: [] for n in names},
                            val_curve={n: [] for n in names})
+    log = _LossLog(history, names)
     schema = next(iter(cohort.models.values())).schema
     steps_per_epoch = math.ceil(len(data) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
     period = _eval_period(config, steps_per_epoch)
     for model in cohort.models.values():
         model.prepare(data.label)
@@ -415,7 +547,9 @@ def train_window(
     if selector:
         selector.evaluate()
     cohort.train(True)
-    with tqdm(total=steps_per_epoch * config.epochs, desc="train", unit="step", disable=not progress) as bar:
+    # The ETA times the steps after the first (which pays allocations): up to ETA_AFTER_STEPS of them.
+    eta_from, eta_at = None, 1 + min(ETA_AFTER_STEPS, total_steps - 1)
+    with tqdm(total=total_steps, desc="train", unit="step", disable=not progress) as bar:
         for _ in range(config.epochs):
             for cpu_batch in _minibatches(data, config.batch_size, generator):
                 batch = drop_ids(cpu_batch, schema, config.id_dropout, id_generator).to(device)
@@ -424,30 +558,32 @@ def train_window(
                     per_model = cohort_step_losses(cohort, batch, config, history.steps, bce)
                 # A stopped model is frozen at its best: its own loss no longer steps the optimizer.
                 total = sum(v for n, v in per_model.items() if n not in history.stopped)
-                # One device-to-host copy per step for the finiteness check and the history (not one
-                # per model): on a GPU each copy is a synchronisation.
-                stacked = torch.stack([v.detach().float() for v in per_model.values()] + list(bce.values()))
-                flat = stacked.tolist()
-                values = dict(zip(per_model, flat[: len(per_model)], strict=True))
-                if not all(math.isfinite(v) for v in values.values()):
-                    raise FloatingPointError(f"non-finite loss at step {history.steps}: {values}")
-                optimizer.zero_grad(set_to_none=True)
+                optimizer.zero_grad()
                 total.backward()
                 optimizer.step()
-                for name, value in values.items():
-                    history.losses[name].append(value)
-                for name, value in zip(bce, flat[len(per_model):], strict=True):
-                    history.bce[name].append(value)
+                log.add(per_model, bce)
                 history.steps += 1
                 history.samples += len(batch)
                 bar.update(1)
-                bar.set_postfix(loss=f"{sum(values.values()):.4f}")
+                if history.steps in (1, eta_at):
+                    log.flush(bar)  # the first losses are checked at once
+                    if device.type == "cuda":
+                        torch.cuda.synchronize()
+                    if eta_from is not None:
+                        _report_eta(history, total_steps, (time.perf_counter() - eta_from) / (eta_at - 1),
+                                    progress)
+                    else:
+                        eta_from = time.perf_counter()
+                elif history.steps % LOG_EVERY == 0:
+                    log.flush(bar)
                 if selector and history.steps % period == 0:
+                    log.flush(bar)
                     selector.evaluate()
                     if not selector.active:
                         break
             if selector and not selector.active:
                 break
+    log.flush(bar)
     if selector:
         if selector.last_step != history.steps:
             selector.evaluate()

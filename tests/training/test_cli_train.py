@@ -32,7 +32,9 @@ def test_train_then_evaluate_the_saved_version(runner, settings, home) -> None:
         "--config", json.dumps(overrides), "--json",
     ])
     assert result.exit_code == 0, result.output
-    out = _last_json(result.output)
+    # --json: stdout is the one JSON object; the progress bar and the ETA go to stderr.
+    out = json.loads(result.stdout)
+    assert "train" in result.stderr and "ETA:" in result.stderr and "ms per step" in result.stderr
     assert out["dataset"] == "day1"
     assert set(out["models"]) == {"teacher", "student_0", "student_1", "lr"}
     version = out["version"]
@@ -42,7 +44,7 @@ def test_train_then_evaluate_the_saved_version(runner, settings, home) -> None:
     # it must reproduce the training run's numbers.
     result = runner.invoke(app, ["--home", str(home), "evaluate", version, "--json"])
     assert result.exit_code == 0, result.output
-    evaluated = _last_json(result.output)
+    evaluated = _last_json(result.stdout)
     assert evaluated["rows"] == 80 and evaluated["dataset"] == "holdout of day1"
     for name, metrics in out["models"].items():
         assert evaluated["models"][name]["auc"] == pytest.approx(metrics["auc"], abs=1e-6)
@@ -64,7 +66,7 @@ def test_train_then_evaluate_the_saved_version(runner, settings, home) -> None:
         "--config", json.dumps(overrides), "--warm-start", version, "--json",
     ])
     assert result.exit_code == 0, result.output
-    second = _last_json(result.output)
+    second = _last_json(result.stdout)
     assert artifacts.read_config(settings, second["version"]).parent == version
     assert sorted(second["warm_started"]) == ["lr", "student_0", "student_1", "teacher"]
 

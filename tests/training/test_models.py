@@ -15,6 +15,7 @@ from training.inputs import Batch, InputSchema, encode
 from training.models import FeatureEmbedding, Student, Teacher, build_model
 from training.models.layers import sequence_mask
 from training.models.uab import UAB
+from training.optim import SplitOptimizer
 
 L = 8
 TINY_TEACHER = {"d_model": 16, "n_heads": 2, "seq_len": L, "n_entry": 1, "n_shared": 1, "n_exit": 1,
@@ -231,7 +232,7 @@ def test_every_family_learns_the_synthetic_signal(data):
                            *[(kind, BASELINE) for kind in ("lr", "dnn", "deepfm", "dcnv2", "din")]]:
         torch.manual_seed(0)
         model = build_model(family, config, schema)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        opt = SplitOptimizer([model], lr=1e-2)
         losses = []
         for _ in range(25):
             opt.zero_grad()

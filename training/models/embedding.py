@@ -20,7 +20,10 @@ def fit_length(x: torch.Tensor, length: int) -> torch.Tensor:
 class FeatureEmbedding(nn.Module):
     """Per-slot hashed ids -> vectors. Behaviour and candidate items reuse the item slot's rows (and
     categories the category slot's rows), so both sides of the target-aware sequence share one id space.
-    Teacher and students may hold the same instance (shared table, MODELS.md default)."""
+    Teacher and students may hold the same instance (shared table, MODELS.md default).
+
+    The table yields sparse gradients (only the rows looked up): train it with ``training.optim``'s
+    ``SplitOptimizer`` (or any optimiser that takes sparse gradients, e.g. SGD, SparseAdam)."""
 
     def __init__(self, schema: InputSchema, d_embed: int, init_std: float = 0.01) -> None:
         super().__init__()
@@ -34,7 +37,7 @@ class FeatureEmbedding(nn.Module):
         self.register_buffer("offsets", torch.tensor(offsets, dtype=torch.long), persistent=False)
         self.item_offset = offsets[schema.slot(schema.item)]
         self.category_offset = offsets[schema.slot(schema.category)]
-        self.table = nn.Embedding(sum(schema.buckets), d_embed)
+        self.table = nn.Embedding(sum(schema.buckets), d_embed, sparse=True)
         nn.init.normal_(self.table.weight, std=init_std)
 
     def categorical(self, ids: torch.Tensor) -> torch.Tensor:
