@@ -94,6 +94,14 @@ def train_cohort(settings: Settings, dataset: str, train_config: dict[str, Any],
     return result.summary()
 
 
+@_task
+def apply_retention(settings: Settings) -> dict[str, Any]:
+    """Keep-last-N versions, training sets and run folders; what serves and its lineage always stay."""
+    from training.retention import gc
+
+    return gc(settings).as_dict()
+
+
 def _with_bootstrap(settings: Settings, bootstrap: str) -> Settings:
     return settings.model_copy(update={"kafka_bootstrap": bootstrap})
 
@@ -118,9 +126,9 @@ def feature_refresh_flow(final: bool = False) -> dict[str, Any]:
 def continual_training_flow(train_config: dict[str, Any] | None = None,
                             warm_start_from_latest: bool = True) -> dict[str, Any]:
     """Build the training set from the warehouse -> validate it -> train (warm-started from the newest
-    version) -> evaluate + save. It does not validate raw events: it reads what the feature job wrote
-    (which dead-letters malformed records); ``end_to_end_flow`` and ``ctrflow validate events`` run the
-    events suite on a log file."""
+    version) -> evaluate + save -> apply the retention limits. It does not validate raw events: it reads
+    what the feature job wrote (which dead-letters malformed records); ``end_to_end_flow`` and
+    ``ctrflow validate events`` run the events suite on a log file."""
     from training.artifacts import latest_version
 
     settings = get_settings()
@@ -128,7 +136,7 @@ def continual_training_flow(train_config: dict[str, Any] | None = None,
     gate = validate_training_set(settings, name)
     parent = latest_version(settings) if warm_start_from_latest else None
     trained = train_cohort(settings, name, train_config or {}, parent)
-    return {"dataset": name, "validation": gate, "training": trained}
+    return {"dataset": name, "validation": gate, "training": trained, "retention": apply_retention(settings)}
 
 
 @flow(name="ctrflow-end-to-end", log_prints=True)

@@ -26,7 +26,7 @@ class Settings(BaseSettings):
         default=None, description="Warehouse Parquet folder; unset = <home>/warehouse."
     )
     registry_path: Path | None = Field(
-        default=None, description="Model registry folder (versions, champion pointer); unset = <home>/registry."
+        default=None, description="Model registry (versions, champion pointer); unset = <home>/registry."
     )
     runs_path: Path | None = Field(default=None, description="Run reports folder; unset = <home>/runs.")
 
@@ -64,7 +64,7 @@ class Settings(BaseSettings):
         default=10, ge=1, description="Newest model versions kept; the champion and its parents always stay."
     )
     keep_datasets: int = Field(
-        default=5, ge=1, description="Newest training sets kept; LATEST and the champion lineage's always stay."
+        default=5, ge=1, description="Newest training sets kept; LATEST and the champion lineage's stay."
     )
     keep_runs: int = Field(
         default=30, ge=1, description="Newest run folders kept; those of kept versions always stay."
@@ -92,7 +92,9 @@ class Settings(BaseSettings):
 
     @property
     def warehouse_dir(self) -> Path:
-        return self.warehouse_path.expanduser().resolve() if self.warehouse_path else self.home_dir / "warehouse"
+        if self.warehouse_path:
+            return self.warehouse_path.expanduser().resolve()
+        return self.home_dir / "warehouse"
 
     @property
     def warehouse_db(self) -> Path:
