@@ -20,6 +20,9 @@ from pipelines.kafka import kafka_bootstrap
 from pipelines.settings import Settings, get_settings
 
 _task = task(cache_policy=NO_CACHE, persist_result=False)
+NO_REFRESH_BROKER = ("feature refresh needs a Kafka bootstrap (CTRFLOW_KAFKA_BOOTSTRAP or --bootstrap): an "
+                     "embedded broker started for one run would be empty; `ctrflow flows serve` keeps one "
+                     "for its lifetime")
 
 
 @_task
@@ -117,9 +120,16 @@ def ingest_flow(log_path: str, fmt: str = "canonical", speed: float | None = Non
 
 
 @flow(name="ctrflow-feature-refresh", log_prints=True)
-def feature_refresh_flow(final: bool = False) -> dict[str, Any]:
-    """Bring the warehouse and the online store up to the topics' current end."""
-    return refresh_features(get_settings(), final)
+def feature_refresh_flow(final: bool = False, bootstrap: str | None = None) -> dict[str, Any]:
+    """Bring the warehouse and the online store up to the topics' current end. ``bootstrap`` (else
+    CTRFLOW_KAFKA_BOOTSTRAP) must name a broker that outlives the run: ``ctrflow flows serve`` passes the
+    embedded broker it keeps for its lifetime."""
+    settings = get_settings()
+    if bootstrap:
+        settings = _with_bootstrap(settings, bootstrap)
+    if not settings.kafka_bootstrap:
+        raise ValueError(NO_REFRESH_BROKER)
+    return refresh_features(settings, final)
 
 
 @flow(name="ctrflow-continual-training", log_prints=True)

@@ -4,6 +4,7 @@ embedded broker, Beam job, Feast, Great Expectations and torch training."""
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -90,9 +91,19 @@ def test_feature_refresh_fails_when_records_do_not_add_up(monkeypatch: pytest.Mo
         refresh_features.fn(Settings(), final=True)
 
 
+def _listening(bootstrap: str) -> bool:
+    host, port = bootstrap.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
 def test_flows_serve_can_serve_only_some_deployments(monkeypatch: pytest.MonkeyPatch) -> None:
     import prefect
 
+    monkeypatch.delenv("CTRFLOW_KAFKA_BOOTSTRAP", raising=False)
     served: list[str] = []
     monkeypatch.setattr(prefect, "serve", lambda *deployments: served.extend(d.name for d in deployments))
     runner = CliRunner()
@@ -104,6 +115,43 @@ def test_flows_serve_can_serve_only_some_deployments(monkeypatch: pytest.MonkeyP
     assert sorted(served) == ["continual-training", "feature-refresh"]
     unknown = runner.invoke(app, ["flows", "serve", "-d", "nightly"])
     assert unknown.exit_code == 2 and "unknown deployment(s) ['nightly']" in unknown.output
+
+
+def test_flows_serve_keeps_one_embedded_broker_for_every_feature_refresh_run(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import prefect
+
+    monkeypatch.delenv("CTRFLOW_KAFKA_BOOTSTRAP", raising=False)
+    seen: dict[str, object] = {}
+
+    def fake_serve(*deployments) -> None:
+        by_name = {d.name: d for d in deployments}
+        seen["bootstrap"] = by_name["feature-refresh"].parameters.get("bootstrap")
+        # Up while the deployments are being served.
+        seen["alive"] = seen["bootstrap"] is not None and _listening(seen["bootstrap"])
+        seen["training"] = by_name["continual-training"].parameters
+
+    monkeypatch.setattr(prefect, "serve", fake_serve)
+    result = CliRunner().invoke(app, ["flows", "serve"])
+    assert result.exit_code == 0, result.output
+    assert seen["alive"] is True and seen["training"] == {}
+    assert f"embedded broker for this serve's lifetime at {seen['bootstrap']}" in result.stderr
+    assert not _listening(seen["bootstrap"])  # stopped with the command
+
+    # With a configured Kafka no broker starts and the runs use the configured one from their environment.
+    monkeypatch.setenv("CTRFLOW_KAFKA_BOOTSTRAP", "kafka.example:9092")
+    seen.clear()
+    assert CliRunner().invoke(app, ["flows", "serve"]).exit_code == 0
+    assert seen["bootstrap"] is None and seen["alive"] is False
+
+
+def test_feature_refresh_without_a_lasting_broker_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CTRFLOW_KAFKA_BOOTSTRAP", raising=False)
+    runner = CliRunner()
+    for command in (["flows", "run", "feature-refresh"], ["flows", "deploy", "--pool", "p"]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2, result.output
+        assert result.stderr.startswith("error: feature") and "CTRFLOW_KAFKA_BOOTSTRAP" in result.stderr
 
 
 @pytest.mark.parametrize("command", [["flows", "run", "continual-training"], ["demo"]])
