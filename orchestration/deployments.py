@@ -74,6 +74,7 @@ def deploy_to_pool(settings: Settings, pool: str, only: list[str] | None = None)
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectAlreadyExists
+    from prefect.settings import PREFECT_API_URL
     from prefect.workers.process import ProcessWorker
 
     chosen = select(build_deployments(settings), only)
@@ -81,6 +82,9 @@ def deploy_to_pool(settings: Settings, pool: str, only: list[str] | None = None)
         raise ValueError("feature-refresh on a work pool needs CTRFLOW_KAFKA_BOOTSTRAP: an embedded broker "
                          "would start empty in every run; deploy only continual-training, or use "
                          "`ctrflow flows serve`")
+    if not PREFECT_API_URL.value():
+        raise ValueError("flows deploy needs PREFECT_API_URL (a running Prefect server): without it Prefect "
+                         "would register to a temporary server that goes away with this command")
     with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
         client.create_work_pool(WorkPoolCreate(
             name=pool, type="process", base_job_template=ProcessWorker.get_default_base_job_template()))

@@ -9,9 +9,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.testing.utilities import prefect_test_harness
 from typer.testing import CliRunner
 
+from features.datasets import list_datasets
 from features.validation import ValidationFailed
 from orchestration.cli import app
 from orchestration.deployments import build_deployments
@@ -19,8 +21,10 @@ from orchestration.flows import continual_training_flow, refresh_features
 from pipelines.beam.job import run_file
 from pipelines.settings import Settings, get_settings
 from pipelines.simulator import SimulatorConfig, simulate
+from tests.training.test_retention import fake_dataset, fake_version
 from tests.training.tiny import tiny_train_config
 from training.artifacts import list_versions, load_model
+from training.registry import ChampionPointer, write_champion_pointer
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +70,29 @@ def test_failed_dataset_validation_stops_training(prefect_api: None, home: Path,
     with pytest.raises(ValidationFailed, match="label"):
         continual_training_flow(train_config=tiny_train_config())
     assert list_versions(settings) == []  # nothing was trained, nothing can be promoted
+
+
+def test_continual_training_ends_with_retention_that_spares_the_champion(
+        prefect_api: None, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CTRFLOW_KEEP_VERSIONS", "1")
+    monkeypatch.setenv("CTRFLOW_KEEP_DATASETS", "1")
+    settings = get_settings()
+    log = tmp_path / "log.jsonl"
+    simulate(SimulatorConfig(days=1, users=50, items=40, impressions=600, seed=5), log)
+    run_file(settings, log)
+    # An old champion trained on an old training set, and a newer version nothing depends on.
+    fake_dataset(settings, "ds-champion", "2026-01-01T00:00:00+00:00")
+    fake_dataset(settings, "ds-unused", "2026-01-02T00:00:00+00:00")
+    champion = fake_version(settings, None, "ds-champion")
+    unused = fake_version(settings, champion, "ds-unused")
+    write_champion_pointer(settings, ChampionPointer(version=champion, model="m", promoted_at="2026-01-01"))
+
+    result = continual_training_flow(train_config=tiny_train_config(), warm_start_from_latest=False)
+    new = result["training"]["version"]
+    assert list(result["retention"]["removed_versions"]) == [unused]
+    assert [v["version"] for v in list_versions(settings)] == [champion, new]
+    assert set(list_datasets(settings)) == {"ds-champion", result["dataset"]}
+    assert Path(result["training"]["report"]).is_file()  # the new version's run folder stays
 
 
 def test_deployments_carry_the_configured_schedules() -> None:
@@ -152,6 +179,10 @@ def test_feature_refresh_without_a_lasting_broker_is_refused(monkeypatch: pytest
         result = runner.invoke(app, command)
         assert result.exit_code == 2, result.output
         assert result.stderr.startswith("error: feature") and "CTRFLOW_KAFKA_BOOTSTRAP" in result.stderr
+    # Registering to a pool needs a lasting Prefect server, not the temporary one Prefect would start.
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        result = runner.invoke(app, ["flows", "deploy", "--pool", "p", "-d", "continual-training"])
+    assert result.exit_code == 2 and result.stderr.startswith("error: flows deploy needs PREFECT_API_URL")
 
 
 @pytest.mark.parametrize("command", [["flows", "run", "continual-training"], ["demo"]])

@@ -19,13 +19,13 @@ from training.registry import ChampionPointer, pointer_path, write_champion_poin
 from training.retention import RetentionError, gc
 
 
-def _version(settings: Settings, parent: str | None, dataset: str) -> str:
+def fake_version(settings: Settings, parent: str | None, dataset: str) -> str:
     model = torch.nn.Linear(3, 1)
     return save_version(settings, {"m": model}, {"m": ModelRecord("lr", {})}, {}, feature_service=None,
                         window={"dataset": dataset}, train_config={}, parent=parent, serve="m")
 
 
-def _dataset(settings: Settings, name: str, created: str) -> None:
+def fake_dataset(settings: Settings, name: str, created: str) -> None:
     table = pa.table({"label": [0, 1]})
     write_dataset(settings, table, {"name": name, "created_at": created})
 
@@ -45,8 +45,8 @@ def populated(tmp_path: Path) -> tuple[Settings, list[str]]:
     settings = Settings(home=tmp_path / "home", keep_versions=2, keep_datasets=1, keep_runs=1)
     versions: list[str] = []
     for i in range(5):
-        _dataset(settings, f"ds-{i}", f"2026-01-0{i + 1}T00:00:00+00:00")
-        versions.append(_version(settings, versions[-1] if versions else None, f"ds-{i}"))
+        fake_dataset(settings, f"ds-{i}", f"2026-01-0{i + 1}T00:00:00+00:00")
+        versions.append(fake_version(settings, versions[-1] if versions else None, f"ds-{i}"))
         _run(settings, versions[-1], age_s=100 - i)
         _run(settings, f"validate-{i}", age_s=50 - i)
     return settings, versions
