@@ -17,8 +17,10 @@ from features.datasets import list_datasets
 from features.validation import ValidationFailed
 from orchestration.cli import app
 from orchestration.deployments import build_deployments
-from orchestration.flows import continual_training_flow, refresh_features
+from orchestration.flows import continual_training_flow, feature_refresh_flow, refresh_features
 from pipelines.beam.job import run_file
+from pipelines.kafka import EmbeddedBroker
+from pipelines.replay import replay
 from pipelines.settings import Settings, get_settings
 from pipelines.simulator import SimulatorConfig, simulate
 from tests.training.test_retention import fake_dataset, fake_version
@@ -170,6 +172,27 @@ def test_flows_serve_keeps_one_embedded_broker_for_every_feature_refresh_run(
     seen.clear()
     assert CliRunner().invoke(app, ["flows", "serve"]).exit_code == 0
     assert seen["bootstrap"] is None and seen["alive"] is False
+
+
+def test_feature_refresh_runs_read_on_from_the_broker_they_are_given(
+        prefect_api: None, broker: EmbeddedBroker, settings: Settings, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """What `flows serve` relies on: runs given one lasting broker each pick up what arrived since the
+    last one (here the session's broker plays the one `flows serve` starts)."""
+    monkeypatch.delenv("CTRFLOW_KAFKA_BOOTSTRAP", raising=False)
+    monkeypatch.setenv("CTRFLOW_TOPIC_PREFIX", settings.topic_prefix)
+    logs = []
+    # The second log starts two days later: its impression ids (the simulator numbers them from 0) are
+    # reused past the dedup window, so they are new impressions.
+    for seed, start in ((1, "2026-01-05"), (2, "2026-01-07")):
+        logs.append(tmp_path / f"log{seed}.jsonl")
+        config = SimulatorConfig(days=1, users=50, items=40, impressions=300, seed=seed, start=start)
+        simulate(config, logs[-1])
+    for log in logs:
+        replayed = replay(log, settings, broker.bootstrap).as_dict()
+        result = feature_refresh_flow(bootstrap=broker.bootstrap)
+        consumed = sum(c["consumed"] for c in result["accounting"].values())
+        assert consumed == replayed["produced"] > 0  # exactly the records since the previous run
 
 
 def test_feature_refresh_without_a_lasting_broker_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
