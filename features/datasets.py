@@ -286,3 +286,28 @@ def load_dataset(settings: Settings, name: str | None = None) -> tuple[pa.Table,
     except ValueError as exc:
         raise DatasetError(str(exc)) from exc
     return pq.read_table(folder / "data.parquet"), manifest
+
+
+def list_datasets(settings: Settings) -> list[str]:
+    """Every complete training set's name, oldest first (by manifest build time, then name); staging
+    folders (a build in progress) are not listed."""
+    root = settings.datasets_dir
+    if not root.is_dir():
+        return []
+    found = []
+    for folder in root.iterdir():
+        manifest = folder / "manifest.json"
+        if folder.name.startswith(".") or not manifest.is_file():
+            continue
+        try:
+            created = DatasetManifest.from_json(manifest.read_text()).created_at or ""
+        except ValueError:  # an unreadable manifest sorts first: the oldest, the first to go
+            created = ""
+        found.append((created, folder.name))
+    return [name for _, name in sorted(found)]
+
+
+def latest_name_or_none(settings: Settings) -> str | None:
+    """What LATEST points to, or None before the first build."""
+    path = settings.datasets_dir / LATEST_FILE
+    return (path.read_text().strip() or None) if path.is_file() else None

@@ -20,6 +20,9 @@ from pipelines.kafka import kafka_bootstrap
 from pipelines.settings import Settings, get_settings
 
 _task = task(cache_policy=NO_CACHE, persist_result=False)
+NO_REFRESH_BROKER = ("feature refresh needs a Kafka bootstrap (CTRFLOW_KAFKA_BOOTSTRAP or --bootstrap): an "
+                     "embedded broker started for one run would be empty; `ctrflow flows serve` keeps one "
+                     "for its lifetime")
 
 
 @_task
@@ -116,6 +119,11 @@ def gate_and_promote(settings: Settings, version: str) -> dict[str, Any]:
     except PromotionRefused as exc:
         return {"promoted": False, "failures": exc.gate.failures() if exc.gate else [str(exc)]}
     return {"promoted": True, "previous": report.previous}
+def apply_retention(settings: Settings) -> dict[str, Any]:
+    """Keep-last-N versions, training sets and run folders; what serves and its lineage always stay."""
+    from training.retention import gc
+
+    return gc(settings).as_dict()
 
 
 def _with_bootstrap(settings: Settings, bootstrap: str) -> Settings:
@@ -133,9 +141,16 @@ def ingest_flow(log_path: str, fmt: str = "canonical", speed: float | None = Non
 
 
 @flow(name="ctrflow-feature-refresh", log_prints=True)
-def feature_refresh_flow(final: bool = False) -> dict[str, Any]:
-    """Bring the warehouse and the online store up to the topics' current end."""
-    return refresh_features(get_settings(), final)
+def feature_refresh_flow(final: bool = False, bootstrap: str | None = None) -> dict[str, Any]:
+    """Bring the warehouse and the online store up to the topics' current end. ``bootstrap`` (else
+    CTRFLOW_KAFKA_BOOTSTRAP) must name a broker that outlives the run: ``ctrflow flows serve`` passes the
+    embedded broker it keeps for its lifetime."""
+    settings = get_settings()
+    if bootstrap:
+        settings = _with_bootstrap(settings, bootstrap)
+    if not settings.kafka_bootstrap:
+        raise ValueError(NO_REFRESH_BROKER)
+    return refresh_features(settings, final)
 
 
 @flow(name="ctrflow-continual-training", log_prints=True)
@@ -143,9 +158,9 @@ def continual_training_flow(train_config: dict[str, Any] | None = None,
                             warm_start_from_latest: bool = True) -> dict[str, Any]:
     """Build this cycle's training set [t-W-H, t-H) and holdout [t-H, t) from the warehouse -> validate
     the training set -> train (warm-started from the newest version) -> evaluate on the holdout, save and
-    register -> the promotion gate against the champion, promoting on PASS. It does not validate raw
-    events: it reads what the feature job wrote (which dead-letters malformed records); ``end_to_end_flow``
-    and ``ctrflow validate events`` run the events suite on a log file."""
+    register -> the promotion gate against the champion, promoting on PASS -> apply the retention limits.
+    It does not validate raw events: it reads what the feature job wrote (which dead-letters malformed
+    records); ``end_to_end_flow`` and ``ctrflow validate events`` run the events suite on a log file."""
     from training.artifacts import latest_version
 
     settings = get_settings()
@@ -155,7 +170,7 @@ def continual_training_flow(train_config: dict[str, Any] | None = None,
     trained = train_cohort(settings, name, train_config or {}, parent, holdout)
     promotion = gate_and_promote(settings, trained["version"])
     return {"dataset": name, "holdout": holdout, "validation": gate, "training": trained,
-            "promotion": promotion}
+            "promotion": promotion, "retention": apply_retention(settings)}
 
 
 @flow(name="ctrflow-end-to-end", log_prints=True)

@@ -3,7 +3,9 @@
 Every package reads configuration from here (environment variables prefixed ``CTRFLOW_``), so a value
 is defined once. It lives in ``pipelines`` because every other package already depends on it.
 
-All state lives under ``home``: two runs with different homes never interfere.
+All state lives under ``home``: two runs with different homes never interfere. The warehouse, the model
+registry and the run reports may each be placed elsewhere (``warehouse_path``, ``registry_path``,
+``runs_path``), e.g. on their own volumes; unset, they follow ``home``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,13 @@ class Settings(BaseSettings):
 
     # --- state ---------------------------------------------------------------------------------------
     home: Path = Field(default=Path(".ctrflow"), description="Root of all ctrflow state.")
+    warehouse_path: Path | None = Field(
+        default=None, description="Warehouse Parquet folder; unset = <home>/warehouse."
+    )
+    registry_path: Path | None = Field(
+        default=None, description="Model registry (versions, champion pointer); unset = <home>/registry."
+    )
+    runs_path: Path | None = Field(default=None, description="Run reports folder; unset = <home>/runs.")
 
     # --- Kafka ---------------------------------------------------------------------------------------
     kafka_bootstrap: str | None = Field(
@@ -84,6 +93,17 @@ class Settings(BaseSettings):
         default=200, ge=1, description="A user-activity slice with fewer rows (or no click) is not gated."
     )
 
+    # --- retention (`ctrflow gc`, and the end of every continual-training run) ---------------------------
+    keep_versions: int = Field(
+        default=10, ge=1, description="Newest model versions kept; the champion and its parents always stay."
+    )
+    keep_datasets: int = Field(
+        default=5, ge=1, description="Newest training sets kept; LATEST and the champion lineage's stay."
+    )
+    keep_runs: int = Field(
+        default=30, ge=1, description="Newest run folders kept; those of kept versions always stay."
+    )
+
     # --- serving -------------------------------------------------------------------------------------
     serving_host: str = "127.0.0.1"
     serving_port: int = Field(default=8000, ge=0, le=65535)
@@ -120,13 +140,15 @@ class Settings(BaseSettings):
             raise ValueError("min_click_rate must be <= max_click_rate")
         return self
 
-    # --- derived paths (not configurable on their own: they follow `home`) ---------------------------
+    # --- derived paths (they follow `home`, except the three that may be placed on their own) ------------
     @property
     def home_dir(self) -> Path:
         return self.home.expanduser().resolve()
 
     @property
     def warehouse_dir(self) -> Path:
+        if self.warehouse_path:
+            return self.warehouse_path.expanduser().resolve()
         return self.home_dir / "warehouse"
 
     @property
@@ -147,11 +169,11 @@ class Settings(BaseSettings):
 
     @property
     def registry_dir(self) -> Path:
-        return self.home_dir / "registry"
+        return self.registry_path.expanduser().resolve() if self.registry_path else self.home_dir / "registry"
 
     @property
     def runs_dir(self) -> Path:
-        return self.home_dir / "runs"
+        return self.runs_path.expanduser().resolve() if self.runs_path else self.home_dir / "runs"
 
     def topic(self, name: str) -> str:
         """Full topic name, e.g. ``topic("impressions") -> "ctr.impressions"``."""

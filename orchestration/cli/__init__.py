@@ -12,7 +12,8 @@ from orchestration.cli.app import app, usage_error
 # Each module owns one area of the CLI. Imported in this order (not the alphabetical order plain imports
 # would be sorted into) because registration order is the order `ctrflow --help` lists the commands in.
 _COMMAND_MODULES = (
-    "ingest", "features_cmd", "store_cmd", "train_cmd", "models_cmd", "serve_cmd", "flows_cmd", "demo",
+    "ingest", "features_cmd", "store_cmd", "train_cmd", "models_cmd", "serve_cmd", "flows_cmd", "gc_cmd",
+    "demo",
 )
 
 for _name in _COMMAND_MODULES:

@@ -1,8 +1,10 @@
-"""`ctrflow flows run | serve`: the Prefect flows, run once or served on their schedules."""
+"""`ctrflow flows run | serve | deploy`: the Prefect flows, run once, served on their schedules from this
+process, or registered to a work pool for workers to run."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from enum import StrEnum
 from typing import Any
 
@@ -44,6 +46,8 @@ def flows_run(
     from orchestration import flows
 
     train_config = train_config_overrides(config_json)
+    if name is FlowName.feature_refresh and not get_settings().kafka_bootstrap:
+        raise usage_error(flows.NO_REFRESH_BROKER)
     if name is FlowName.end_to_end:
         result = flows.end_to_end_flow(train_config=train_config)
     elif name is FlowName.feature_refresh:
@@ -53,21 +57,47 @@ def flows_run(
     print(json.dumps(result, default=str))
 
 
+_ONLY_HELP = ("Only this deployment (repeatable); default all. The compose stack runs only "
+              "continual-training: feature-refresh beside `features stream` would share its checkpoint.")
+
+
 @flows_app.command("serve")
 def flows_serve(
-    only: list[str] | None = typer.Option(
-        None, "--deployment", "-d",
-        help="Serve only this deployment (repeatable); default all. The compose stack serves only "
-             "continual-training: feature-refresh beside `features stream` would share its checkpoint."),
+    only: list[str] | None = typer.Option(None, "--deployment", "-d", help=_ONLY_HELP),
 ) -> None:
-    """Serve the scheduled deployments (feature refresh, continual training) until Ctrl-C."""
+    """Serve the scheduled deployments (feature refresh, continual training) until Ctrl-C. Without
+    CTRFLOW_KAFKA_BOOTSTRAP, one embedded broker runs as long as this command, and every feature-refresh
+    run reads from it (replay into the address printed on stderr)."""
     from prefect import serve
 
-    from orchestration.deployments import build_deployments
+    from orchestration.deployments import FEATURE_REFRESH, build_deployments, select
+    from pipelines.kafka import EmbeddedBroker
 
-    deployments = build_deployments(get_settings())
-    known = [d.name for d in deployments]
-    unknown = sorted(set(only or ()) - set(known))
-    if unknown:
-        raise usage_error(f"unknown deployment(s) {unknown}; expected some of {known}")
-    serve(*[d for d in deployments if not only or d.name in only])
+    settings = get_settings()
+    try:
+        chosen = [d.name for d in select(build_deployments(settings), only)]
+    except ValueError as exc:
+        raise usage_error(str(exc)) from None
+    if settings.kafka_bootstrap or FEATURE_REFRESH not in chosen:
+        serve(*select(build_deployments(settings), chosen))
+        return
+    with EmbeddedBroker() as broker:
+        typer.echo(f"embedded broker for this serve's lifetime at {broker.bootstrap} "
+                   f"(replay into it with `ctrflow --bootstrap {broker.bootstrap} replay LOG`)", err=True)
+        serve(*select(build_deployments(settings, bootstrap=broker.bootstrap), chosen))
+
+
+@flows_app.command("deploy")
+def flows_deploy(
+    pool: str = typer.Option(..., "--pool", help="Work pool to register to (created as a process pool)."),
+    only: list[str] | None = typer.Option(None, "--deployment", "-d", help=_ONLY_HELP),
+) -> None:
+    """Register the scheduled deployments to a work pool; `prefect worker start --pool NAME` runs them."""
+    from orchestration.deployments import deploy_to_pool
+
+    try:
+        registered = deploy_to_pool(get_settings(), pool, only)
+    except ValueError as exc:
+        raise usage_error(str(exc)) from None
+    for entry in registered:
+        print(json.dumps(asdict(entry)))

@@ -39,3 +39,18 @@ def test_a_copy_with_another_home_derives_every_path_from_it(tmp_path: Path) -> 
     second = first.model_copy(update={"home": tmp_path / "b"})
     assert second.home_dir == (tmp_path / "b").resolve()
     assert second.warehouse_dir.parent == second.checkpoints_dir.parent == (tmp_path / "b").resolve()
+
+
+def test_warehouse_registry_and_runs_may_live_outside_home(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CTRFLOW_HOME", str(tmp_path / "h"))
+    default = get_settings()
+    assert (default.warehouse_dir, default.registry_dir, default.runs_dir) == (
+        default.home_dir / "warehouse", default.home_dir / "registry", default.home_dir / "runs")
+    for var, sub in [("WAREHOUSE", "wh"), ("REGISTRY", "reg"), ("RUNS", "rep")]:
+        monkeypatch.setenv(f"CTRFLOW_{var}_PATH", str(tmp_path / sub))
+    placed = get_settings()
+    assert placed.warehouse_dir == (tmp_path / "wh").resolve()
+    assert placed.registry_dir == (tmp_path / "reg").resolve()
+    assert placed.runs_dir == (tmp_path / "rep").resolve()
+    assert placed.checkpoints_dir.parent == placed.home_dir  # the rest still follows home

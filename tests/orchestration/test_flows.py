@@ -4,22 +4,29 @@ embedded broker, Beam job, Feast, Great Expectations and torch training."""
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.testing.utilities import prefect_test_harness
 from typer.testing import CliRunner
 
+from features.datasets import list_datasets
 from features.validation import ValidationFailed
 from orchestration.cli import app
 from orchestration.deployments import build_deployments
-from orchestration.flows import continual_training_flow, refresh_features
+from orchestration.flows import continual_training_flow, feature_refresh_flow, refresh_features
 from pipelines.beam.job import run_file
+from pipelines.kafka import EmbeddedBroker
+from pipelines.replay import replay
 from pipelines.settings import Settings, get_settings
 from pipelines.simulator import SimulatorConfig, simulate
+from tests.training.test_retention import fake_dataset, fake_version
 from tests.training.tiny import tiny_train_config
 from training.artifacts import list_versions, load_model
+from training.registry import ChampionPointer, write_champion_pointer
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +97,27 @@ def test_continual_training_trains_on_its_window_and_gates_against_the_champion(
     assert registry.current_champion(settings) == (version if promoted else None)
     if not promoted:
         assert result["promotion"]["failures"] == record.gate.failures() != []
+def test_continual_training_ends_with_retention_that_spares_the_champion(
+        prefect_api: None, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CTRFLOW_KEEP_VERSIONS", "1")
+    monkeypatch.setenv("CTRFLOW_KEEP_DATASETS", "1")
+    settings = get_settings()
+    log = tmp_path / "log.jsonl"
+    simulate(SimulatorConfig(days=1, users=50, items=40, impressions=600, seed=5), log)
+    run_file(settings, log)
+    # An old champion trained on an old training set, and a newer version nothing depends on.
+    fake_dataset(settings, "ds-champion", "2026-01-01T00:00:00+00:00")
+    fake_dataset(settings, "ds-unused", "2026-01-02T00:00:00+00:00")
+    champion = fake_version(settings, None, "ds-champion")
+    unused = fake_version(settings, champion, "ds-unused")
+    write_champion_pointer(settings, ChampionPointer(version=champion, model="m", promoted_at="2026-01-01"))
+
+    result = continual_training_flow(train_config=tiny_train_config(), warm_start_from_latest=False)
+    new = result["training"]["version"]
+    assert list(result["retention"]["removed_versions"]) == [unused]
+    assert [v.version for v in list_versions(settings)] == [champion, new]
+    assert set(list_datasets(settings)) == {"ds-champion", result["dataset"]}
+    assert Path(result["training"]["report"]).is_file()  # the new version's run folder stays
 
 
 def test_deployments_carry_the_configured_schedules() -> None:
@@ -115,9 +143,19 @@ def test_feature_refresh_fails_when_records_do_not_add_up(monkeypatch: pytest.Mo
         refresh_features.fn(Settings(), final=True)
 
 
+def _listening(bootstrap: str) -> bool:
+    host, port = bootstrap.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
 def test_flows_serve_can_serve_only_some_deployments(monkeypatch: pytest.MonkeyPatch) -> None:
     import prefect
 
+    monkeypatch.delenv("CTRFLOW_KAFKA_BOOTSTRAP", raising=False)
     served: list[str] = []
     monkeypatch.setattr(prefect, "serve", lambda *deployments: served.extend(d.name for d in deployments))
     runner = CliRunner()
@@ -129,6 +167,68 @@ def test_flows_serve_can_serve_only_some_deployments(monkeypatch: pytest.MonkeyP
     assert sorted(served) == ["continual-training", "feature-refresh"]
     unknown = runner.invoke(app, ["flows", "serve", "-d", "nightly"])
     assert unknown.exit_code == 2 and "unknown deployment(s) ['nightly']" in unknown.output
+
+
+def test_flows_serve_keeps_one_embedded_broker_for_every_feature_refresh_run(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import prefect
+
+    monkeypatch.delenv("CTRFLOW_KAFKA_BOOTSTRAP", raising=False)
+    seen: dict[str, object] = {}
+
+    def fake_serve(*deployments) -> None:
+        by_name = {d.name: d for d in deployments}
+        seen["bootstrap"] = by_name["feature-refresh"].parameters.get("bootstrap")
+        # Up while the deployments are being served.
+        seen["alive"] = seen["bootstrap"] is not None and _listening(seen["bootstrap"])
+        seen["training"] = by_name["continual-training"].parameters
+
+    monkeypatch.setattr(prefect, "serve", fake_serve)
+    result = CliRunner().invoke(app, ["flows", "serve"])
+    assert result.exit_code == 0, result.output
+    assert seen["alive"] is True and seen["training"] == {}
+    assert f"embedded broker for this serve's lifetime at {seen['bootstrap']}" in result.stderr
+    assert not _listening(seen["bootstrap"])  # stopped with the command
+
+    # With a configured Kafka no broker starts and the runs use the configured one from their environment.
+    monkeypatch.setenv("CTRFLOW_KAFKA_BOOTSTRAP", "kafka.example:9092")
+    seen.clear()
+    assert CliRunner().invoke(app, ["flows", "serve"]).exit_code == 0
+    assert seen["bootstrap"] is None and seen["alive"] is False
+
+
+def test_feature_refresh_runs_read_on_from_the_broker_they_are_given(
+        prefect_api: None, broker: EmbeddedBroker, settings: Settings, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """What `flows serve` relies on: runs given one lasting broker each pick up what arrived since the
+    last one (here the session's broker plays the one `flows serve` starts)."""
+    monkeypatch.delenv("CTRFLOW_KAFKA_BOOTSTRAP", raising=False)
+    monkeypatch.setenv("CTRFLOW_TOPIC_PREFIX", settings.topic_prefix)
+    logs = []
+    # The second log starts two days later: its impression ids (the simulator numbers them from 0) are
+    # reused past the dedup window, so they are new impressions.
+    for seed, start in ((1, "2026-01-05"), (2, "2026-01-07")):
+        logs.append(tmp_path / f"log{seed}.jsonl")
+        config = SimulatorConfig(days=1, users=50, items=40, impressions=300, seed=seed, start=start)
+        simulate(config, logs[-1])
+    for log in logs:
+        replayed = replay(log, settings, broker.bootstrap).as_dict()
+        result = feature_refresh_flow(bootstrap=broker.bootstrap)
+        consumed = sum(c["consumed"] for c in result["accounting"].values())
+        assert consumed == replayed["produced"] > 0  # exactly the records since the previous run
+
+
+def test_feature_refresh_without_a_lasting_broker_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CTRFLOW_KAFKA_BOOTSTRAP", raising=False)
+    runner = CliRunner()
+    for command in (["flows", "run", "feature-refresh"], ["flows", "deploy", "--pool", "p"]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2, result.output
+        assert result.stderr.startswith("error: feature") and "CTRFLOW_KAFKA_BOOTSTRAP" in result.stderr
+    # Registering to a pool needs a lasting Prefect server, not the temporary one Prefect would start.
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        result = runner.invoke(app, ["flows", "deploy", "--pool", "p", "-d", "continual-training"])
+    assert result.exit_code == 2 and result.stderr.startswith("error: flows deploy needs PREFECT_API_URL")
 
 
 @pytest.mark.parametrize("command", [["flows", "run", "continual-training"], ["demo"]])
