@@ -116,7 +116,15 @@ def first_occurrences(impressions: pa.Table, seen: pa.Table, window_ms: int) -> 
     for k in sorted(range(len(repeated)), key=order):
         key, row = (users[k], ids[k]), int(repeated[k])
         if key == last_key and times[k] - last_time <= window_ms:
-            duplicate[row - n_seen] = True  # a seen row is never a duplicate: it survived before
+            if row < n_seen:
+                # An earlier step's survivor after a new copy in event time (a log older than what was
+                # already read, e.g. a second log replayed into the same topics): the survivor was
+                # labelled already and stays; the new copy before it is the duplicate.
+                duplicate[last_row - n_seen] = True
+                forget[last_row] = True
+                last_time, last_row = times[k], row
+                continue
+            duplicate[row - n_seen] = True
             forget[row] = True
             continue
         if key == last_key:

@@ -149,6 +149,19 @@ def test_first_occurrence_wins_and_a_reuse_after_the_window_is_new() -> None:
     assert again.duplicate.tolist() == [True, False]
 
 
+
+def test_a_copy_older_than_the_carried_survivor_is_the_duplicate() -> None:
+    """A second log replayed into the same topics can hold, within the window, an older copy of an id an
+    earlier step already kept: the kept one stays (it was labelled), the older copy is the duplicate, and
+    an unrelated impression of the same step is untouched (it was flagged instead, or the step crashed)."""
+    seen = pa.Table.from_pylist([{"user_id": "u", "impression_id": "x", "event_time": T + 10_000}],
+                                schema=FIRST_SEEN_SCHEMA)
+    new = pa.Table.from_pylist([imp("x", T + 5_000), imp("y", T + 1) | {"user_id": "v"}], schema=EVENT_SCHEMA)
+    checked = first_occurrences(new, seen, DAY_MS)
+    assert checked.duplicate.tolist() == [True, False]
+    kept = {(r["user_id"], r["impression_id"], r["event_time"]) for r in checked.seen.to_pylist()}
+    assert ("u", "x", T + 10_000) in kept and ("u", "x", T + 5_000) not in kept
+
 def test_clicks_attach_to_the_reused_impression_they_follow() -> None:
     """Two impressions with one id (a reuse after the dedup window): each click attaches to the latest
     impression at or before it, so both are labelled from their own clicks."""
