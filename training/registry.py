@@ -481,6 +481,15 @@ def current_champion(settings: Settings) -> str | None:
     return stack[-1] if stack else None
 
 
+def mark_pruned(settings: Settings, versions: list[str]) -> None:
+    """Versions whose files retention removed stay listed, ``archived`` with that reason."""
+    if not versions or not db_path(settings).exists():
+        return
+    with _transaction(settings) as con:
+        for version in versions:
+            _set_status(con, version, "archived", "files removed by retention (ctrflow gc)")
+
+
 def history(settings: Settings) -> tuple[HistoryEntry, ...]:
     with _connect(settings) as con:
         return tuple(_history(con))

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.settings import Settings
-from training.artifacts import list_versions
+from training import registry
+from training.artifacts import VersionConfig, list_versions
 from training.registry import read_champion_pointer
 
 GC_REPORT_FORMAT_VERSION = 1
@@ -49,13 +50,14 @@ class GcReport:
         return asdict(self)
 
 
-def _lineage(champion: str | None, configs: dict[str, dict[str, Any]]) -> list[str]:
-    """The champion, its parent, that one's parent ... as far as the versions still exist."""
+def _lineage(champions: list[str], configs: dict[str, VersionConfig]) -> list[str]:
+    """Each champion, its parent, that one's parent ... as far as the versions still exist."""
     chain: list[str] = []
-    current = champion
-    while current is not None and current in configs and current not in chain:
-        chain.append(current)
-        current = configs[current].get("parent")
+    for champion in champions:
+        current: str | None = champion
+        while current is not None and current in configs and current not in chain:
+            chain.append(current)
+            current = configs[current].parent
     return chain
 
 
@@ -85,11 +87,16 @@ def gc(settings: Settings, dry_run: bool = False) -> GcReport:
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise RetentionError(f"champion pointer is unreadable ({exc}); nothing was removed") from None
     champion = pointer.version if pointer else None
-    configs = {c["version"]: c for c in list_versions(settings)}
-    lineage = _lineage(champion, configs)
+    configs = {c.version: c for c in list_versions(settings)}
+    # Every version that was ever champion too: `ctrflow models rollback` steps back to them.
+    champions = [champion] if champion else []
+    if registry.db_path(settings).exists():
+        champions += [e.version for e in reversed(registry.history(settings)) if e.version not in champions]
+    lineage = _lineage(champions, configs)
     kept_versions = _newest(list(configs), settings.keep_versions) | set(lineage)
 
-    protected_datasets = {(configs[v].get("window") or {}).get("dataset") for v in lineage}
+    protected_datasets = {part.dataset for v in lineage
+                          for part in (configs[v].train, configs[v].holdout) if part is not None}
     protected_datasets.add(latest_name_or_none(settings))
     protected_datasets.discard(None)
     datasets = list_datasets(settings)
@@ -105,6 +112,7 @@ def gc(settings: Settings, dry_run: bool = False) -> GcReport:
     if not dry_run:
         for path in doomed:
             shutil.rmtree(path)
+        registry.mark_pruned(settings, [v for v in configs if v not in kept_versions])
     return GcReport(
         dry_run=dry_run,
         champion=champion,

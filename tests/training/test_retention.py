@@ -12,9 +12,10 @@ import torch
 from typer.testing import CliRunner
 
 from features.datasets import list_datasets, write_dataset
+from features.manifest import DatasetManifest, ManifestColumns
 from orchestration.cli import app
 from pipelines.settings import Settings
-from training.artifacts import ModelRecord, list_versions, save_version
+from training.artifacts import DataSlice, ModelRecord, list_versions, save_version
 from training.registry import ChampionPointer, pointer_path, write_champion_pointer
 from training.retention import RetentionError, gc
 
@@ -22,12 +23,15 @@ from training.retention import RetentionError, gc
 def fake_version(settings: Settings, parent: str | None, dataset: str) -> str:
     model = torch.nn.Linear(3, 1)
     return save_version(settings, {"m": model}, {"m": ModelRecord("lr", {})}, {}, feature_service=None,
-                        window={"dataset": dataset}, train_config={}, parent=parent, serve="m")
+                        train=DataSlice(dataset=dataset, rows=2), holdout=None, train_config={},
+                        parent=parent, serve="m").version
 
 
 def fake_dataset(settings: Settings, name: str, created: str) -> None:
     table = pa.table({"label": [0, 1]})
-    write_dataset(settings, table, {"name": name, "created_at": created})
+    write_dataset(settings, table, DatasetManifest(
+        name=name, feature_service="", window_start=None, window_end=None, rows=2, label_rate=0.5,
+        content_hash="", columns=ManifestColumns.for_features([]), created_at=created))
 
 
 def _run(settings: Settings, name: str, age_s: int) -> None:
@@ -60,7 +64,7 @@ def test_keeps_the_newest_and_the_champion_lineage_with_its_datasets(
     report = gc(settings)
 
     assert report.champion == v[1] and report.protected_versions == (v[1], v[0])
-    assert [c["version"] for c in list_versions(settings)] == [v[0], v[1], v[3], v[4]]
+    assert [c.version for c in list_versions(settings)] == [v[0], v[1], v[3], v[4]]
     assert report.removed_versions == (v[2],)
     assert not (settings.registry_dir / v[2]).exists()
     assert list_datasets(settings) == ["ds-0", "ds-1", "ds-4"]  # lineage's + LATEST (also the newest)
