@@ -10,6 +10,8 @@ models around in-process only, so caching is off (Prefect would try to hash them
 
 from __future__ import annotations
 
+import time
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -70,13 +72,6 @@ def refresh_features(settings: Settings, final: bool) -> dict[str, Any]:
 
 
 @_task
-def build_training_set(settings: Settings) -> str:
-    from features.datasets import build_dataset
-
-    return build_dataset(settings).name
-
-
-@_task
 def validate_training_set(settings: Settings, name: str) -> dict[str, Any]:
     """The training-data gate: raises ValidationFailed (failing the flow) before any training."""
     from features.validation import require_valid, validate_dataset
@@ -86,11 +81,12 @@ def validate_training_set(settings: Settings, name: str) -> dict[str, Any]:
 
 
 @_task
-def build_cycle_training_sets(settings: Settings) -> tuple[str, str]:
-    """This cycle's training set [t-W-H, t-H) and holdout [t-H, t), t = just after the newest sample."""
+def build_cycle_training_sets(settings: Settings, at: datetime | None = None) -> tuple[str, str]:
+    """This cycle's training set [t-W-H, t-H) and holdout [t-H, t); t = ``at``, by default just after
+    the newest sample."""
     from training.cycle import build_cycle_sets
 
-    sets = build_cycle_sets(settings)
+    sets = build_cycle_sets(settings, at)
     return sets.train.name, sets.holdout.name
 
 
@@ -119,6 +115,9 @@ def gate_and_promote(settings: Settings, version: str) -> dict[str, Any]:
     except PromotionRefused as exc:
         return {"promoted": False, "failures": exc.gate.failures() if exc.gate else [str(exc)]}
     return {"promoted": True, "previous": report.previous}
+
+
+@_task
 def apply_retention(settings: Settings) -> dict[str, Any]:
     """Keep-last-N versions, training sets and run folders; what serves and its lineage always stay."""
     from training.retention import gc
@@ -164,19 +163,60 @@ def continual_training_flow(train_config: dict[str, Any] | None = None,
     from training.artifacts import latest_version
 
     settings = get_settings()
-    name, holdout = build_cycle_training_sets(settings)
-    gate = validate_training_set(settings, name)
     parent = latest_version(settings) if warm_start_from_latest else None
-    trained = train_cohort(settings, name, train_config or {}, parent, holdout)
+    cycle = training_cycle(settings, train_config or {}, parent)
+    return cycle | {"retention": apply_retention(settings)}
+
+
+def training_cycle(settings: Settings, train_config: dict[str, Any], parent: str | None,
+                   at: datetime | None = None) -> dict[str, Any]:
+    """One continual-training cycle at ``at``: its two sets, the training-set gate, a cohort warm-started
+    from ``parent``, then the promotion gate (PASS promotes; FAIL rejects, the champion keeps serving)."""
+    name, holdout = build_cycle_training_sets(settings, at)
+    gate = validate_training_set(settings, name)
+    trained = train_cohort(settings, name, train_config, parent, holdout)
     promotion = gate_and_promote(settings, trained["version"])
     return {"dataset": name, "holdout": holdout, "validation": gate, "training": trained,
-            "promotion": promotion, "retention": apply_retention(settings)}
+            "promotion": promotion}
+
+
+@_task
+def score_one_request(settings: Settings, bootstrap: str) -> dict[str, Any]:
+    """Start the serving stub on a free loopback port and score one real request over HTTP: the newest
+    request of the warehouse, its user and candidates, against whatever champion the registry points to."""
+    import duckdb
+    import httpx
+
+    from serving_stub.server import ServerThread
+
+    with duckdb.connect(str(settings.warehouse_db), read_only=True) as con:
+        user, items = con.execute(
+            "SELECT user_id, list(item_id ORDER BY position) FROM labelled_samples "
+            "WHERE request_id = (SELECT request_id FROM labelled_samples ORDER BY event_time DESC LIMIT 1) "
+            "GROUP BY user_id LIMIT 1"
+        ).fetchone()
+    with ServerThread(settings, bootstrap) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+        deadline = time.monotonic() + 60
+        while client.get("/readyz").status_code != 200:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the serving stub loaded no champion within 60 s")
+            time.sleep(0.1)
+        response = client.post("/v1/score", json={"user_id": user, "items": items})
+        response.raise_for_status()
+        body = response.json()
+    return {"url": server.url, "user_id": user, "items": items, "model_version": body["model_version"],
+            "scores": body["scores"]}
 
 
 @flow(name="ctrflow-end-to-end", log_prints=True)
 def end_to_end_flow(days: int = 3, users: int = 500, items: int = 300, impressions: int = 8_000,
                     seed: int = 7, train_config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The whole loop on one machine: simulate -> validate -> Kafka -> Beam -> Feast -> GX -> train."""
+    """The whole loop on one machine: simulate -> validate -> Kafka -> Beam -> Feast, then two
+    continual-training cycles one holdout window apart (GX -> train -> gate -> promote; the second
+    warm-started from the first's champion), then the serving stub scores one real request over HTTP."""
+    from features.datasets import latest_event_time
+    from training.registry import current_champion
+
     settings = get_settings()
     log_path = settings.datasets_dir / "simulated_log.jsonl"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -189,8 +229,14 @@ def end_to_end_flow(days: int = 3, users: int = 500, items: int = 300, impressio
         live = _with_bootstrap(settings, bootstrap)
         result["replay"] = replay_log(live, bootstrap, log_path, "canonical", None)
         result["features"] = refresh_features(live, final=True)
-    name = build_training_set(settings)
-    result["dataset"] = name
-    result["dataset_validation"] = validate_training_set(settings, name)
-    result["training"] = train_cohort(settings, name, train_config or {}, None)
+        end = latest_event_time(settings) + timedelta(milliseconds=1)
+        cycles, parent = [], None
+        for at in (end - timedelta(seconds=settings.holdout_window_s), end):
+            cycle = training_cycle(settings, train_config or {}, parent, at)
+            cycles.append(cycle)
+            parent = current_champion(settings) or cycle["training"]["version"]
+        result["cycles"] = cycles
+        result["champion"] = current_champion(settings)
+        if result["champion"] is not None:
+            result["serving"] = score_one_request(live, bootstrap)
     return result

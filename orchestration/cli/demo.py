@@ -1,8 +1,10 @@
 """`ctrflow demo`: the whole loop on one machine with no services, as one real Prefect flow run.
 
 Simulate a click log with known ground truth -> validate the events -> replay into the embedded Kafka
-broker -> Beam feature job (warehouse Parquet + Feast online store) -> point-in-time training set ->
-validate it -> train a teacher and two distilled students -> evaluate against the oracle -> report.
+broker -> Beam feature job (warehouse Parquet + Feast online store) -> two continual-training cycles one
+holdout window apart (point-in-time training set and holdout -> validate -> train a teacher and two
+distilled students, the second cycle warm-started from the first champion -> the promotion gate) -> the
+serving stub scores one real request over HTTP against the champion.
 """
 
 from __future__ import annotations
@@ -47,20 +49,36 @@ def _print_summary(result: dict[str, Any]) -> None:
     )
     rows = ", ".join(f"{t} {n:,}" for t, n in features["rows"].items())
     console.print(f"[bold]features[/bold] {features['batches']} batch(es): {rows}")
-    console.print(
-        f"[bold]dataset[/bold] {result['dataset']} ({result['dataset_validation']['rows']:,} rows, "
-        "validation passed)"
-    )
-    training = result["training"]
-    table = Table(title=f"model version {training['version']} (serving: {training['serve']})")
+    for n, cycle in enumerate(result["cycles"], start=1):
+        _print_cycle(n, cycle)
+    serving = result.get("serving")
+    if serving:
+        scores = ", ".join(f"{s:.4f}" for s in serving["scores"])
+        console.print(f"[bold]served[/bold] {serving['url']}/v1/score user {serving['user_id']}, "
+                      f"{len(serving['items'])} candidates -> [{scores}] by {serving['model_version']}")
+    else:
+        console.print("[bold]served[/bold] nothing: no version passed the gate, so there is no champion")
+    console.print("next: ctrflow features query \"SELECT * FROM user_stats LIMIT 5\"")
+
+
+def _print_cycle(n: int, cycle: dict[str, Any]) -> None:
+    training, promotion = cycle["training"], cycle["promotion"]
+    console.print(f"[bold]cycle {n}[/bold] trained on {cycle['dataset']} "
+                  f"({cycle['validation']['rows']:,} rows, validation passed), gated on {cycle['holdout']}")
+    table = Table(title=f"model version {training['version']} (serving student: {training['serve']})")
     for column in ("model", "AUC", "gAUC", "logloss", "PCOC", "oracle gap"):
         table.add_column(column, justify="left" if column == "model" else "right")
     for name, m in training["models"].items():
         table.add_row(name, f"{m['auc']:.4f}", f"{m['gauc']:.4f}", f"{m['logloss']:.4f}",
                       f"{m['pcoc']:.3f}", f"{m.get('oracle_gap', float('nan')):.4f}")
     console.print(table)
+    if promotion["promoted"]:
+        console.print(f"[bold]gate[/bold] PASS: {training['version']} promoted "
+                      f"(previous champion: {promotion.get('previous') or 'none'})")
+    else:
+        console.print(f"[bold]gate[/bold] FAIL: {training['version']} rejected: "
+                      + "; ".join(promotion["failures"]))
     console.print(f"[bold]report[/bold] {training['report']}")
-    console.print("next: ctrflow features query \"SELECT * FROM user_stats LIMIT 5\"")
 
 
 def start_over_on_a_fresh_broker(settings: Settings) -> int:
