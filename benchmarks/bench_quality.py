@@ -242,7 +242,7 @@ def main() -> int:
                         help="the model table, the ablations, or both (run the two in parallel to save time)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--kd-rampup-steps", type=int, default=0,
-                        help="λ_kd grows from 0 over this many steps (MODELS.md: an immature teacher hurts)")
+                        help="λ_kd grows from 0 over this many steps (immature teacher: docs/models.md)")
     args = parser.parse_args()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ctrflow-bench-quality-") as tmp:

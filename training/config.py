@@ -28,8 +28,8 @@ def _check_heads(d_model: int, n_heads: int) -> None:
         raise ValueError(f"d_model={d_model} must be >= 4 and divisible by n_heads={n_heads}")
 
 
-# MODELS.md §1.4 ladder (UAB layers, width, heads, sequence length); ~4x FLOPs per grade. G0 is the CPU
-# rung below it (what two CPU cores train in minutes).
+# The grade ladder (docs/models.md, "Grades"): UAB layers, width, heads, sequence length; ~4x FLOPs per
+# grade. G0 is the CPU rung below it (what two CPU cores train in minutes).
 GRADES: dict[str, tuple[int, int, int, int]] = {
     "G0": (2, 32, 2, 20),
     "G1": (2, 40, 2, 50),

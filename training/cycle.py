@@ -307,7 +307,7 @@ def run_cycle(
     elif parent is not None:
         cold = dict.fromkeys(cohort.models, cold_reason)
     if cohort.teacher in loaded and config.kd_rampup_steps:
-        # The ramp shields students from an immature teacher over the first increment (MODELS.md 6.4);
+        # The ramp shields students from an immature teacher over the first increment (docs/models.md);
         # a teacher carried over from the parent is not one.
         config = dataclasses.replace(config, kd_rampup_steps=0)
     history = train_window(cohort, train_batch, config, device, progress=progress, validation=val_batch)

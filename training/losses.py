@@ -1,4 +1,4 @@
-"""The joint teacher/student objective of MODELS.md §6.4 (online distillation + mutual learning).
+"""The joint teacher/student objective (docs/models.md, "Joint objective"): distillation + mutual learning.
 
     L_teacher   = Σ_k w_k BCE(y, p_T^k) + λ_rev · t² · softBCE(σ(z̄_S/t)ᵍ, σ(z_T^K/t))
     L_student_j = BCE(y, p_Sj) + λ_kd · t² · softBCE(σ(z_T^K/t)ᵍ, σ(z_Sj/t))

@@ -1,7 +1,7 @@
 """Online distillation + mutual learning: one optimizer step trains a teacher and N students together.
 
 A *cohort* is a teacher, N LightSUAN students and optional baselines (trained alone, BCE only, in the
-same pass so the comparison sees identical batches). The objective is MODELS.md §6.4 (training.losses).
+same pass so the comparison sees identical batches). The objective is in training.losses (docs/models.md).
 Each continual-training cycle warm-starts every model by name from a saved version and makes one pass
 over the new window; evaluation is progressive (on data after the window).
 
@@ -64,7 +64,7 @@ class TrainConfig:
     student: dict[str, Any] = field(default_factory=dict)  # StudentConfig overrides on top of the size
     baselines: tuple[str, ...] = ()  # kinds trained alone in the same pass, e.g. ("lr", "din")
     baseline: dict[str, Any] = field(default_factory=dict)  # BaselineConfig overrides (all kinds)
-    shared_embedding: bool = True  # teacher and students look up one table (MODELS.md default)
+    shared_embedding: bool = True  # teacher and students look up one table (the default)
     lambda_kd: float = 1.0
     lambda_ml: float = 1.0
     lambda_rev: float = 0.0

@@ -1,4 +1,4 @@
-"""The joint objective of MODELS.md §6.4, checked term by term against hand-written formulas."""
+"""The joint objective (docs/models.md), checked term by term against hand-written formulas."""
 
 from __future__ import annotations
 

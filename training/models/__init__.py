@@ -26,8 +26,8 @@ def build_model(
 ) -> CTRModel:
     """A model of ``family`` ("teacher", "student", "lr", "dnn", "deepfm", "dcnv2", "din").
 
-    Pass one ``embedding`` to several models to share the table (teacher + students, MODELS.md default);
-    its width must match the config's ``d_embed``.
+    Pass one ``embedding`` to several models to share the table (teacher + students by default, see
+    docs/models.md); its width must match the config's ``d_embed``.
     """
     typed = config_for(family, config)
     if embedding is None:

@@ -145,7 +145,7 @@ def mlp_head(in_dim: int, hidden: tuple[int, ...], dropout: float = 0.0) -> nn.S
     """LayerNorm -> (Linear -> SiLU -> Dropout)* -> Linear(1).
 
     LayerNorm instead of SUAN's BatchNorm/Dice: running statistics drift under streaming data and BN on the
-    logit interacts badly with the distillation temperature (MODELS.md §1.3 port notes).
+    logit interacts badly with the distillation temperature (docs/models.md, "Token sequence").
     """
     layers: list[nn.Module] = [nn.LayerNorm(in_dim)]
     width = in_dim

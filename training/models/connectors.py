@@ -1,4 +1,4 @@
-"""How consecutive UABs are joined: a plain residual, or DeRes (MODELS.md §2.2).
+"""How consecutive UABs are joined: a plain residual, or DeRes (docs/models.md, "DeRes connectors").
 
 DeRes gives each block two paths into its input: the identity stream, and a block attention residual
 over the summed outputs of all earlier blocks (the token embeddings are source 0). A per-dimension sigmoid

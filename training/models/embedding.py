@@ -1,4 +1,4 @@
-"""The shared embedding table: one hashed row space for all categorical slots (MODELS.md §6.1)."""
+"""The shared embedding table: one hashed row space for all categorical slots (docs/models.md)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def fit_length(x: torch.Tensor, length: int) -> torch.Tensor:
 class FeatureEmbedding(nn.Module):
     """Per-slot hashed ids -> vectors. Behaviour and candidate items reuse the item slot's rows (and
     categories the category slot's rows), so both sides of the target-aware sequence share one id space.
-    Teacher and students may hold the same instance (shared table, MODELS.md default).
+    Teacher and students may hold the same instance (a shared table is the default; docs/models.md).
 
     The table yields sparse gradients (only the rows looked up): train it with ``training.optim``'s
     ``SplitOptimizer`` (or any optimiser that takes sparse gradients, e.g. SGD, SparseAdam)."""

@@ -1,4 +1,4 @@
-"""LightSUAN, the served student (MODELS.md §1.5, §6.3): UABs with local + dilated sparse self-attention
+"""LightSUAN, the served student (docs/models.md, "Student"): UABs with local + dilated sparse self-attention
 and plain residual joins. Optional loop training repeats the last UAB (a loss at every depth) and serves
 the zero-loop path, so loops cost nothing at serving time."""
 

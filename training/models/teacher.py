@@ -1,4 +1,4 @@
-"""The high-grade teacher: UABs joined by DeRes connectors in a LoopCTR sandwich (MODELS.md §6.2).
+"""The high-grade teacher: UABs joined by DeRes connectors in a LoopCTR sandwich (docs/models.md, "Teacher").
 
 entry UABs -> shared UABs (looped K extra times in training) -> exit UABs -> head. Training supervises
 every loop depth (the exit and head are shared across depths); inference runs the zero-loop path, one pass

@@ -1,4 +1,4 @@
-"""SUAN's Unified Attention Block (MODELS.md §1.3): masked self-attention with relative biases,
+"""SUAN's Unified Attention Block (docs/models.md): masked self-attention with relative biases,
 cross-attention to the user profile, the dual-alignment gate and a SwiGLU (or MoE) feed-forward."""
 
 from __future__ import annotations
