@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 
 from pydantic import ValidationError
@@ -16,8 +17,16 @@ _COMMAND_MODULES = (
     "demo",
 )
 
-for _name in _COMMAND_MODULES:
-    importlib.import_module(f"orchestration.cli.{_name}")
+# Importing Beam logs "apitools not found ..." through the root logger, whose first use would also
+# install a stderr handler (logging.basicConfig): a handler that drops records keeps both from happening
+# while the commands import, and is removed after.
+_import_quiet = logging.NullHandler()
+logging.getLogger().addHandler(_import_quiet)
+try:
+    for _name in _COMMAND_MODULES:
+        importlib.import_module(f"orchestration.cli.{_name}")
+finally:
+    logging.getLogger().removeHandler(_import_quiet)
 
 
 def main() -> None:
