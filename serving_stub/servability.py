@@ -30,6 +30,7 @@ from features.asof import ROW_ID, asof_view_features, parquet_glob
 from features.feature_repo.definitions import VIEW_TABLES, serving_feature_names, serving_views
 from features.normalize import normalize_features
 from pipelines import tables
+from pipelines.events import SIDE_FIELDS
 from pipelines.settings import Settings
 from serving_stub.champion import ModelRefused, load_serving_model
 from serving_stub.online_reader import OnlineReader, OnlineReadError
@@ -97,6 +98,12 @@ def offline_scores(settings: Settings, model: torch.nn.Module, schema: InputSche
         "page": pa.array([context.page] * n, sample.field("page").type),
         **{name: joined.column(name) for name in names},
     })
+    # A request's size is its candidate count; side fields no online view holds are missing here too.
+    for name in SIDE_FIELDS:
+        if name in sample.names:
+            column = (pa.array([len(items)] * n, sample.field(name).type) if name == "request_size"
+                      else pa.nulls(n, sample.field(name).type))
+            rows = rows.append_column(name, column)
     batch = encode(normalize_features(rows, names), schema)
     return probabilities(model, batch, one_request=False).reshape(len(users), len(items))
 

@@ -8,7 +8,7 @@ import sys
 
 from pydantic import ValidationError
 
-from orchestration.cli.app import app, usage_error
+from orchestration.cli.app import app, usage_error, validation_message
 
 # Each module owns one area of the CLI. Imported in this order (not the alphabetical order plain imports
 # would be sorted into) because registration order is the order `ctrflow --help` lists the commands in.
@@ -34,8 +34,5 @@ def main() -> None:
         app()
     except ValidationError as exc:
         # Settings come from CTRFLOW_* variables: a bad value is bad input, not a crash.
-        reasons = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors(include_url=False)
-        )
-        usage_error(f"invalid settings: {reasons}")
+        usage_error(validation_message(exc))
         sys.exit(2)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from pydantic import ValidationError
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
@@ -30,6 +31,14 @@ def debugging() -> bool:
     return _invocation["debug"]
 
 
+def validation_message(exc: ValidationError) -> str:
+    """A pydantic error as one line: ``invalid settings: field: reason; ...``."""
+    reasons = "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors(include_url=False)
+    )
+    return f"invalid settings: {reasons}"
+
+
 class _OneLineErrors(TyperGroup):
     """Every error a command lets escape becomes one ``error: ...`` line and exit 2, unless --debug:
     bad input and unreachable services are expected; a traceback is for whoever debugs the code."""
@@ -42,6 +51,8 @@ class _OneLineErrors(TyperGroup):
         except Exception as exc:
             if debugging():
                 raise
+            if isinstance(exc, ValidationError):  # CTRFLOW_* settings (or a record) with a bad value
+                raise usage_error(validation_message(exc)) from None
             lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
             message = lines[0] if lines else type(exc).__name__
             if not isinstance(exc, ValueError | OSError | RuntimeError):  # not a bad input: name it

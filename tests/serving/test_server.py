@@ -35,6 +35,14 @@ from .world import World, corrupt_copy, poisoned, promote, shifted, variant
 ITEMS = ["i0", "i1", "i2", "i5", "i8", "i13", "never-seen-item"]
 
 
+def _labelled_samples(table: pa.Table) -> pa.Table:
+    """``labelled_samples`` rows; the side fields a test does not set are missing, as on a plain log."""
+    for field in tables.LABELLED_SAMPLES:
+        if field.name not in table.column_names:
+            table = table.append_column(field.name, pa.nulls(table.num_rows, field.type))
+    return table.select(tables.LABELLED_SAMPLES.names).cast(tables.LABELLED_SAMPLES)
+
+
 @pytest.fixture(scope="module")
 def server(world: World, broker: EmbeddedBroker) -> Iterator[ServerThread]:
     promote(world.settings, world.version, world.model)
@@ -75,13 +83,13 @@ def training_path_scores(world: World, version: str, user: str) -> np.ndarray:
     category = dict(zip(categories["item_id"], categories["category"], strict=True))
     n = len(ITEMS)
     when = pa.array([world.as_of_ms] * n, pa.int64()).cast(tables.TS)
-    samples = pa.table({
+    samples = _labelled_samples(pa.table({
         "impression_id": [f"x{k}" for k in range(n)], "request_id": ["r"] * n, "user_id": [user] * n,
         "item_id": ITEMS, "category": [category.get(i) for i in ITEMS], "position": list(range(n)),
         "hour": [datetime.fromtimestamp(world.as_of_ms / 1000, UTC).hour] * n, "device": ["mobile"] * n,
         "page": ["home"] * n, "event_time": when, "label": [0] * n, "click_time": pa.nulls(n),
-        "p_click": pa.nulls(n), "created": when,
-    }).cast(tables.LABELLED_SAMPLES)
+        "p_click": pa.nulls(n), "created": when, "request_size": [n] * n,
+    }))
     rows = join_features(world.settings, samples)
     model, config = load_model(world.settings, version, world.model)
     with torch.no_grad():
@@ -250,13 +258,13 @@ def server_bootstrap(server: ServerThread) -> str:
 def _labelled(world: World, clicked: list[tuple[str, str, str]]) -> pa.Table:
     n = len(clicked)
     when = pa.array([world.as_of_ms] * n, pa.int64()).cast(tables.TS)
-    return pa.table({
+    return _labelled_samples(pa.table({
         "impression_id": [f"imp-{r}-{i}" for r, _, i in clicked], "request_id": [r for r, _, _ in clicked],
         "user_id": [u for _, u, _ in clicked], "item_id": [i for _, _, i in clicked],
         "category": pa.nulls(n, pa.string()), "position": [0] * n, "hour": [0] * n,
         "device": ["mobile"] * n, "page": ["home"] * n, "event_time": when, "label": [1] * n,
         "click_time": when, "p_click": pa.nulls(n), "created": when,
-    }).cast(tables.LABELLED_SAMPLES)
+    }))
 
 
 def test_not_ready_without_a_champion(tmp_path: Path) -> None:
