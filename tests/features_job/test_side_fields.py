@@ -8,6 +8,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
+from features.manifest import DatasetManifest
 from orchestration.cli import app
 from pipelines.settings import Settings
 from training.inputs import InputSchema, encode
@@ -38,7 +39,7 @@ def test_mind_news_categories_reach_the_training_set(home: Path, tmp_path: Path)
         "N20", None, 5)  # not in news.tsv
     assert all(r["hour"] is not None for r in rows.values())
 
-    schema = InputSchema.from_manifest(manifest, max_seq_len=4)
+    schema = InputSchema.from_manifest(DatasetManifest.from_dict(manifest), max_seq_len=4)
     batch = encode(table, schema)
     sub = batch.categorical[:, schema.slot("subcategory")]
     known = [r["subcategory"] is not None for r in table.to_pylist()]
