@@ -79,7 +79,9 @@ class Settings(BaseSettings):
     # --- training windows and the promotion gate --------------------------------------------------------
     # A cycle at time t trains on [t - W - H, t - H) and is gated on the holdout [t - H, t).
     train_window_s: int = Field(default=3 * 86400, ge=60, description="W: training window of a cycle.")
-    holdout_window_s: int = Field(default=6 * 3600, ge=60, description="H: the gate's holdout window.")
+    # A whole day: a shorter holdout sees only some hours of the daily rhythm, so its click rate (and a
+    # calibrated PCOC) differs from the training window's for reasons no model can fix.
+    holdout_window_s: int = Field(default=86400, ge=60, description="H: the gate's holdout window.")
     # None is refused by the gate: a missing threshold is an error, never an implicit pass.
     gate_auc_tolerance: float | None = Field(
         default=0.002, ge=0, description="A challenger's AUC may be at most this much below the champion's."

@@ -541,7 +541,7 @@ def train_window(
     total_steps = steps_per_epoch * config.epochs
     period = _eval_period(config, steps_per_epoch)
     for model in cohort.models.values():
-        model.prepare(data.label)
+        model.prepare(data)
     selector = _Selector(cohort, validation, config, device, history) if validation is not None else None
     started = time.perf_counter()
     if selector:

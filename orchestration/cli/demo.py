@@ -10,6 +10,7 @@ serving stub scores one real request over HTTP against the champion.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import typer
@@ -23,6 +24,7 @@ from pipelines.settings import Settings, get_settings
 from training.config import CPU_STUDENT, CPU_TEACHER
 
 console = Console(stderr=True)
+DEMO_P99_BUDGET_MS = 100.0
 
 # Sized so the models learn something real on a 2-core CPU in a couple of minutes (the CPU cohort the
 # quality benchmark uses too); bigger grades (`ctrflow train --teacher-grade G2..G5`) are for GPUs.
@@ -105,6 +107,10 @@ def demo(
     from orchestration.flows import end_to_end_flow
 
     config = train_config_overrides(train_config, base=DEMO_TRAIN_CONFIG)
+    # The demo runs on whatever laptop it is given, often busy: its servability gate allows a p99 of
+    # DEMO_P99_BUDGET_MS unless the user sets one. The production default (20 ms) is the serving goal,
+    # measured by benchmarks/bench_serving.py.
+    os.environ.setdefault("CTRFLOW_SERVING_P99_BUDGET_MS", str(DEMO_P99_BUDGET_MS))
     if start_over_on_a_fresh_broker(get_settings()):
         console.print("[dim]earlier demo's feature state reset (its embedded broker is gone)[/dim]")
     result = end_to_end_flow(days=days, users=users, items=items, impressions=impressions, seed=seed,

@@ -69,7 +69,7 @@ def test_a_select_cannot_read_files_outside_the_warehouse(warehouse: Settings, t
 
 
 def test_selects_over_every_view_still_work(warehouse: Settings) -> None:
-    empty = {"unattributed_clicks", "dead_letters", "served"}  # the synthetic warehouse has no files for these
+    empty = {"unattributed_clicks", "dead_letters", "served"}  # no files in the synthetic warehouse
     for name in ALL_TABLES:
         table = run_query(warehouse, f'WITH t AS (SELECT * FROM "{name}") SELECT count(*) AS n FROM t')
         assert table.column("n").to_pylist() == [0 if name in empty else 50], name

@@ -37,7 +37,8 @@ def prefect_api() -> Iterator[None]:
 
 def test_demo_runs_the_end_to_end_flow_through_every_stage(prefect_api: None, home: Path) -> None:
     runner = CliRunner()
-    args = ["demo", "--days", "2", "--users", "120", "--items", "80", "--impressions", "3000", "--seed", "3",
+    # Three days: cycle 1 trains on day 0 and is gated on day 1, cycle 2 trains on days 0-1, gated on day 2.
+    args = ["demo", "--days", "3", "--users", "120", "--items", "80", "--impressions", "6000", "--seed", "3",
             "--train-config", json.dumps(tiny_train_config()), "--json"]
     run = runner.invoke(app, args)
     assert run.exit_code == 0, run.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -21,13 +22,13 @@ def test_bias_starts_at_the_base_rate_and_a_trained_model_keeps_its_own() -> Non
     schema = schema_for(manifest, TrainConfig(teacher_grade=None, students=0, baselines=("lr",)))
     batch = encode(table, schema)
     model = build_model("lr", BASELINE, schema)
-    model.prepare(batch.label)
+    model.prepare(batch)
     rate = float(batch.label.mean())
     probs = torch.sigmoid(model(batch)).detach().numpy()
     assert np.allclose(probs, rate, atol=1e-5)  # fresh weights: every row gets the base rate
     loaded = build_model("lr", BASELINE, schema)
     loaded.load_state_dict(model.state_dict())
-    loaded.prepare(torch.zeros(8))  # a warm-started model is not reset to a new window's rate
+    loaded.prepare(dataclasses.replace(batch, label=torch.zeros(len(batch))))  # a warm start keeps its bias
     assert math.isclose(float(torch.sigmoid(loaded(batch)).detach()[0]), rate, rel_tol=1e-5)
 
 

@@ -94,9 +94,10 @@ def test_cycle_learns_saves_and_warm_starts(settings, data) -> None:
     first = run_cycle(settings, table, manifest, config, progress=False)
     assert first.version is not None and first.serve in ("student_0", "student_1")
     for name, result in first.results.items():
-        if name.startswith("student"):
-            # A student's objective holds KD and peer terms whose targets move as the teacher learns
-            # (it need not fall): its learning shows on the holdout instead.
+        if name != "lr":
+            # A student's objective holds KD and peer terms whose targets move as the teacher learns, and
+            # a network's wide path starts at the click-rate regression (its loss starts low and need
+            # not fall much): their learning shows on the holdout instead.
             assert first.metrics[name]["auc"] > 0.5, f"{name} did not learn"
         else:
             history = result["loss_history"]

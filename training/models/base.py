@@ -81,8 +81,11 @@ class PlattCalibration(nn.Module):
 class WideLinear(nn.Module):
     """The wide short path: a linear term over the click-rate dense features added to the logit.
 
-    A deep model can then never rank worse than these features for lack of capacity. Zero-initialised,
-    so a model starts exactly where it would without it.
+    A deep model can then never rank worse than these features for lack of capacity. Before a fresh
+    model's first training pass, ``fit`` sets it to the logistic regression of the labels on those
+    features (on top of the deep part's initial output), so training starts at least as good as the best
+    click-rate feature instead of having to find it through a randomly initialised network; the fitted
+    flag is saved, and a warm-started model keeps what it learned.
     """
 
     def __init__(self, schema: InputSchema) -> None:
@@ -90,15 +93,41 @@ class WideLinear(nn.Module):
         rate = [j for j, kind in enumerate(schema.dense_kinds) if kind == "rate"]
         self.register_buffer("index", torch.tensor(rate, dtype=torch.long), persistent=False)
         self.weight = nn.Parameter(torch.zeros(len(rate)))
+        self.bias = nn.Parameter(torch.zeros(()))
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
 
     def forward(self, dense: torch.Tensor) -> torch.Tensor:
         """[..., D] normalised dense features -> [...] logit contribution."""
-        return (dense.index_select(-1, self.index) * self.weight.to(dense.dtype)).sum(-1)
+        return (dense.index_select(-1, self.index) * self.weight.to(dense.dtype)).sum(-1) + self.bias
+
+    def fit(self, dense: torch.Tensor, labels: torch.Tensor, offset: torch.Tensor, steps: int = 50) -> None:
+        """Logistic regression of ``labels`` on the rate features with ``offset`` added (LBFGS, a little
+        L2); left at zero when it does not come out finite."""
+        x = dense.detach().double().cpu().index_select(-1, self.index.cpu())
+        y, z = labels.detach().double().cpu(), offset.detach().double().cpu()
+        w = torch.zeros(x.shape[-1], dtype=torch.float64, requires_grad=True)
+        b = torch.zeros((), dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = nn.functional.binary_cross_entropy_with_logits(x @ w + b + z, y) + 1e-4 * (w * w).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        with torch.no_grad():
+            if torch.isfinite(w).all() and torch.isfinite(b):
+                self.weight.copy_(w.to(self.weight.dtype))
+                self.bias.copy_(b.to(self.bias.dtype))
+            self.fitted.fill_(True)
 
 
 # State added after versions were first saved: a checkpoint without them loads with their defaults
 # (identity calibration, a silent wide path), which is exactly how those models scored.
-OPTIONAL_STATE: tuple[str, ...] = ("calibration.scale", "calibration.bias", "wide.weight")
+OPTIONAL_STATE: tuple[str, ...] = ("calibration.scale", "calibration.bias", "wide.weight", "wide.bias",
+                                   "wide.fitted")
+PREFIT_ROWS = 20_000  # rows the wide path is fitted on before a fresh model trains (evenly spaced)
 
 
 class CTRModel(nn.Module):
@@ -123,9 +152,20 @@ class CTRModel(nn.Module):
 
     def forward(self, batch: Batch) -> torch.Tensor:
         return self.calibration(self.logits(batch))
-    def prepare(self, labels: torch.Tensor) -> None:
-        """Called with the window's training labels before a training pass (a no-op unless a model
-        derives an initial value from them; it must leave a warm-started model as it is)."""
+    def prepare(self, data: Batch) -> None:
+        """Called with the window's training rows before a training pass: a fresh model's wide path is
+        fitted (see ``WideLinear``); a warm-started model is left as it is."""
+        wide = getattr(self, "wide", None)
+        if not isinstance(wide, WideLinear) or bool(wide.fitted) or not len(data) or not len(wide.index):
+            return
+        rows = torch.linspace(0, len(data) - 1, min(len(data), PREFIT_ROWS)).long()
+        sample = data.index(rows).to(wide.weight.device)
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            offset = self.logits(sample).float() - wide(sample.dense).float()
+        self.train(was_training)
+        wide.fit(sample.dense, sample.label, offset)
 
     def forward_train(self, batch: Batch) -> ModelOutput:
         logits = self.logits(batch)

@@ -72,10 +72,10 @@ class LogisticRegression(_Baseline):
         # Saved with the weights: a warm-started model keeps its learned bias instead of a fresh prior.
         self.register_buffer("bias_initialised", torch.zeros((), dtype=torch.bool))
 
-    def prepare(self, labels: torch.Tensor) -> None:
-        if bool(self.bias_initialised) or len(labels) == 0:
+    def prepare(self, data: Batch) -> None:
+        if bool(self.bias_initialised) or len(data) == 0:
             return
-        rate = float(labels.float().mean().clamp(1e-4, 1 - 1e-4))
+        rate = float(data.label.float().mean().clamp(1e-4, 1 - 1e-4))
         with torch.no_grad():
             self.bias.fill_(math.log(rate / (1 - rate)) / self.STEP_SCALE)
             self.bias_initialised.fill_(True)
