@@ -5,8 +5,9 @@ flow run call it). What is always kept, whatever the limits:
 
 - the champion (``training.registry.read_champion_pointer``) and its whole parent chain (each version's
   ``parent``), so a rollback or a lineage audit always finds its versions;
-- the training sets that chain was trained on (``window.dataset`` of each version) and the one ``LATEST``
-  points to (the next training run reads it);
+- every version that was champion before (``ctrflow models rollback`` steps back to them), and theirs;
+- the training sets and holdouts of every kept version (``evaluate`` and the gate re-read them) and the
+  one ``LATEST`` points to (the next training run reads it);
 - the run folders named after a kept version (its training report).
 
 An unreadable champion pointer stops the whole collection before anything is removed: without it there is
@@ -95,7 +96,8 @@ def gc(settings: Settings, dry_run: bool = False) -> GcReport:
     lineage = _lineage(champions, configs)
     kept_versions = _newest(list(configs), settings.keep_versions) | set(lineage)
 
-    protected_datasets = {part.dataset for v in lineage
+    # A kept version's training set and holdout stay with it (`evaluate` and the gate re-read them).
+    protected_datasets = {part.dataset for v in kept_versions
                           for part in (configs[v].train, configs[v].holdout) if part is not None}
     protected_datasets.add(latest_name_or_none(settings))
     protected_datasets.discard(None)

@@ -83,7 +83,15 @@ def test_demo_runs_the_end_to_end_flow_through_every_stage(prefect_api: None, ho
         assert Path(cycle["training"]["report"]).is_file()
 
 
-def test_failed_dataset_validation_stops_training(prefect_api: None, home: Path, tmp_path: Path) -> None:
+@pytest.fixture
+def six_hour_holdout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests simulate one day: a 6 h holdout leaves the cycle's training window some rows."""
+    monkeypatch.setenv("CTRFLOW_HOLDOUT_WINDOW_S", str(6 * 3600))
+
+
+def test_failed_dataset_validation_stops_training(
+    prefect_api: None, home: Path, tmp_path: Path, six_hour_holdout: None
+) -> None:
     # A log whose clicks were all lost upstream: every label is 0, which the dataset gate must refuse.
     log = tmp_path / "log.jsonl"
     simulate(SimulatorConfig(days=1, users=50, items=40, impressions=600, seed=5), log)
@@ -98,7 +106,7 @@ def test_failed_dataset_validation_stops_training(prefect_api: None, home: Path,
 
 
 def test_continual_training_trains_on_its_window_and_gates_against_the_champion(
-    prefect_api: None, home: Path, tmp_path: Path
+    prefect_api: None, home: Path, tmp_path: Path, six_hour_holdout: None
 ) -> None:
     from training import registry
 
@@ -121,7 +129,8 @@ def test_continual_training_trains_on_its_window_and_gates_against_the_champion(
     if not promoted:
         assert result["promotion"]["failures"] == record.gate.failures() != []
 def test_continual_training_ends_with_retention_that_spares_the_champion(
-        prefect_api: None, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        prefect_api: None, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        six_hour_holdout: None) -> None:
     monkeypatch.setenv("CTRFLOW_KEEP_VERSIONS", "1")
     monkeypatch.setenv("CTRFLOW_KEEP_DATASETS", "1")
     settings = get_settings()
@@ -139,7 +148,7 @@ def test_continual_training_ends_with_retention_that_spares_the_champion(
     new = result["training"]["version"]
     assert list(result["retention"]["removed_versions"]) == [unused]
     assert [v.version for v in list_versions(settings)] == [champion, new]
-    assert set(list_datasets(settings)) == {"ds-champion", result["dataset"]}
+    assert set(list_datasets(settings)) == {"ds-champion", result["dataset"], result["holdout"]}
     assert Path(result["training"]["report"]).is_file()  # the new version's run folder stays
 
 

@@ -67,8 +67,9 @@ def test_keeps_the_newest_and_the_champion_lineage_with_its_datasets(
     assert [c.version for c in list_versions(settings)] == [v[0], v[1], v[3], v[4]]
     assert report.removed_versions == (v[2],)
     assert not (settings.registry_dir / v[2]).exists()
-    assert list_datasets(settings) == ["ds-0", "ds-1", "ds-4"]  # lineage's + LATEST (also the newest)
-    assert set(report.removed_datasets) == {"ds-2", "ds-3"}
+    # The lineage's, the other kept versions' (v3, v4) and LATEST (also the newest).
+    assert list_datasets(settings) == ["ds-0", "ds-1", "ds-3", "ds-4"]
+    assert set(report.removed_datasets) == {"ds-2"}
     # The newest run folder stays, and so do the reports of every kept version.
     runs = sorted(p.name for p in settings.runs_dir.iterdir())
     assert runs == sorted([v[0], v[1], v[3], v[4], "validate-4"])
