@@ -21,7 +21,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +29,7 @@ from typing import Any
 
 import duckdb
 
+from pipelines.locks import LockHeld, resource_lock
 from pipelines.settings import Settings
 from training import artifacts
 from training.artifacts import ArtifactError, DataSlice, VersionConfig
@@ -36,6 +37,7 @@ from training.gate import GATE_RECORD_FILE, GateRecord, ServabilityCheck, run_ga
 
 POINTER_FILE = "champion.json"
 POINTER_FORMAT_VERSION = 1
+REGISTRY_LOCK = "registry"  # pipelines.locks resource: one registry writer at a time
 
 
 @dataclass(frozen=True)
@@ -188,6 +190,25 @@ def _connect(settings: Settings) -> Iterator[duckdb.DuckDBPyConnection]:
 
 @contextmanager
 def _transaction(settings: Settings) -> Iterator[duckdb.DuckDBPyConnection]:
+    """One write transaction under the registry's lock (an flock, so two processes never interleave a
+    read-check-write such as promote's; freed by the kernel even on kill -9). A writer waits up to
+    ``LOCK_WAIT_S`` for another's short transaction, then gets the holder's pid and command."""
+    with ExitStack() as stack:
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                stack.enter_context(resource_lock(settings, REGISTRY_LOCK))
+                break
+            except LockHeld:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        with _transaction_unlocked(settings) as con:
+            yield con
+
+
+@contextmanager
+def _transaction_unlocked(settings: Settings) -> Iterator[duckdb.DuckDBPyConnection]:
     with _connect(settings) as con:
         con.execute("BEGIN TRANSACTION")
         try:
