@@ -10,14 +10,16 @@ serving stub scores one real request over HTTP against the champion.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import warnings
 from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from orchestration.cli.app import app
+from orchestration.cli.app import app, usage_error
 from orchestration.cli.flows_cmd import train_config_overrides
 from pipelines.beam.job import reset_checkpoint
 from pipelines.settings import Settings, get_settings
@@ -83,6 +85,16 @@ def _print_cycle(n: int, cycle: dict[str, Any]) -> None:
     console.print(f"[bold]report[/bold] {training['report']}")
 
 
+def _quiet_libraries() -> None:
+    """The summary is the demo's output: Prefect's per-task INFO lines, kafka-python's selector warnings
+    and the libraries' deprecation warnings (logged through ``py.warnings``) only with --verbose."""
+    # A failed flow still ends in one `error:` line of the CLI's: Prefect's own copy of the traceback is
+    # for --verbose too.
+    for name in ("prefect", "kafka", "py.warnings"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
 def start_over_on_a_fresh_broker(settings: Settings) -> int:
     """The demo's embedded broker is new each run, so an earlier run's feature checkpoint names offsets
     of topics that are gone: drop it with every part file it vouched for (``--reset``), so a second demo
@@ -102,9 +114,18 @@ def demo(
     seed: int = typer.Option(7, "--seed"),
     train_config: str | None = typer.Option(None, "--train-config", help="TrainConfig overrides (JSON)."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as one JSON object (last line)."),
+    verbose: bool = typer.Option(False, "--verbose", help="Show Prefect's, Kafka's and the libraries' logs."),
 ) -> None:
     """End-to-end demo on one machine with no services (a Prefect flow run over every stage)."""
     from orchestration.flows import end_to_end_flow
+
+    if not verbose:
+        _quiet_libraries()
+    holdout_s = get_settings().holdout_window_s
+    if days * 86400 <= 2 * holdout_s:
+        # Cycle 1 is gated on [end-2H, end-H) and trains on what comes before: it needs some days left.
+        raise usage_error(f"--days {days} leaves the first cycle nothing to train on: the two cycles' "
+                          f"holdouts take {2 * holdout_s / 86400:g} days (CTRFLOW_HOLDOUT_WINDOW_S)")
 
     config = train_config_overrides(train_config, base=DEMO_TRAIN_CONFIG)
     # The demo runs on whatever laptop it is given, often busy: its servability gate allows a p99 of
