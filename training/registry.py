@@ -80,10 +80,16 @@ def write_champion_pointer(settings: Settings, pointer: ChampionPointer | None) 
     if pointer is None:
         path.unlink(missing_ok=True)
         return
-    fd, tmp = tempfile.mkstemp(prefix=".champion-", suffix=".tmp", dir=path.parent)
+    _replace_file(path, pointer.to_json() + "\n")
+
+
+def _replace_file(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically: a synced temp file beside it, then ``os.replace``, so a
+    reader (the polling server) sees the old file or the new one, never half of one."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
-            f.write(pointer.to_json() + "\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -550,16 +556,8 @@ def gate_version(settings: Settings, version: str,
 
 def _write_gate_file(settings: Settings, version: str, record: GateRecord) -> None:
     """The newest gate record beside the artifacts too: the serving stub shows it in ``/v1/model``
-    without opening the registry's DuckDB file (temp file + rename, as the pointer)."""
-    path = artifacts.version_dir(settings, version) / GATE_RECORD_FILE
-    fd, tmp = tempfile.mkstemp(prefix=".gate-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(record.to_json() + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    without opening the registry's DuckDB file."""
+    _replace_file(artifacts.version_dir(settings, version) / GATE_RECORD_FILE, record.to_json() + "\n")
 
 
 def promote(settings: Settings, version: str, force: bool = False, reason: str | None = None,

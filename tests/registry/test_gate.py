@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from serving_stub.champion import read_gate_record
 from training import registry
 from training.gate import GateError
 from training.registry import PromotionRefused, RegistryError, read_champion_pointer
@@ -34,6 +35,8 @@ def test_first_version_passes_the_floors_and_is_promoted(trained) -> None:
     assert quality.thresholds["pcoc_low"] == settings.gate_pcoc_low
     assert gate.blessing("data").numbers["results_path"].endswith("dataset-results.json")
     assert gate.blessing("servability").numbers["bad_scores"] == 0
+    # Mirrored beside the artifacts, where the serving stub's /v1/model reads it (no DuckDB open).
+    assert read_gate_record(settings, v.good) == json.loads(gate.to_json())
 
     report = registry.promote(settings, v.good, servability=offline_servability)
     assert report.previous is None and not report.forced
