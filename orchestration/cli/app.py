@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ import typer
 from pydantic import ValidationError
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
+
+from pipelines.settings import Settings, get_settings
 
 # Keep Prefect on loopback: no telemetry or analytics calls out of the machine (before Prefect imports).
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -24,6 +27,22 @@ _PASS_THROUGH = (typer.Exit, typer.Abort, TyperException, EOFError)
 
 
 _invocation = {"debug": False}
+
+
+@dataclass(frozen=True)
+class CliOptions:
+    """The global flags of one invocation, held on Typer's context object (``ctx.obj``) so every command
+    builds its settings from them explicitly instead of through the process environment."""
+
+    home: Path | None = None
+    bootstrap: str | None = None
+
+
+def cli_settings(ctx: typer.Context, **overrides: object) -> Settings:
+    """This invocation's settings: ``CTRFLOW_*`` variables, then the global flags (``ctx``'s), then
+    ``overrides`` (a command's own flags; ``None`` values are ignored)."""
+    options = ctx.find_object(CliOptions) or CliOptions()
+    return get_settings(**{"home": options.home, "kafka_bootstrap": options.bootstrap} | overrides)
 
 
 def debugging() -> bool:
@@ -75,6 +94,7 @@ app.add_typer(dataset_app, name="dataset")
 
 @app.callback()
 def _global_options(
+    ctx: typer.Context,
     home: Path | None = typer.Option(None, "--home", help="State directory (env CTRFLOW_HOME)."),
     bootstrap: str | None = typer.Option(
         None, "--bootstrap", help="Kafka bootstrap host:port (env CTRFLOW_KAFKA_BOOTSTRAP); unset = embedded."
@@ -83,17 +103,24 @@ def _global_options(
         False, "--debug", envvar=DEBUG_ENV, help="Show tracebacks instead of one-line errors."
     ),
 ) -> None:
-    # Global flags become environment so every command's get_settings() sees the same values.
-    if home is not None:
-        os.environ["CTRFLOW_HOME"] = str(home)
-    if bootstrap is not None:
-        os.environ["CTRFLOW_KAFKA_BOOTSTRAP"] = bootstrap
+    ctx.obj = CliOptions(home=home, bootstrap=bootstrap)
     # Per invocation (the option reads CTRFLOW_DEBUG too): an earlier --debug in the same process, a test
     # runner's say, must not leak into this one.
     _invocation["debug"] = debug
-    state = Path(os.environ.get("CTRFLOW_HOME", ".ctrflow")).expanduser()
+    state = (home or Path(os.environ.get("CTRFLOW_HOME", ".ctrflow"))).expanduser()
     if state.exists() and not state.is_dir():
         raise usage_error(f"--home {state} is a file, not a directory: give the state directory")
+
+
+def settings_for_flows(ctx: typer.Context, **overrides: object) -> Settings:
+    """``cli_settings`` for a command that runs Prefect flows. Flows read ``CTRFLOW_*`` like any process
+    (a served deployment runs in a child process Prefect starts), so the global flags are written into
+    this process's environment here, the one place the CLI hands settings on that way."""
+    settings = cli_settings(ctx, **overrides)
+    os.environ["CTRFLOW_HOME"] = str(settings.home)
+    if settings.kafka_bootstrap:
+        os.environ["CTRFLOW_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap
+    return settings
 
 
 def usage_error(message: str) -> typer.Exit:

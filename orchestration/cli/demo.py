@@ -19,10 +19,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from orchestration.cli.app import app, usage_error
+from orchestration.cli.app import app, settings_for_flows, usage_error
 from orchestration.cli.flows_cmd import train_config_overrides
 from pipelines.beam.job import reset_checkpoint
-from pipelines.settings import Settings, get_settings
+from pipelines.settings import Settings
 from training.config import CPU_STUDENT, CPU_TEACHER
 
 console = Console(stderr=True)
@@ -107,6 +107,7 @@ def start_over_on_a_fresh_broker(settings: Settings) -> int:
 
 @app.command("demo")
 def demo(
+    ctx: typer.Context,
     days: int = typer.Option(4, "--days", min=1, max=30),
     users: int = typer.Option(2_000, "--users", min=10, max=1_000_000),
     items: int = typer.Option(1_000, "--items", min=10, max=1_000_000),
@@ -121,7 +122,8 @@ def demo(
 
     if not verbose:
         _quiet_libraries()
-    holdout_s = get_settings().holdout_window_s
+    settings = settings_for_flows(ctx)
+    holdout_s = settings.holdout_window_s
     if days * 86400 <= 2 * holdout_s:
         # Cycle 1 is gated on [end-2H, end-H) and trains on what comes before: it needs some days left.
         raise usage_error(f"--days {days} leaves the first cycle nothing to train on: the two cycles' "
@@ -132,7 +134,7 @@ def demo(
     # DEMO_P99_BUDGET_MS unless the user sets one. The production default (20 ms) is the serving goal,
     # measured by benchmarks/bench_serving.py.
     os.environ.setdefault("CTRFLOW_SERVING_P99_BUDGET_MS", str(DEMO_P99_BUDGET_MS))
-    if start_over_on_a_fresh_broker(get_settings()):
+    if start_over_on_a_fresh_broker(settings):
         console.print("[dim]earlier demo's feature state reset (its embedded broker is gone)[/dim]")
     result = end_to_end_flow(days=days, users=users, items=items, impressions=impressions, seed=seed,
                              train_config=config)

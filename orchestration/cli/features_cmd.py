@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from orchestration.cli.app import error_exit, features_app, usage_error
+from orchestration.cli.app import cli_settings, error_exit, features_app, usage_error
 from pipelines.beam.job import (
     BatchReport,
     JobConfig,
@@ -29,7 +29,7 @@ from pipelines.beam.job import (
 )
 from pipelines.beam.options import RUNNING_MODES
 from pipelines.locks import LockHeld
-from pipelines.settings import Settings, get_settings
+from pipelines.settings import Settings
 
 console = Console(stderr=True, soft_wrap=True)
 MAX_QUERY_ROWS_SHOWN = 200
@@ -110,6 +110,7 @@ _ONLINE = typer.Option(
 
 @features_app.command("build")
 def features_build(
+    ctx: typer.Context,
     from_kafka: bool = typer.Option(
         False, "--from-kafka", help="Read the impression/click topics (bounded)."
     ),
@@ -138,7 +139,7 @@ def features_build(
     """Bounded feature build: Kafka up to the current high-water marks, or a log-file backfill."""
     if from_kafka == (from_file is not None):
         raise usage_error("give exactly one of --from-kafka or --from-file PATH")
-    settings = get_settings()
+    settings = cli_settings(ctx)
     config = _job_config(shards, batch_records, piece_records, workers, mode, beam_args)
     sink = _online_sink(settings, online)
     try:
@@ -213,6 +214,7 @@ class _BatchProgress:
 
 @features_app.command("stream")
 def features_stream(
+    ctx: typer.Context,
     poll_interval: float = typer.Option(
         1.0, "--poll-interval", min=0.05, help="Seconds between polls when idle."
     ),
@@ -230,7 +232,7 @@ def features_stream(
 ) -> None:
     """Continuous micro-batches from Kafka. Ctrl-C (or SIGTERM) stops after the current batch;
     a second Ctrl-C stops at once, which is safe too: the next run resumes from the last commit."""
-    settings = get_settings()
+    settings = cli_settings(ctx)
     config = _job_config(shards, batch_records, piece_records, workers, mode, beam_args)
     stop = threading.Event()
 
@@ -263,13 +265,14 @@ def features_stream(
 
 @features_app.command("verify")
 def features_verify(
+    ctx: typer.Context,
     as_json: bool = typer.Option(False, "--json", help="Print the verification report as JSON."),
 ) -> None:
     """Check the Kafka feature job's checkpoint, its state and every warehouse part file it vouches for.
 
     Exit 2 with a one-line error (naming the rebuild command) when something is missing or unusable."""
     try:
-        report = verify_warehouse(get_settings())
+        report = verify_warehouse(cli_settings(ctx))
     except JOB_ERRORS as exc:
         raise error_exit(exc) from None
     if as_json:
@@ -293,6 +296,7 @@ def _json_value(value: object) -> object:
 
 @features_app.command("query")
 def features_query(
+    ctx: typer.Context,
     sql: str = typer.Argument(
         ..., help='SQL over the warehouse views, e.g. "SELECT count(*) FROM user_stats".'
     ),
@@ -306,7 +310,7 @@ def features_query(
     if as_json and as_csv:
         raise usage_error("choose one of --json or --csv")
     try:
-        table = run_query(get_settings(), sql)
+        table = run_query(cli_settings(ctx), sql)
     except QueryError as exc:
         raise usage_error(str(exc)) from None
     if as_json:

@@ -10,8 +10,7 @@ from typing import Any
 
 import typer
 
-from orchestration.cli.app import app, json_object_option, usage_error
-from pipelines.settings import get_settings
+from orchestration.cli.app import app, cli_settings, json_object_option, settings_for_flows, usage_error
 
 flows_app = typer.Typer(help="Prefect flows: run one now, or serve the scheduled deployments.",
                         no_args_is_help=True)
@@ -39,6 +38,7 @@ class FlowName(StrEnum):
 
 @flows_app.command("run")
 def flows_run(
+    ctx: typer.Context,
     name: FlowName = typer.Argument(..., help="Which flow to run."),
     config_json: str | None = typer.Option(None, "--train-config", help="TrainConfig overrides (JSON)."),
 ) -> None:
@@ -46,7 +46,7 @@ def flows_run(
     from orchestration import flows
 
     train_config = train_config_overrides(config_json)
-    if name is FlowName.feature_refresh and not get_settings().kafka_bootstrap:
+    if name is FlowName.feature_refresh and not settings_for_flows(ctx).kafka_bootstrap:
         raise usage_error(flows.NO_REFRESH_BROKER)
     if name is FlowName.end_to_end:
         result = flows.end_to_end_flow(train_config=train_config)
@@ -63,6 +63,7 @@ _ONLY_HELP = ("Only this deployment (repeatable); default all. The compose stack
 
 @flows_app.command("serve")
 def flows_serve(
+    ctx: typer.Context,
     only: list[str] | None = typer.Option(None, "--deployment", "-d", help=_ONLY_HELP),
 ) -> None:
     """Serve the scheduled deployments (feature refresh, continual training) until Ctrl-C. Without
@@ -73,7 +74,7 @@ def flows_serve(
     from orchestration.deployments import FEATURE_REFRESH, build_deployments, select
     from pipelines.kafka import EmbeddedBroker
 
-    settings = get_settings()
+    settings = settings_for_flows(ctx)
     try:
         chosen = [d.name for d in select(build_deployments(settings), only)]
     except ValueError as exc:
@@ -89,6 +90,7 @@ def flows_serve(
 
 @flows_app.command("deploy")
 def flows_deploy(
+    ctx: typer.Context,
     pool: str = typer.Option(..., "--pool", help="Work pool to register to (created as a process pool)."),
     only: list[str] | None = typer.Option(None, "--deployment", "-d", help=_ONLY_HELP),
 ) -> None:
@@ -96,7 +98,7 @@ def flows_deploy(
     from orchestration.deployments import deploy_to_pool
 
     try:
-        registered = deploy_to_pool(get_settings(), pool, only)
+        registered = deploy_to_pool(cli_settings(ctx), pool, only)
     except ValueError as exc:
         raise usage_error(str(exc)) from None
     for entry in registered:

@@ -6,12 +6,12 @@ import json
 
 import typer
 
-from orchestration.cli.app import app, error_exit
-from pipelines.settings import get_settings
+from orchestration.cli.app import app, cli_settings, error_exit
 
 
 @app.command("gc")
 def gc_command(
+    ctx: typer.Context,
     dry_run: bool = typer.Option(False, "--dry-run", help="Only say what would be removed."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
 ) -> None:
@@ -20,7 +20,7 @@ def gc_command(
     from training.retention import RetentionError, gc
 
     try:
-        report = gc(get_settings(), dry_run=dry_run)
+        report = gc(cli_settings(ctx), dry_run=dry_run)
     except RetentionError as exc:
         raise error_exit(exc) from None
     if as_json:

@@ -21,13 +21,12 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from orchestration.cli.app import app, usage_error
+from orchestration.cli.app import app, cli_settings, usage_error
 from pipelines.adapters import adapt_file
 from pipelines.events import DeadLetter
 from pipelines.kafka import EmbeddedBroker, kafka_bootstrap
 from pipelines.logfile import LogWriter, iter_events, log_format, sort_by_event_time
 from pipelines.replay import FORMATS, ReplayError, replay
-from pipelines.settings import get_settings
 from pipelines.simulator import SimulatorConfig, simulate
 
 console = Console(stderr=True)
@@ -235,6 +234,7 @@ def _temp_path(out: Path, suffix: str) -> Path:
 
 @app.command("replay")
 def replay_cmd(
+    ctx: typer.Context,
     source: Path = typer.Argument(..., exists=True, dir_okay=False, help="Log file to replay."),
     fmt: str = typer.Option("canonical", "--format", help=f"One of: {', '.join(FORMATS)}."),
     news: Path | None = NEWS_OPTION,
@@ -251,7 +251,7 @@ def replay_cmd(
         raise usage_error(f"unknown format {fmt!r}: expected one of {list(FORMATS)}")
     side_files = side_file_options(fmt, news=news, items=items, users=users)
     pace = parse_speed(speed)
-    settings = get_settings(topic_prefix=topic_prefix)
+    settings = cli_settings(ctx, topic_prefix=topic_prefix)
     with kafka_bootstrap(settings) as bootstrap, _progress() as progress:
         task = progress.add_task(f"replaying {source.name} to {settings.topic_prefix}.*")
         try:

@@ -9,8 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from orchestration.cli.app import app, usage_error
-from pipelines.settings import get_settings
+from orchestration.cli.app import app, cli_settings, usage_error
 
 if TYPE_CHECKING:
     from training.gate import ServabilityCheck
@@ -54,12 +53,12 @@ def _print_gate(gate: Any) -> None:
 
 
 @models_app.command("list")
-def models_list(as_json: bool = _JSON) -> None:
+def models_list(ctx: typer.Context, as_json: bool = _JSON) -> None:
     """Every registered version with its status, served model and holdout AUC."""
     from training.registry import list_registered
 
     try:
-        listing = list_registered(get_settings())
+        listing = list_registered(cli_settings(ctx))
     except _errors() as exc:
         raise usage_error(str(exc)) from exc
     if as_json:
@@ -80,12 +79,14 @@ def models_list(as_json: bool = _JSON) -> None:
 
 
 @models_app.command("show")
-def models_show(version: str = typer.Argument(..., help="Version id."), as_json: bool = _JSON) -> None:
+def models_show(
+    ctx: typer.Context, version: str = typer.Argument(..., help="Version id."), as_json: bool = _JSON
+) -> None:
     """One version: lineage, data window, metrics of every model, latest gate record."""
     from training.registry import show_version
 
     try:
-        record = show_version(get_settings(), version)
+        record = show_version(cli_settings(ctx), version)
     except _errors() as exc:
         raise usage_error(str(exc)) from exc
     if as_json:
@@ -95,13 +96,15 @@ def models_show(version: str = typer.Argument(..., help="Version id."), as_json:
 
 
 @models_app.command("gate")
-def models_gate(version: str = typer.Argument(..., help="Version id."), as_json: bool = _JSON) -> None:
+def models_gate(
+    ctx: typer.Context, version: str = typer.Argument(..., help="Version id."), as_json: bool = _JSON
+) -> None:
     """Run the promotion gate (data, quality, servability) against the current champion; exit 1 on FAIL."""
     from training.registry import gate_version
 
     check = _servability_check()
     try:
-        gate = gate_version(get_settings(), version, check)
+        gate = gate_version(cli_settings(ctx), version, check)
     except _errors() as exc:
         raise usage_error(str(exc)) from exc
     if as_json:
@@ -114,6 +117,7 @@ def models_gate(version: str = typer.Argument(..., help="Version id."), as_json:
 
 @models_app.command("promote")
 def models_promote(
+    ctx: typer.Context,
     version: str = typer.Argument(..., help="Version id."),
     force: bool = typer.Option(False, "--force", help="Promote without a PASS gate record (needs --reason)."),
     reason: str | None = typer.Option(None, "--reason", help="Why (required with --force; recorded)."),
@@ -126,7 +130,7 @@ def models_promote(
         raise usage_error("--force needs --reason \"...\": a forced promotion is recorded with why")
     check = None if force else _servability_check()
     try:
-        report = promote(get_settings(), version, force=force, reason=reason, servability=check)
+        report = promote(cli_settings(ctx), version, force=force, reason=reason, servability=check)
     except PromotionRefused as exc:
         if as_json:
             _emit(True, {"promoted": False, "error": str(exc),
@@ -143,13 +147,14 @@ def models_promote(
 
 @models_app.command("rollback")
 def models_rollback(
+    ctx: typer.Context,
     reason: str | None = typer.Option(None, "--reason", help="Why (recorded)."), as_json: bool = _JSON
 ) -> None:
     """Step one entry back in the champion history; the demoted version is marked rejected."""
     from training.registry import rollback
 
     try:
-        report = rollback(get_settings(), reason)
+        report = rollback(cli_settings(ctx), reason)
     except _errors() as exc:
         raise usage_error(str(exc)) from exc
     if as_json:
@@ -159,12 +164,12 @@ def models_rollback(
 
 
 @models_app.command("history")
-def models_history(as_json: bool = _JSON) -> None:
+def models_history(ctx: typer.Context, as_json: bool = _JSON) -> None:
     """Every champion change, oldest first."""
     from training.registry import history
 
     try:
-        entries = history(get_settings())
+        entries = history(cli_settings(ctx))
     except _errors() as exc:
         raise usage_error(str(exc)) from exc
     if as_json:
@@ -180,12 +185,12 @@ def models_history(as_json: bool = _JSON) -> None:
 
 
 @models_app.command("verify")
-def models_verify(as_json: bool = _JSON) -> None:
+def models_verify(ctx: typer.Context, as_json: bool = _JSON) -> None:
     """Check the champion: pointer agrees, artifact files load, feature service online; exit 1 if not."""
     from training.registry import verify
 
     try:
-        report = verify(get_settings())
+        report = verify(cli_settings(ctx))
     except _errors() as exc:
         raise usage_error(str(exc)) from exc
     if as_json:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import typer
 
-from orchestration.cli.app import app, usage_error
-from pipelines.settings import get_settings
+from orchestration.cli.app import app, cli_settings, usage_error
 
 
 @app.command("serve")
 def serve_command(
+    ctx: typer.Context,
     host: str | None = typer.Option(None, "--host", help="Bind address (default 127.0.0.1, env "
                                     "CTRFLOW_SERVING_HOST); anything else exposes the service."),
     port: int | None = typer.Option(None, "--port", min=0, max=65535,
@@ -18,7 +18,7 @@ def serve_command(
     """Serve POST /v1/score, /healthz, /readyz, /v1/model and /metrics until interrupted."""
     from serving_stub.server import serve
 
-    settings = get_settings(serving_host=host, serving_port=port)
+    settings = cli_settings(ctx, serving_host=host, serving_port=port)
     try:
         report = serve(settings)
     except OSError as exc:  # port in use, address not local

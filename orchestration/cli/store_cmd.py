@@ -17,11 +17,11 @@ from rich.console import Console
 from rich.table import Table
 
 from features.services import DEFAULT_SERVICE, SERVICE_VIEWS
-from orchestration.cli.app import app, dataset_app, features_app, usage_error
-from pipelines.settings import get_settings
+from orchestration.cli.app import app, cli_settings, dataset_app, features_app, usage_error
 
 if TYPE_CHECKING:
     from features.validation import ValidationBounds, ValidationReport
+    from pipelines.settings import Settings
 
 console = Console(stderr=True, soft_wrap=True)
 validate_app = typer.Typer(
@@ -48,11 +48,11 @@ def _service_option() -> str:
 
 
 @features_app.command("apply")
-def features_apply() -> None:
+def features_apply(ctx: typer.Context) -> None:
     """Register the Feast repository (like `feast apply`) and print the feature_store.yaml in use."""
     from features.store import REPO_DIR, apply_repo, feature_store, render_feature_store_yaml
 
-    settings = get_settings()
+    settings = cli_settings(ctx)
     apply_repo(feature_store(settings, apply=False), settings)
     path = render_feature_store_yaml(settings)
     console.print(f"applied Feast project to {settings.feast_dir}")
@@ -61,6 +61,7 @@ def features_apply() -> None:
 
 @features_app.command("materialize")
 def features_materialize(
+    ctx: typer.Context,
     start: str = typer.Option(..., "--start", help="Window start (ISO-8601, UTC if no zone)."),
     end: str = typer.Option(..., "--end", help="Window end (ISO-8601, UTC if no zone)."),
 ) -> None:
@@ -68,7 +69,7 @@ def features_materialize(
     from features.online import materialize_range
     from features.store import FeatureStoreNotReady
 
-    settings = get_settings()
+    settings = cli_settings(ctx)
     try:
         with console.status(f"materializing {start} .. {end}"):
             materialize_range(settings, parse_time(start, "--start"), parse_time(end, "--end"))
@@ -79,6 +80,7 @@ def features_materialize(
 
 @features_app.command("online")
 def features_online(
+    ctx: typer.Context,
     user: str = typer.Option(..., "--user", help="User id."),
     items: str = typer.Option(..., "--items", help="Comma-separated candidate item ids."),
     service: str = _service_option(),
@@ -89,7 +91,7 @@ def features_online(
 
     item_ids = [i.strip() for i in items.split(",") if i.strip()]
     try:
-        rows = online_features(get_settings(), user, item_ids, service).to_pylist()
+        rows = online_features(cli_settings(ctx), user, item_ids, service).to_pylist()
     except ValueError as exc:
         raise usage_error(str(exc)) from None
     if as_json:
@@ -114,6 +116,7 @@ def _short(value: object) -> str:
 
 @dataset_app.command("build")
 def dataset_build(
+    ctx: typer.Context,
     start: str | None = typer.Option(None, "--start", help="Window start, inclusive (ISO-8601)."),
     end: str | None = typer.Option(None, "--end", help="Window end, exclusive (ISO-8601)."),
     service: str = _service_option(),
@@ -125,7 +128,7 @@ def dataset_build(
 
     if engine not in ENGINES:
         raise usage_error(f"unknown --engine {engine!r}; expected one of {', '.join(ENGINES)}")
-    settings = get_settings()
+    settings = cli_settings(ctx)
     try:
         with console.status("building training set") as status:
             built = build_dataset(settings, parse_time(start, "--start"), parse_time(end, "--end"), service,
@@ -143,26 +146,28 @@ def dataset_build(
 
 
 @dataset_app.command("show")
-def dataset_show(name: str | None = typer.Argument(None, help="Dataset name; default LATEST.")) -> None:
+def dataset_show(
+    ctx: typer.Context, name: str | None = typer.Argument(None, help="Dataset name; default LATEST.")
+) -> None:
     """Print a built training set's manifest."""
     from features.datasets import DatasetError, load_dataset
 
     try:
-        _, manifest = load_dataset(get_settings(), name)
+        _, manifest = load_dataset(cli_settings(ctx), name)
     except DatasetError as exc:
         raise usage_error(str(exc)) from None
     typer.echo(json.dumps(manifest.to_dict(), indent=2))
 
 
-def _bounds(max_age_s: int | None, min_rows: int, max_rows: int, min_label_rate: float,
-            max_label_rate: float) -> ValidationBounds:
+def _bounds(settings: Settings, max_age_s: int | None, min_rows: int, max_rows: int,
+            min_label_rate: float, max_label_rate: float) -> ValidationBounds:
     from features.validation import ValidationBounds
 
     if min_rows < 0 or max_rows < min_rows:
         raise typer.BadParameter("need 0 <= --min-rows <= --max-rows")
     if not 0 <= min_label_rate <= max_label_rate <= 1:
         raise typer.BadParameter("need 0 <= --min-label-rate <= --max-label-rate <= 1")
-    return ValidationBounds.for_settings(get_settings(), max_age_s=max_age_s, min_rows=min_rows,
+    return ValidationBounds.for_settings(settings, max_age_s=max_age_s, min_rows=min_rows,
                                          max_rows=max_rows, min_label_rate=min_label_rate,
                                          max_label_rate=max_label_rate)
 
@@ -187,6 +192,7 @@ _MAX_RATE = typer.Option(0.6, "--max-label-rate")
 
 @validate_app.command("events")
 def validate_events_cmd(
+    ctx: typer.Context,
     path: Path = typer.Argument(..., help="Canonical event log (.jsonl or .parquet)."),
     run: str | None = _RUN, max_age: int | None = _MAX_AGE, min_rows: int = _MIN_ROWS,
     max_rows: int = _MAX_ROWS,
@@ -195,7 +201,9 @@ def validate_events_cmd(
     from features.validation import ValidationInputError, validate_events
 
     try:
-        report = validate_events(get_settings(), path, run, _bounds(max_age, min_rows, max_rows, 0.0, 1.0))
+        settings = cli_settings(ctx)
+        bounds = _bounds(settings, max_age, min_rows, max_rows, 0.0, 1.0)
+        report = validate_events(settings, path, run, bounds)
     except ValidationInputError as exc:
         raise usage_error(str(exc)) from None
     _report(report)
@@ -203,6 +211,7 @@ def validate_events_cmd(
 
 @validate_app.command("dataset")
 def validate_dataset_cmd(
+    ctx: typer.Context,
     name: str | None = typer.Argument(None, help="Dataset name; default LATEST."),
     run: str | None = _RUN, max_age: int | None = _MAX_AGE, min_rows: int = _MIN_ROWS,
     max_rows: int = _MAX_ROWS, min_label_rate: float = _MIN_RATE, max_label_rate: float = _MAX_RATE,
@@ -211,10 +220,11 @@ def validate_dataset_cmd(
     from features.datasets import DatasetError
     from features.validation import validate_dataset
 
-    bounds = _bounds(max_age, min_rows, max_rows, min_label_rate, max_label_rate)
+    settings = cli_settings(ctx)
+    bounds = _bounds(settings, max_age, min_rows, max_rows, min_label_rate, max_label_rate)
     try:
         with console.status("validating training set"):
-            report = validate_dataset(get_settings(), name, run, bounds)
+            report = validate_dataset(settings, name, run, bounds)
     except DatasetError as exc:
         raise usage_error(str(exc)) from None
     _report(report)

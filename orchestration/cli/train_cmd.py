@@ -9,8 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from orchestration.cli.app import app, json_object_option, usage_error
-from pipelines.settings import get_settings
+from orchestration.cli.app import app, cli_settings, json_object_option, usage_error
 
 console = Console(stderr=True)
 
@@ -30,6 +29,7 @@ def _metrics_table(title: str, metrics: dict[str, dict[str, float]]) -> Table:
 
 @app.command("train")
 def train(
+    ctx: typer.Context,
     dataset: str | None = typer.Option(None, "--dataset", help="Training-set name (default: the newest)."),
     holdout: str | None = typer.Option(
         None, "--holdout", help="Training set to evaluate on (default: the last fraction by time)."
@@ -70,7 +70,7 @@ def train(
     from training.cycle import build_cycle_sets, load_training_set, run_cycle
     from training.trainer import TrainConfig
 
-    settings = get_settings()
+    settings = cli_settings(ctx)
     overrides = json_object_option(config_json, "--config")
     if at is not None and (dataset or holdout):
         raise usage_error("--at builds its own training and holdout sets: drop --dataset / --holdout")
@@ -105,6 +105,7 @@ def train(
 
 @app.command("evaluate")
 def evaluate(
+    ctx: typer.Context,
     model: str = typer.Argument(..., help="Model version id, or 'latest'."),
     dataset: str | None = typer.Option(
         None, "--dataset", help="Training set to score (default: the version's recorded holdout)."
@@ -134,7 +135,7 @@ def evaluate(
     from training.inputs import InputSchema
     from training.trainer import time_split
 
-    settings = get_settings()
+    settings = cli_settings(ctx)
     try:
         version = artifacts.latest_version(settings) if model == "latest" else model
         if version is None:

@@ -37,10 +37,22 @@ def _closed_port() -> int:
 
 @pytest.fixture(autouse=True)
 def _global_flags_restored(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The global flags set these for the process: put back what was there before each test."""
+    """Commands that run flows hand the global flags on through the environment: put back what was
+    there before each test."""
     for name in ("CTRFLOW_HOME", "CTRFLOW_KAFKA_BOOTSTRAP", "CTRFLOW_DEBUG"):
         monkeypatch.setenv(name, os.environ.get(name, ""))
         monkeypatch.delenv(name)
+
+
+def test_global_flags_reach_the_command_through_its_context_not_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env_home, flag_home = tmp_path / "from-env", tmp_path / "from-flag"
+    monkeypatch.setenv("CTRFLOW_HOME", str(env_home))
+    result = runner.invoke(app, ["--home", str(flag_home), "models", "list", "--json"])
+    assert result.exit_code == 0, result.output
+    assert os.environ["CTRFLOW_HOME"] == str(env_home)  # the flag did not leak into the process
+    assert (flag_home / "registry").is_dir() and not env_home.exists()
 
 
 def test_home_that_is_a_file(tmp_path: Path) -> None:
