@@ -4,9 +4,10 @@ This is what `ctrflow train`, the continual-training flow and the benchmarks cal
 holdout and, from the training part, the validation slice (its latest rows); fit the input statistics on
 the rest; build the cohort (warm-started from a parent version if its schema and the model's config
 match, else cold-started with the reason recorded); train with validation-based early stopping; fit each
-model's calibration on the validation slice; evaluate every model on the holdout, measure its cost, save
-the version and write the run report. The served student is the one with the best validation AUC: the
-holdout never chooses anything.
+model's calibration on the validation slice; evaluate every model on the holdout beside the reference
+scores (``training.references``: single columns used as the score), measure its cost, save the version and
+write the run report. The served student is the one with the best validation AUC: the holdout never
+chooses anything.
 
 The rows a version trained on (validation included) and was held out on are recorded in its
 config (``DataSlice``), so the promotion gate and ``ctrflow evaluate`` score it on exactly its holdout,
@@ -31,6 +32,7 @@ from pipelines.settings import Settings
 from training import artifacts, registry
 from training.artifacts import ArtifactError, DataSlice, ModelRecord, VersionConfig
 from training.inputs import InputSchema, encode, fit_input_schema, schema_change
+from training.references import ReferenceScore, reference_metrics, references_summary
 from training.report import write_report
 from training.trainer import (
     TrainConfig,
@@ -75,6 +77,7 @@ class CycleResult:
     serve: str | None = None
     warm_started: list[str] = field(default_factory=list)
     cold_start: dict[str, str] = field(default_factory=dict)  # model -> why it did not warm-start
+    references: tuple[ReferenceScore, ...] = ()  # on the holdout rows the models were evaluated on
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -85,7 +88,7 @@ class CycleResult:
             "run_dir": str(self.run_dir),
             "report": str(self.run_dir / "report.md"),
             "models": self.metrics,
-        }
+        } | references_summary(self.metrics, self.references)
 
 
 def data_slice(table: pa.Table, manifest: DatasetManifest | None, part: artifacts.DataPart) -> DataSlice:
@@ -337,6 +340,7 @@ def run_cycle(
             "train_samples_per_s": history.samples_per_s,
         }
     metrics = {n: r["metrics"] for n, r in results.items()}
+    references = reference_metrics(holdout_table, schema)
     serve = _best_student({n: b["auc"] for n, b in history.best.items()}, cohort.students)
 
     version = None
@@ -376,5 +380,6 @@ def run_cycle(
         ]
         if cold:
             notes.append("cold start: " + "; ".join(f"{n}: {r}" for n, r in cold.items()))
-        write_report(run_dir, f"ctrflow training run {version or run_dir.name}", results, notes, oracle)
-    return CycleResult(version, run_dir, metrics, results, serve, loaded, cold)
+        write_report(run_dir, f"ctrflow training run {version or run_dir.name}", results, notes, oracle,
+                     references)
+    return CycleResult(version, run_dir, metrics, results, serve, loaded, cold, references)

@@ -26,7 +26,7 @@ from pipelines.settings import Settings
 from training import metrics
 from training.artifacts import ArtifactError, VersionConfig, load_model
 from training.inputs import InputSchema, encode
-from training.references import DENSE, ITEM_CTR, ITEM_POPULARITY, reference_aucs, reference_scores
+from training.references import ROLES, best_by_role, reference_aucs, reference_scores
 from training.trainer import predict, select_device
 
 GATE_FORMAT_VERSION = 1
@@ -240,15 +240,15 @@ def quality_blessing(settings: Settings, config: VersionConfig, champion: Versio
     refs = reference_aucs(labels, reference_scores(holdout, schema))
     numbers["references"] = refs
     floors: dict[str, dict[str, Any]] = {}
-    for role in (ITEM_CTR, ITEM_POPULARITY, DENSE):
-        candidates = {k: v for k, v in refs.items() if k.startswith(f"{role}:")}
-        if not candidates:
+    best = best_by_role(refs)
+    for role in ROLES:
+        if role not in best:
             reasons.append(f"no {role} reference column in the holdout: the floor cannot be checked")
             continue
-        name = max(candidates, key=lambda k: candidates[k])
-        floors[role] = {"name": name, "auc": candidates[name]}
-        if not ours["auc"] > candidates[name]:
-            reasons.append(f"AUC {ours['auc']:.4f} not above the {name} reference {candidates[name]:.4f}")
+        name = best[role]
+        floors[role] = {"name": name, "auc": refs[name]}
+        if not ours["auc"] > refs[name]:
+            reasons.append(f"AUC {ours['auc']:.4f} not above the {name} reference {refs[name]:.4f}")
     numbers["floors"] = floors
     if not thresholds.pcoc_low <= ours["pcoc"] <= thresholds.pcoc_high:
         reasons.append(f"PCOC {ours['pcoc']:.4f} outside [{thresholds.pcoc_low}, {thresholds.pcoc_high}]")

@@ -253,6 +253,12 @@ def _stable_ids(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndar
     return (table[codes] if len(table) else np.zeros(len(arr), np.int64)), valid
 
 
+def group_ids(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Stable int64 keys of a grouping column (user, request): the keys ``encode`` puts in a Batch, so a
+    grouped metric computed from the table groups exactly the rows the models' gAUC grouped."""
+    return _stable_ids(column)[0]
+
+
 def _bucketed(column: pa.ChunkedArray | pa.Array, buckets: int) -> np.ndarray:
     ids, valid = _stable_ids(column)
     return np.where(valid, hash_ids(ids, buckets), 0)
@@ -399,10 +405,10 @@ def encode(data: pa.Table | Any, schema: InputSchema) -> Batch:
     label = np.asarray(table.column(schema.label).cast(pa.float32()).to_numpy(zero_copy_only=False))
     if np.isnan(label).any() or not np.isin(label, (0.0, 1.0)).all():
         raise ValueError("labels must be 0 or 1 with no nulls")
-    user_ids, _ = _stable_ids(table.column(schema.user))
+    user_ids = group_ids(table.column(schema.user))
     request = None
     if REQUEST_COLUMN in table.column_names:
-        request = torch.from_numpy(_stable_ids(table.column(REQUEST_COLUMN))[0])
+        request = torch.from_numpy(group_ids(table.column(REQUEST_COLUMN)))
     p_click = None
     if schema.has_p_click and schema.p_click in table.column_names:
         p = table.column(schema.p_click)

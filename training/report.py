@@ -3,7 +3,9 @@
 Input is plain data (one dict per model) so any run — the trainer, a benchmark — can produce a report:
 ``{"family", "metrics": {...}, "loss_history": [objective per step], "bce_history": [BCE per step],
 "val_curve": [{"step", "auc", "logloss"}, ...], "reliability": {"predicted", "observed", "count"},
-"params", "train_samples_per_s"}`` (missing keys are skipped).
+"params", "train_samples_per_s"}`` (missing keys are skipped). Reference scores (``training.references``:
+single columns used as the score, on the same holdout rows) are listed beside the models, and a model that
+does not beat one of them is flagged under the metrics table.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ matplotlib.use("Agg")  # headless: the report is written to files, never shown
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from training.references import ReferenceScore, best_feature, shortfalls  # noqa: E402
+
 METRIC_COLUMNS = ("auc", "gauc", "request_gauc", "logloss", "pcoc", "ece", "oracle_gap")
 
 
@@ -30,12 +34,20 @@ def _smooth(values: Sequence[float], window: int) -> np.ndarray:
     return np.convolve(v, np.ones(window) / window, mode="valid")
 
 
+def _reference_line(ax: Any, reference: ReferenceScore | None, where: str = "") -> None:
+    value = reference.metrics.get("auc") if reference is not None else None
+    if reference is not None and _finite(value):
+        ax.axhline(value, color="tab:grey", ls=":", label=f"{reference.label}{where} {value:.4f}")
+
+
 def plot_learning_curves(
-    results: Mapping[str, Mapping[str, Any]], path: Path, oracle: float | None = None
+    results: Mapping[str, Mapping[str, Any]], path: Path, oracle: float | None = None,
+    reference: ReferenceScore | None = None,
 ) -> Path | None:
     """Training BCE per model on one axis; validation AUC and logloss by step on their own panels when
     the results carry a ``val_curve``. Each model's BCE, not its whole objective: a student's objective adds
-    KD and peer terms (an order of magnitude above a teacher's BCE), which would not compare."""
+    KD and peer terms (an order of magnitude above a teacher's BCE), which would not compare. The oracle
+    and the ``reference`` (the best single feature) are holdout AUCs, drawn as lines on the AUC panel."""
     curves = {n: (r.get("bce_history") or r.get("loss_history")) for n, r in results.items()}
     curves = {n: c for n, c in curves.items() if c}
     val = {n: r["val_curve"] for n, r in results.items() if r.get("val_curve")}
@@ -62,6 +74,7 @@ def plot_learning_curves(
             loss_ax.plot(steps, [p["logloss"] for p in points], marker="o", ms=3, label=name)
         if oracle is not None and _finite(oracle):
             auc_ax.axhline(oracle, color="tab:red", ls="--", label=f"oracle {oracle:.4f}")
+        _reference_line(auc_ax, reference, ", holdout")
         for ax, what in ((auc_ax, "AUC"), (loss_ax, "logloss")):
             ax.set_xlabel("step")
             ax.set_ylabel(f"validation {what}")
@@ -71,7 +84,8 @@ def plot_learning_curves(
 
 
 def plot_auc_by_model(
-    results: Mapping[str, Mapping[str, Any]], path: Path, oracle: float | None = None
+    results: Mapping[str, Mapping[str, Any]], path: Path, oracle: float | None = None,
+    reference: ReferenceScore | None = None,
 ) -> Path | None:
     names = [n for n, r in results.items() if _finite(r.get("metrics", {}).get("auc"))]
     if not names:
@@ -81,9 +95,11 @@ def plot_auc_by_model(
     ax.bar(names, aucs, color="tab:blue")
     if oracle is not None and _finite(oracle):
         ax.axhline(oracle, color="tab:red", ls="--", label=f"oracle {oracle:.4f}")
-        ax.legend()
-    lo = min(aucs + ([oracle] if _finite(oracle) else []))
-    hi = max(aucs + ([oracle] if _finite(oracle) else []))
+    _reference_line(ax, reference)
+    if ax.get_lines():
+        ax.legend(fontsize=8)
+    lines = [y for line in ax.get_lines() for y in line.get_ydata()]
+    lo, hi = min(aucs + lines), max(aucs + lines)
     ax.set_ylim(max(0.0, lo - 0.02), min(1.0, hi + 0.01))
     ax.set_ylabel("holdout AUC")
     ax.tick_params(axis="x", rotation=30)
@@ -123,13 +139,29 @@ def _fmt(x: Any, digits: int = 4) -> str:
     return "–"
 
 
-def metrics_table(results: Mapping[str, Mapping[str, Any]]) -> str:
+def metrics_table(results: Mapping[str, Mapping[str, Any]], references: Sequence[ReferenceScore] = ()) -> str:
+    """One row per model, then one per reference (family ``reference``; '–' where a raw column has no
+    meaning: logloss, calibration)."""
     cols = [c for c in METRIC_COLUMNS if any(c in r.get("metrics", {}) for r in results.values())]
     lines = ["| model | family | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
-    for name, r in results.items():
-        m = r.get("metrics", {})
-        lines.append(f"| {name} | {r.get('family', '')} | " + " | ".join(_fmt(m.get(c)) for c in cols) + " |")
+    rows = [(name, r.get("family", ""), r.get("metrics", {})) for name, r in results.items()]
+    rows += [(ref.label, "reference", ref.metrics) for ref in references]
+    for name, family, m in rows:
+        lines.append(f"| {name} | {family} | " + " | ".join(_fmt(m.get(c)) for c in cols) + " |")
     return "\n".join(lines)
+
+
+def reference_flags(
+    results: Mapping[str, Mapping[str, Any]], references: Sequence[ReferenceScore]
+) -> list[tuple[str, bool]]:
+    """(line, flagged): one flagged line per model that does not beat a reference on a rank metric, else
+    one unflagged line saying every model beats them; nothing without references (nothing compared)."""
+    if not references:
+        return []
+    below = shortfalls({n: r.get("metrics", {}) for n, r in results.items()}, references)
+    if not below:
+        return [("every model beats every reference on AUC and gAUC", False)]
+    return [(f"BELOW REFERENCE: {s.describe()}", True) for s in below]
 
 
 def cost_table(results: Mapping[str, Mapping[str, Any]]) -> str:
@@ -151,16 +183,20 @@ def write_report(
     results: Mapping[str, Mapping[str, Any]],
     notes: Sequence[str] = (),
     oracle_auc: float | None = None,
+    references: Sequence[ReferenceScore] = (),
 ) -> Path:
     """Write report.md, report.html and the PNGs into run_dir; returns the Markdown path."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    best = best_feature(references)
     plots = [
-        ("Learning curves", plot_learning_curves(results, run_dir / "learning_curves.png", oracle_auc)),
-        ("AUC by model", plot_auc_by_model(results, run_dir / "auc_by_model.png", oracle_auc)),
+        ("Learning curves", plot_learning_curves(results, run_dir / "learning_curves.png", oracle_auc, best)),
+        ("AUC by model", plot_auc_by_model(results, run_dir / "auc_by_model.png", oracle_auc, best)),
         ("Calibration", plot_calibration(results, run_dir / "calibration.png")),
     ]
-    md = [f"# {title}", "", "## Holdout metrics", "", metrics_table(results), "", "## Cost", ""]
-    md += [cost_table(results), ""]
+    flags = reference_flags(results, references)
+    md = [f"# {title}", "", "## Holdout metrics", "", metrics_table(results, references), ""]
+    md += [f"- **{line}**" if flagged else f"- {line}" for line, flagged in flags] + ([""] if flags else [])
+    md += ["## Cost", "", cost_table(results), ""]
     if notes:
         md += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     for caption, path in plots:
@@ -168,7 +204,7 @@ def write_report(
             md += [f"## {caption}", "", f"![{caption}]({path.name})", ""]
     md_path = run_dir / "report.md"
     md_path.write_text("\n".join(md))
-    (run_dir / "report.html").write_text(_to_html(title, results, notes, plots))
+    (run_dir / "report.html").write_text(_to_html(title, results, notes, plots, references, flags))
     return md_path
 
 
@@ -180,13 +216,19 @@ def _table_html(markdown_table: str) -> str:
     return "\n".join(out) + "</table>"
 
 
-def _to_html(title: str, results, notes, plots) -> str:
+def _to_html(title: str, results, notes, plots, references, flags) -> str:
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
         "<style>body{font-family:sans-serif;max-width:960px;margin:2em auto}"
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px}</style></head><body>",
         f"<h1>{html.escape(title)}</h1><h2>Holdout metrics</h2>",
-        _table_html(metrics_table(results)),
+        _table_html(metrics_table(results, references)),
+    ]
+    if flags:
+        items = (f"<strong>{html.escape(line)}</strong>" if flagged else html.escape(line)
+                 for line, flagged in flags)
+        parts.append("<ul>" + "".join(f"<li>{item}</li>" for item in items) + "</ul>")
+    parts += [
         "<h2>Cost</h2>",
         _table_html(cost_table(results)),
     ]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -11,12 +13,16 @@ from rich.table import Table
 
 from orchestration.cli.app import app, cli_settings, json_object_option, usage_error
 
+if TYPE_CHECKING:
+    from training.references import ReferenceScore
+
 console = Console(stderr=True)
 
 _METRICS = ("auc", "gauc", "request_gauc", "logloss", "pcoc", "ece", "oracle_gap")
 
 
-def _metrics_table(title: str, metrics: dict[str, dict[str, float]]) -> Table:
+def _metrics_table(title: str, metrics: dict[str, dict[str, float]],
+                   references: Sequence[ReferenceScore] = ()) -> Table:
     table = Table(title=title)
     table.add_column("model")
     cols = [c for c in _METRICS if any(c in m for m in metrics.values())]
@@ -24,7 +30,20 @@ def _metrics_table(title: str, metrics: dict[str, dict[str, float]]) -> Table:
         table.add_column(c, justify="right")
     for name, m in metrics.items():
         table.add_row(name, *(f"{m[c]:.4f}" if c in m else "–" for c in cols))
+    if references:
+        table.add_section()
+    for ref in references:
+        table.add_row(ref.label, *(f"{ref.metrics[c]:.4f}" if c in ref.metrics else "–" for c in cols))
     return table
+
+
+def _print_results(title: str, metrics: dict[str, dict[str, float]],
+                   references: Sequence[ReferenceScore]) -> None:
+    from training.references import shortfalls
+
+    console.print(_metrics_table(title, metrics, references))
+    for below in shortfalls(metrics, references):
+        console.print(f"[bold red]below reference:[/bold red] {below.describe()}")
 
 
 @app.command("train")
@@ -98,7 +117,7 @@ def train(
     if as_json:
         print(json.dumps(result.summary() | {"dataset": manifest.name, "holdout": holdout}))
         return
-    console.print(_metrics_table(f"holdout metrics — version {result.version}", result.metrics))
+    _print_results(f"holdout metrics — version {result.version}", result.metrics, result.references)
     console.print(f"saved version [bold]{result.version}[/bold] (serve: {result.serve}); "
                   f"report: {result.run_dir / 'report.md'}")
 
@@ -133,6 +152,7 @@ def evaluate(
         training_overlap,
     )
     from training.inputs import InputSchema
+    from training.references import reference_metrics, references_summary
     from training.trainer import time_split
 
     settings = cli_settings(ctx)
@@ -158,6 +178,7 @@ def evaluate(
                 "--allow-overlap"
             )
         metrics = evaluate_version(settings, version, table, [name] if name else None)
+        references = reference_metrics(table, InputSchema.from_dict(config.input_schema))
         exported = None
         if predictions is not None:
             exported = export_predictions(settings, version, table, predictions, [name] if name else None)
@@ -166,10 +187,11 @@ def evaluate(
     if as_json:
         print(json.dumps({"version": version, "dataset": source, "rows": table.num_rows,
                           "overlap_rows": overlap, "models": metrics}
+                         | references_summary(metrics, references)
                          | ({"predictions": str(exported.path)} if exported else {})))
         return
     title = f"version {version} on {source} ({table.num_rows} rows)"
-    console.print(_metrics_table(title, metrics))
+    _print_results(title, metrics, references)
     if exported:
         scored = ", ".join(exported.models)
         console.print(f"wrote {exported.rows:,} rows of scores ({scored}) to {exported.path}")

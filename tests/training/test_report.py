@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from training.references import DENSE, ITEM_POPULARITY, ReferenceScore
 from training.report import write_report
+
+BEST = ReferenceScore(DENSE, "item_stats__ctr_24h", 1.0, {"auc": 0.6100, "gauc": 0.6000})
+POPULARITY = ReferenceScore(ITEM_POPULARITY, "item_stats__impressions_7d", 1.0,
+                            {"auc": 0.5500, "gauc": 0.5200})
 
 
 def test_report_contains_every_model_metric_plot_and_cost(tmp_path: Path) -> None:
@@ -32,7 +37,7 @@ def test_report_contains_every_model_metric_plot_and_cost(tmp_path: Path) -> Non
     assert "<td>0.7312</td>" in (tmp_path / "run" / "report.html").read_text()
 
 
-def _captured_figure(monkeypatch, results, oracle=None):
+def _captured_figure(monkeypatch, results, oracle=None, reference=None):
     import training.report as report
 
     captured = {}
@@ -42,7 +47,7 @@ def _captured_figure(monkeypatch, results, oracle=None):
         return path
 
     monkeypatch.setattr(report, "_save", keep)
-    assert report.plot_learning_curves(results, Path("unused.png"), oracle) is not None
+    assert report.plot_learning_curves(results, Path("unused.png"), oracle, reference) is not None
     return captured["fig"]
 
 
@@ -62,6 +67,32 @@ def test_learning_curves_plot_bce_and_the_validation_panels(monkeypatch) -> None
     auc_lines = {line.get_label(): list(line.get_ydata()) for line in auc_ax.get_lines()}
     assert auc_lines["student_0"] == [0.70, 0.72] and auc_lines["oracle 0.7800"] == [0.78, 0.78]
     assert [list(line.get_ydata()) for line in loss_ax.get_lines()] == [[0.3], [0.31, 0.30]]
+
+
+def test_report_lists_references_and_flags_only_the_models_below_them(tmp_path: Path) -> None:
+    results = {"teacher": {"family": "teacher", "metrics": {"auc": 0.80, "gauc": 0.70, "logloss": 0.4}},
+               "lr": {"family": "lr", "metrics": {"auc": 0.58, "gauc": 0.66, "logloss": 0.5}}}
+    text = write_report(tmp_path / "run", "refs", results, references=(POPULARITY, BEST)).read_text()
+    assert "| ref: best feature (item_stats__ctr_24h) | reference | 0.6100 | 0.6000 | – |" in text
+    assert "| ref: item popularity (item_stats__impressions_7d) | reference | 0.5500 | 0.5200 | – |" in text
+    flagged = [line for line in text.splitlines() if "BELOW REFERENCE" in line]
+    # lr loses to the best feature on AUC only (its gAUC is above); it beats popularity; teacher beats all.
+    assert flagged == ["- **BELOW REFERENCE: lr is below ref: best feature (item_stats__ctr_24h): "
+                       "auc 0.5800 <= 0.6100**"]
+    assert "<strong>BELOW REFERENCE: lr is below" in (tmp_path / "run" / "report.html").read_text()
+
+    results["lr"]["metrics"]["auc"] = 0.62
+    text = write_report(tmp_path / "run2", "refs", results, references=(POPULARITY, BEST)).read_text()
+    assert "BELOW REFERENCE" not in text and "every model beats every reference" in text
+    plain = write_report(tmp_path / "run3", "no refs", results).read_text()
+    assert "ref:" not in plain and "every model beats" not in plain  # nothing compared, nothing claimed
+
+
+def test_learning_curves_draw_the_best_feature_on_the_auc_panel(monkeypatch) -> None:
+    results = {"lr": {"bce_history": [0.5, 0.4], "val_curve": [{"step": 1, "auc": 0.58, "logloss": 0.4}]}}
+    fig = _captured_figure(monkeypatch, results, reference=BEST)
+    auc_lines = {line.get_label(): list(line.get_ydata()) for line in fig.axes[1].get_lines()}
+    assert auc_lines["ref: best feature (item_stats__ctr_24h), holdout 0.6100"] == [0.61, 0.61]
 
 
 def test_learning_curves_without_validation_are_one_panel(monkeypatch) -> None:
