@@ -1,12 +1,13 @@
 """Feature job entry points: one micro-batch, bounded builds (Kafka or a log file), continuous streaming.
 
-A micro-batch is one Beam pipeline run over planned offset ranges:
-read -> parse (dead letters aside) -> shard by user / by item -> features with the previous state, each
-shard writing its own Parquet files. Before it, the driver removes what an earlier attempt of the same
-ranges wrote; after it, on the driver: online push of the batch's newest rows, the checkpoint commit
-(offsets + state + the manifest of part files, atomically) and the DuckDB views. A crash anywhere
-before the commit leaves the last checkpoint in force; the rerun rewrites the same-named files, and
-the files of an attempt that never committed are removed before the next run writes anything.
+A micro-batch is one run of the ``graph.FeatureJob`` Beam graph over planned offset ranges:
+ReadEvents (read + parse) -> SinkDeadLetters (aside) -> Watermark -> ComputeFeatures (shard by user / by
+item, features with the previous state, each shard writing its own Parquet files). Before it, the
+driver removes what an earlier attempt of the same ranges wrote; after it, on the driver: online push
+of the batch's newest rows, the checkpoint commit (offsets + state + the manifest of part files,
+atomically) and the DuckDB views. A crash anywhere before the commit leaves the last checkpoint in
+force; the rerun rewrites the same-named files, and the files of an attempt that never committed are
+removed before the next run writes anything.
 
 A Kafka run holds its job's lock (``pipelines.locks``) throughout, refuses a checkpoint that belongs
 to another log (``_check_log``) and verifies that every part file the checkpoint vouches for exists.
@@ -30,11 +31,12 @@ import apache_beam as beam
 import duckdb
 import pyarrow as pa
 from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.beam import state as st
+from pipelines.beam.graph import BatchPlan, FeatureJob
 from pipelines.beam.kafka_source import (
     OffsetRange,
-    ReadOffsetRange,
     current_highwater,
     log_identity,
     plan_batch,
@@ -52,21 +54,8 @@ from pipelines.beam.sinks import (
     remove_parts,
     sources_of,
 )
-from pipelines.beam.transforms import (
-    ACCOUNTING,
-    OUTPUT,
-    FileSlice,
-    ParseRaw,
-    ProduceDeadLetters,
-    ReadFileSlice,
-    ShardFeatures,
-    WarehouseWriter,
-    WriteDeadLetters,
-    all_shard_keys,
-    progress_of,
-    shard_events,
-)
-from pipelines.beam.watermark import WatermarkFn, merge_progress, next_watermark
+from pipelines.beam.transforms import ACCOUNTING, OUTPUT, FileSlice, WarehouseWriter
+from pipelines.beam.watermark import merge_progress, next_watermark
 from pipelines.kafka import ensure_ctr_topics, kafka_bootstrap
 from pipelines.locks import resource_lock
 from pipelines.logfile import log_format, open_parquet
@@ -188,22 +177,55 @@ def _metric_values(result: beam.runners.runner.PipelineResult) -> tuple[dict, di
 
 
 @dataclass
-class _BatchPlan:
-    sources: list  # OffsetRange or FileSlice
-    ranges: list[SourceRange]
-    lagging: list[str]
-    final: bool
+class _Attempt:
+    """One attempt at a batch, set up before its graph runs: the names and places it writes to."""
+
+    seq: int
+    file_name: str
+    scratch: Path  # removed once the graph has run
+    state_in: str | None
+    state_out: Path | None  # None: a one-shot build keeps no state
+    created_base: int
+    writer: WarehouseWriter
+    removed: list[Path]  # warehouse files of the same ranges, removed before the batch writes
 
 
 def _run_batch(
     settings: Settings,
-    plan: _BatchPlan,
+    plan: BatchPlan,
     checkpoint: st.Checkpoint,
     job_directory: Path | None,
     config: JobConfig,
     bootstrap: str | None,
     online_sink: OnlineSink | None,
 ) -> tuple[BatchReport, st.Checkpoint]:
+    """One micro-batch: prepare the attempt -> run the graph (metrics) -> online push -> commit."""
+    # Built first: bad options fail the batch before it touches a file.
+    options = pipeline_options(config.beam_args, config.num_workers, config.running_mode)
+    attempt = _prepare_attempt(settings, plan, checkpoint, job_directory)
+    started = time.perf_counter()
+    accounting, maxima, rows = _run_graph(
+        settings, plan, checkpoint, attempt, config.num_shards, bootstrap, options
+    )
+    pipeline_s = time.perf_counter() - started
+    online_rows = _push_online(settings, attempt.file_name, online_sink)
+    online_s = time.perf_counter() - started - pipeline_s
+    nxt = _next_checkpoint(settings, plan, checkpoint, attempt, maxima, rows, config.num_shards, bootstrap)
+    if job_directory is not None:
+        st.commit_checkpoint(job_directory, nxt)
+    _refresh_views(settings)
+    report = BatchReport(
+        attempt.seq, attempt.file_name, plan.final, None if plan.final else nxt.watermark_ms, accounting,
+        rows, online_rows, round(pipeline_s, 3), round(online_s, 3),
+    )  # fmt: skip
+    return report, nxt
+
+
+def _prepare_attempt(
+    settings: Settings, plan: BatchPlan, checkpoint: st.Checkpoint, job_directory: Path | None
+) -> _Attempt:
+    """Scratch space for the batch, with what a killed attempt left removed; the attempt's name recorded
+    (so a restart can remove its part files) before the warehouse files of the same ranges are removed."""
     seq = checkpoint.batch_seq + 1
     file_name = batch_file_name(plan.ranges, fallback=f"final-{seq:08d}")
     state_in = str(job_directory / checkpoint.state_dir) if job_directory and checkpoint.state_dir else None
@@ -214,87 +236,80 @@ def _run_batch(
         for stale in job_directory.glob("batch-*"):  # scratch of a killed attempt
             shutil.rmtree(stale, ignore_errors=True)
     scratch = Path(tempfile.mkdtemp(prefix=f"batch-{seq:08d}-", dir=scratch_root))
-    staging = str(scratch / "staging")
-    state_out = None  # a one-shot build keeps no state
+    state_out = None
     if job_directory is not None:
         state_out = job_directory / st.state_dir_name(seq)
         shutil.rmtree(state_out, ignore_errors=True)  # leftovers of a killed attempt
     created_base = max(int(time.time() * 1000), checkpoint.last_created_ms + 1)
     warehouse = settings.warehouse_dir
-    options = pipeline_options(config.beam_args, config.num_workers, config.running_mode)
-    shards = config.num_shards
     writer = WarehouseWriter(str(warehouse), plan.ranges, file_name, created_base)
     if job_directory is not None:
         _write_json(job_directory / ATTEMPT_FILE, {"file_name": file_name})
     removed = remove_batch_files(warehouse, plan.ranges, file_name)  # a rerun replaces, never duplicates
-    started = time.perf_counter()
+    return _Attempt(seq, file_name, scratch, state_in, state_out, created_base, writer, removed)
+
+
+def _run_graph(
+    settings: Settings,
+    plan: BatchPlan,
+    checkpoint: st.Checkpoint,
+    attempt: _Attempt,
+    num_shards: int,
+    bootstrap: str | None,
+    options: PipelineOptions,
+) -> tuple[dict[str, dict[str, int]], dict[str, int], dict[str, int]]:
+    """Runs the batch's FeatureJob graph; returns (accounting, max event time per partition, rows per
+    table) from its metrics. Damaged state a worker found is raised as a CheckpointError."""
     try:
         with beam.Pipeline(runner=runner_for(options), options=options) as p:
-            pieces = p | "Plan" >> beam.Create(plan.sources)  # Create reshuffles: pieces spread out
-            if bootstrap is not None:
-                raw = pieces | "ReadKafka" >> beam.ParDo(ReadOffsetRange(bootstrap))
-                parsed = raw | "Parse" >> beam.ParDo(ParseRaw())
-                _ = parsed | "DeadLetterTopic" >> beam.ParDo(
-                    ProduceDeadLetters(bootstrap, settings.topic("deadletter"))
-                )
-            else:
-                parsed = pieces | "ReadFile" >> beam.ParDo(ReadFileSlice())
-            _ = parsed | "DeadLetterTable" >> beam.ParDo(WriteDeadLetters(writer))
-            # Progress metrics feed the checkpoint; a final batch (a finished log) needs no watermark.
-            progress = parsed | "Progress" >> beam.Map(progress_of)
-            watermark: object = None
-            if not plan.final:
-                watermark = beam.pvalue.AsSingleton(
-                    progress
-                    | "Watermark"
-                    >> beam.CombineGlobally(
-                        WatermarkFn(checkpoint.max_event_times, plan.lagging, checkpoint.watermark_ms)
-                    )
-                )
-            # User and item shards share one shuffle and one stage, so they run side by side.
-            _ = (
-                (
-                    parsed | "ByShard" >> beam.FlatMap(shard_events, shards, staging),
-                    p | "AllShards" >> beam.Create(all_shard_keys(shards)),
-                )
-                | "FlattenShards" >> beam.Flatten()
-                | "GroupShards" >> beam.GroupByKey()
-                | "ShardFeatures"
-                >> beam.ParDo(
-                    ShardFeatures(
-                        state_in,
-                        str(state_out) if state_out else None,
-                        shards,
-                        settings.attribution_window_s * 1000,
-                        settings.sequence_length,
-                        writer,
-                        settings.dedup_window_s * 1000,
-                        (bootstrap, settings.topic("deadletter")) if bootstrap is not None else None,
-                    ),
-                    watermark_ms=watermark,
-                )
+            _ = p | "FeatureJob" >> FeatureJob(
+                settings,
+                plan,
+                checkpoint,
+                writer=attempt.writer,
+                staging=str(attempt.scratch / "staging"),
+                state_in=attempt.state_in,
+                state_out=str(attempt.state_out) if attempt.state_out else None,
+                num_shards=num_shards,
+                bootstrap=bootstrap,
             )
-        result = p.result
-        accounting, maxima, written = _metric_values(result)
-        rows = {name: written.get(name, 0) for name in ALL_TABLES}
+        accounting, maxima, written = _metric_values(p.result)
+        return accounting, maxima, {name: written.get(name, 0) for name in ALL_TABLES}
     except Exception as exc:
         unusable = _unusable_state(exc)
         if unusable is None:
             raise
         raise st.CheckpointError(unusable) from exc
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(attempt.scratch, ignore_errors=True)
 
-    pipeline_s = time.perf_counter() - started
+
+def _push_online(settings: Settings, file_name: str, online_sink: OnlineSink | None) -> dict[str, int]:
+    """The batch's rows of the online tables to ``online_sink``; rows pushed per table."""
     online_rows: dict[str, int] = {}
     if online_sink is not None:
         for name in ONLINE_TABLES:
-            frame = read_batch_files(warehouse, name, file_name)
+            frame = read_batch_files(settings.warehouse_dir, name, file_name)
             if frame.num_rows:
                 written = online_sink(name, frame)
                 online_rows[name] = int(written) if isinstance(written, int) else frame.num_rows
+    return online_rows
 
-    online_s = time.perf_counter() - started - pipeline_s
+
+def _next_checkpoint(
+    settings: Settings,
+    plan: BatchPlan,
+    checkpoint: st.Checkpoint,
+    attempt: _Attempt,
+    maxima: dict[str, int],
+    rows: dict[str, int],
+    num_shards: int,
+    bootstrap: str | None,
+) -> st.Checkpoint:
+    """The checkpoint once this batch's files are in place: offsets advanced past the batch's ranges,
+    progress and watermark, fingerprints of the new offsets' records and the manifest of part files."""
+    warehouse = settings.warehouse_dir
+    keeps_state = attempt.state_out is not None  # a Kafka job (it has a job directory)
     progress = merge_progress(checkpoint.max_event_times, maxima)
     watermark_ms = next_watermark(progress, plan.lagging, checkpoint.watermark_ms)
     offsets = dict(checkpoint.offsets)
@@ -308,30 +323,22 @@ def _run_batch(
     if bootstrap is not None and advanced:
         for (topic, partition), fp in record_fingerprints(bootstrap, advanced).items():
             fingerprints[st.Checkpoint.key(topic, partition)] = fp
-    gone = {str(p.relative_to(warehouse)) for p in removed}
-    parts = sorted((set(checkpoint.parts) - gone) | set(batch_parts(warehouse, file_name)))
-    nxt = st.Checkpoint(
-        batch_seq=seq,
+    gone = {str(p.relative_to(warehouse)) for p in attempt.removed}
+    parts = sorted((set(checkpoint.parts) - gone) | set(batch_parts(warehouse, attempt.file_name)))
+    return st.Checkpoint(
+        batch_seq=attempt.seq,
         offsets=offsets,
         max_event_times=progress,
         watermark_ms=watermark_ms,
         # Shard i's rows take created_base + i + k * shards (WarehouseWriter): none reaches this.
-        last_created_ms=created_base + max(rows.values(), default=1) * shards - 1,
-        state_dir=st.state_dir_name(seq) if job_directory else None,
+        last_created_ms=attempt.created_base + max(rows.values(), default=1) * num_shards - 1,
+        state_dir=st.state_dir_name(attempt.seq) if keeps_state else None,
         final=plan.final,
         cluster_id=checkpoint.cluster_id,
         topic_ids=checkpoint.topic_ids,
         fingerprints=fingerprints,
-        parts=parts if job_directory else [],
+        parts=parts if keeps_state else [],
     )
-    if job_directory is not None:
-        st.commit_checkpoint(job_directory, nxt)
-    _refresh_views(settings)
-    report = BatchReport(
-        seq, file_name, plan.final, None if plan.final else watermark_ms, accounting, rows, online_rows,
-        round(pipeline_s, 3), round(online_s, 3),
-    )  # fmt: skip
-    return report, nxt
 
 
 def _unusable_state(exc: BaseException) -> str | None:
@@ -355,14 +362,14 @@ def _refresh_views(settings: Settings) -> None:
 
 def _kafka_plan(
     checkpoint: st.Checkpoint, target: dict[tuple[str, int], int], config: JobConfig, final: bool
-) -> _BatchPlan:
+) -> BatchPlan:
     pieces = plan_batch(checkpoint.offset_map(), target, config.max_records_per_partition, config.piece_size)
     reached: dict[tuple[str, int], int] = dict(checkpoint.offset_map())
     for r in pieces:
         reached[(r.topic, r.partition)] = max(reached.get((r.topic, r.partition), 0), r.end)
     lagging = [st.Checkpoint.key(t, p) for (t, p), hw in target.items() if reached.get((t, p), 0) < hw]
     ranges = [SourceRange(r.topic, r.partition, r.start, r.end) for r in pieces]
-    return _BatchPlan(pieces, ranges, lagging, final and not lagging)
+    return BatchPlan(pieces, ranges, lagging, final and not lagging)
 
 
 def job_name(settings: Settings) -> str:
@@ -590,7 +597,7 @@ def run_file(
     config = config or JobConfig()
     path = path.resolve()
     slices, n = file_slices(path, config.piece_size)
-    plan = _BatchPlan(slices, [SourceRange(str(path), -1, 0, n)], [], final=True)
+    plan = BatchPlan(slices, [SourceRange(str(path), -1, 0, n)], [], final=True)
     started = time.perf_counter()
     batch, _ = _run_batch(settings, plan, st.Checkpoint(), None, config, None, online_sink)
     return RunReport([batch], time.perf_counter() - started)

@@ -1,4 +1,5 @@
-"""The Beam transforms of the feature job: read and parse, shard, per-shard features and sinks.
+"""The Beam DoFns of the feature job: read and parse, shard, per-shard features and sinks (``graph``
+wires them into the job's composite stages).
 
 Every step works on a whole offset range or shard at once (Arrow, vectorised); the one shuffle carries
 paths of staged Arrow files (``staging``), not the rows. Each shard writes its own part of every table
