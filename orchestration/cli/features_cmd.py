@@ -6,11 +6,8 @@ import json
 import signal
 import sys
 import threading
-from decimal import Decimal
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.csv as pacsv
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -283,17 +280,6 @@ def features_verify(
         console.print(report.message())
 
 
-def _json_value(value: object) -> object:
-    """JSON for what DuckDB returns beyond JSON types (sums are decimals, times are datetimes)."""
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="backslashreplace")
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    return str(value)
-
-
 @features_app.command("query")
 def features_query(
     ctx: typer.Context,
@@ -305,7 +291,7 @@ def features_query(
     limit: int = typer.Option(MAX_QUERY_ROWS_SHOWN, "--limit", min=1, help="Rows shown in the table view."),
 ) -> None:
     """Ad-hoc DuckDB SQL over the offline tables: one SELECT/WITH query (anything else is refused)."""
-    from features.query import QueryError, run_query
+    from features.query import QueryError, rows_as_json, run_query, write_csv
 
     if as_json and as_csv:
         raise usage_error("choose one of --json or --csv")
@@ -314,10 +300,10 @@ def features_query(
     except QueryError as exc:
         raise usage_error(str(exc)) from None
     if as_json:
-        typer.echo(json.dumps(table.to_pylist(), default=_json_value))
+        typer.echo(rows_as_json(table))
     elif as_csv:
         sys.stdout.flush()
-        pacsv.write_csv(_csv_ready(table), sys.stdout.buffer)
+        write_csv(table, sys.stdout.buffer)
         sys.stdout.buffer.flush()
     else:
         # Only the shown rows become Python objects; a large result stays columnar.
@@ -327,13 +313,3 @@ def features_query(
         Console().print(view)
         if table.num_rows > limit:
             console.print(f"({table.num_rows - limit} more rows; use --limit, --json or --csv)")
-
-
-def _csv_ready(table: pa.Table) -> pa.Table:
-    """The Arrow CSV writer has no nested types: lists and structs (sequence features) become JSON text."""
-    for i, f in enumerate(table.schema):
-        if pa.types.is_nested(f.type):
-            text = pa.array([None if v is None else json.dumps(v, default=_json_value)
-                             for v in table.column(i).to_pylist()], pa.string())
-            table = table.set_column(i, pa.field(f.name, pa.string()), text)
-    return table
