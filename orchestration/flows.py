@@ -57,18 +57,12 @@ def replay_log(settings: Settings, bootstrap: str, path: Path, fmt: str, speed: 
 @_task
 def refresh_features(settings: Settings, final: bool) -> dict[str, Any]:
     """One bounded Kafka -> Beam -> Parquet + online-store run up to the current high-water marks.
-    Raises (failing the flow, as ``ctrflow features stream`` exits 1) when a partition's records do not
-    add up: consumed != accepted + dead-lettered means records were lost."""
-    from features.online import push_latest
-    from pipelines.beam.job import run_kafka
+    Raises RecordsLost (failing the flow, as the `features` commands exit 1) when a partition's records
+    do not add up: consumed != accepted + dead-lettered means records were lost."""
+    from features.refresh import run_feature_job
 
-    report = run_kafka(settings, final=final,
-                       online_sink=lambda table, frame: push_latest(settings, table, frame))
-    if not report.balanced:
-        lost = {key: counts for key, counts in report.accounting.items()
-                if counts["consumed"] != counts["accepted"] + counts["dead_lettered"]}
-        raise RuntimeError(f"feature refresh lost records (consumed != accepted + dead_lettered): {lost}")
-    return {"batches": len(report.batches), "rows": report.rows, "accounting": report.accounting}
+    run = run_feature_job(settings, final=final).run
+    return {"batches": len(run.batches), "rows": run.rows, "accounting": run.accounting}
 
 
 @_task

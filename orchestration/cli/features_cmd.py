@@ -6,43 +6,25 @@ import json
 import signal
 import sys
 import threading
-from decimal import Decimal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.csv as pacsv
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from features.refresh import FeatureJobReport, RecordsLost, run_feature_job
 from orchestration.cli.app import cli_settings, error_exit, features_app, usage_error
-from pipelines.beam.job import (
-    BatchReport,
-    JobConfig,
-    OnlineSink,
-    RunReport,
-    reset_checkpoint,
-    run_file,
-    run_kafka,
-    verify_warehouse,
-)
+from pipelines.beam.job import BatchReport, JobConfig, verify_warehouse
 from pipelines.beam.options import RUNNING_MODES
 from pipelines.locks import LockHeld
-from pipelines.settings import Settings
 
 console = Console(stderr=True, soft_wrap=True)
 MAX_QUERY_ROWS_SHOWN = 200
 # What a feature run reports as a one-line error (a bad checkpoint, a missing part file, a held lock).
 JOB_ERRORS = (FileNotFoundError, ValueError, LockHeld)
-
-
-def _online_sink(settings: Settings, enabled: bool) -> OnlineSink | None:
-    if not enabled:
-        return None
-    from features.online import push_latest  # Feast is heavy to import: only when pushing
-
-    return lambda table, frame: push_latest(settings, table, frame)
 
 
 def _job_config(
@@ -60,27 +42,49 @@ def _job_config(
     )
 
 
-def _print_report(report: RunReport, as_json: bool) -> None:
+def _print_report(report: FeatureJobReport, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=1))
         return
+    run = report.run
+    if report.reset_parts_removed is not None:
+        console.print(f"reset: checkpoint dropped, {report.reset_parts_removed} part files of it removed")
     table = Table(title="Accounting per source partition (consumed = accepted + dead-lettered)")
     for col in ("partition", "consumed", "accepted", "dead-lettered"):
         table.add_column(col, justify="right" if col != "partition" else "left")
-    for key, counts in report.accounting.items():
+    for key, counts in run.accounting.items():
         table.add_row(key, *(str(counts[k]) for k in ("consumed", "accepted", "dead_lettered")))
     console.print(table)
     rows = Table(title="Rows written")
     rows.add_column("table")
     rows.add_column("rows", justify="right")
-    for name, n in sorted(report.rows.items()):
+    for name, n in sorted(run.rows.items()):
         rows.add_row(name, str(n))
     console.print(rows)
-    rate = report.consumed / report.seconds if report.seconds else 0.0
+    rate = run.consumed / run.seconds if run.seconds else 0.0
     console.print(
-        f"{len(report.batches)} micro-batch(es), {report.consumed} records in {report.seconds:.1f}s "
-        f"({rate:,.0f}/s); balanced: {report.balanced}"
+        f"{len(run.batches)} micro-batch(es), {run.consumed} records in {run.seconds:.1f}s "
+        f"({rate:,.0f}/s); balanced: {run.balanced}"
     )
+    served = report.prediction_log
+    if served is not None and served.records:
+        console.print(f"prediction log: {served.records} requests, {served.rows} rows into 'served'"
+                      + (f" ({served.skipped} invalid records skipped)" if served.skipped else ""))
+
+
+def _run_job(job: Callable[[Callable[[BatchReport], None]], FeatureJobReport], as_json: bool) -> None:
+    """Run ``job`` (given the live progress line's per-batch callback) and print its report. The job's
+    errors are one line and exit 2; records lost are the report, that line on stderr and exit 1."""
+    try:
+        with _BatchProgress(as_json) as on_batch:
+            report = job(on_batch)
+    except RecordsLost as lost:
+        _print_report(lost.report, as_json)
+        console.print(f"[red]error:[/red] {lost}")
+        raise typer.Exit(code=1) from None
+    except JOB_ERRORS as exc:
+        raise error_exit(exc) from None
+    _print_report(report, as_json)
 
 
 # Options shared by build and stream.
@@ -112,21 +116,13 @@ _ONLINE = typer.Option(
 def features_build(
     ctx: typer.Context,
     from_kafka: bool = typer.Option(
-        False, "--from-kafka", help="Read the impression/click topics (bounded)."
-    ),
+        False, "--from-kafka", help="Read the impression/click topics (bounded)."),
     from_file: Path | None = typer.Option(
-        None, "--from-file", help="Backfill from a canonical log (.parquet/.jsonl)."
-    ),
-    final: bool | None = typer.Option(
-        None,
-        "--final/--no-final",
-        help="Label all pending impressions at the end (finished log). Default: on for files, off for Kafka.",
-    ),
-    reset: bool = typer.Option(
-        False,
-        "--reset",
-        help="Forget the Kafka checkpoint, delete the part files it produced, rebuild from offset 0.",
-    ),
+        None, "--from-file", help="Backfill from a canonical log (.parquet/.jsonl)."),
+    final: bool | None = typer.Option(None, "--final/--no-final", help=(
+        "Label all pending impressions at the end (finished log). Default: on for files, off for Kafka.")),
+    reset: bool = typer.Option(False, "--reset", help=(
+        "Forget the Kafka checkpoint, delete the part files it produced, rebuild from offset 0.")),
     as_json: bool = typer.Option(False, "--json", help="Print the run report as JSON."),
     shards: int = _SHARDS,
     batch_records: int = _BATCH,
@@ -136,48 +132,19 @@ def features_build(
     beam_args: list[str] | None = _BEAM,
     online: bool = _ONLINE,
 ) -> None:
-    """Bounded feature build: Kafka up to the current high-water marks, or a log-file backfill."""
+    """Bounded feature build: Kafka up to the current high-water marks, or a log-file backfill.
+
+    Exit 1 when a partition's records do not add up (consumed != accepted + dead-lettered)."""
     if from_kafka == (from_file is not None):
         raise usage_error("give exactly one of --from-kafka or --from-file PATH")
     settings = cli_settings(ctx)
     config = _job_config(shards, batch_records, piece_records, workers, mode, beam_args)
-    sink = _online_sink(settings, online)
-    try:
-        if from_file is not None:
-            if final is False:
-                raise usage_error("a file backfill always runs in final mode (the log is finished)")
-            report = run_file(settings, from_file, online_sink=sink, config=config)
-        else:
-            if settings.kafka_bootstrap is None:
-                console.print(
-                    "[yellow]no Kafka configured (--bootstrap / CTRFLOW_KAFKA_BOOTSTRAP): reading a fresh, "
-                    "empty embedded broker[/yellow]"
-                )
-            if reset:
-                removed = reset_checkpoint(settings)
-                if not as_json:
-                    console.print(f"reset: checkpoint dropped, {removed} part files of it removed")
-            with _BatchProgress(as_json) as on_batch:
-                report = run_kafka(
-                    settings, final=bool(final), online_sink=sink, config=config, on_batch=on_batch
-                )
-            if settings.kafka_bootstrap is not None:  # an embedded broker has no served topic to read
-                _sink_prediction_log(settings, settings.kafka_bootstrap)
-    except JOB_ERRORS as exc:
-        raise error_exit(exc) from None
-    _print_report(report, as_json)
-    if not report.balanced:
-        raise typer.Exit(code=1)
-
-
-def _sink_prediction_log(settings: Settings, bootstrap: str) -> None:
-    """The serving stub's prediction log into the ``served`` warehouse table (see pipelines.served)."""
-    from pipelines.served import sink_served
-
-    served = sink_served(settings, bootstrap)
-    if served.records:
-        console.print(f"prediction log: {served.records} requests, {served.rows} rows into 'served'"
-                      + (f" ({served.skipped} invalid records skipped)" if served.skipped else ""))
+    if from_kafka and settings.kafka_bootstrap is None:
+        console.print("[yellow]no Kafka configured (--bootstrap / CTRFLOW_KAFKA_BOOTSTRAP): reading a fresh, "
+                      "empty embedded broker[/yellow]")
+    _run_job(lambda on_batch: run_feature_job(
+        settings, from_file=from_file, final=final, reset=reset, online=online, prediction_log=from_kafka,
+        config=config, on_batch=on_batch), as_json)
 
 
 class _BatchProgress:
@@ -231,9 +198,21 @@ def features_stream(
     online: bool = _ONLINE,
 ) -> None:
     """Continuous micro-batches from Kafka. Ctrl-C (or SIGTERM) stops after the current batch;
-    a second Ctrl-C stops at once, which is safe too: the next run resumes from the last commit."""
+    a second Ctrl-C stops at once, which is safe too: the next run resumes from the last commit.
+
+    Exit 1 when a partition's records do not add up (consumed != accepted + dead-lettered)."""
     settings = cli_settings(ctx)
     config = _job_config(shards, batch_records, piece_records, workers, mode, beam_args)
+    with _stop_on_signals() as stop:
+        _run_job(lambda on_batch: run_feature_job(
+            settings, continuous=True, online=online, config=config, on_batch=on_batch, stop=stop,
+            poll_interval_s=poll_interval, max_batches=max_batches), as_json)
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """An event the first Ctrl-C or SIGTERM sets (stop after the current micro-batch); a second one stops
+    at once. The previous handlers are back afterwards."""
     stop = threading.Event()
 
     def request_stop(signum, frame) -> None:
@@ -244,23 +223,10 @@ def features_stream(
 
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with _BatchProgress(as_json) as on_batch:
-            report = run_kafka(
-                settings,
-                continuous=True,
-                online_sink=_online_sink(settings, online),
-                config=config,
-                stop=stop,
-                poll_interval_s=poll_interval,
-                max_batches=max_batches,
-                on_batch=on_batch,
-            )
-    except JOB_ERRORS as exc:
-        raise error_exit(exc) from None
+        yield stop
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    _print_report(report, as_json)
 
 
 @features_app.command("verify")
@@ -283,17 +249,6 @@ def features_verify(
         console.print(report.message())
 
 
-def _json_value(value: object) -> object:
-    """JSON for what DuckDB returns beyond JSON types (sums are decimals, times are datetimes)."""
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="backslashreplace")
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    return str(value)
-
-
 @features_app.command("query")
 def features_query(
     ctx: typer.Context,
@@ -305,7 +260,7 @@ def features_query(
     limit: int = typer.Option(MAX_QUERY_ROWS_SHOWN, "--limit", min=1, help="Rows shown in the table view."),
 ) -> None:
     """Ad-hoc DuckDB SQL over the offline tables: one SELECT/WITH query (anything else is refused)."""
-    from features.query import QueryError, run_query
+    from features.query import QueryError, rows_as_json, run_query, write_csv
 
     if as_json and as_csv:
         raise usage_error("choose one of --json or --csv")
@@ -314,10 +269,10 @@ def features_query(
     except QueryError as exc:
         raise usage_error(str(exc)) from None
     if as_json:
-        typer.echo(json.dumps(table.to_pylist(), default=_json_value))
+        typer.echo(rows_as_json(table))
     elif as_csv:
         sys.stdout.flush()
-        pacsv.write_csv(_csv_ready(table), sys.stdout.buffer)
+        write_csv(table, sys.stdout.buffer)
         sys.stdout.buffer.flush()
     else:
         # Only the shown rows become Python objects; a large result stays columnar.
@@ -327,13 +282,3 @@ def features_query(
         Console().print(view)
         if table.num_rows > limit:
             console.print(f"({table.num_rows - limit} more rows; use --limit, --json or --csv)")
-
-
-def _csv_ready(table: pa.Table) -> pa.Table:
-    """The Arrow CSV writer has no nested types: lists and structs (sequence features) become JSON text."""
-    for i, f in enumerate(table.schema):
-        if pa.types.is_nested(f.type):
-            text = pa.array([None if v is None else json.dumps(v, default=_json_value)
-                             for v in table.column(i).to_pylist()], pa.string())
-            table = table.set_column(i, pa.field(f.name, pa.string()), text)
-    return table

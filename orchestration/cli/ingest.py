@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import threading
 from collections.abc import Callable
@@ -22,11 +21,10 @@ from rich.progress import (
 )
 
 from orchestration.cli.app import app, cli_settings, usage_error
-from pipelines.adapters import adapt_file
-from pipelines.events import DeadLetter
+from pipelines.convert import convert_log
 from pipelines.kafka import EmbeddedBroker, kafka_bootstrap
-from pipelines.logfile import LogWriter, iter_events, log_format, sort_by_event_time
-from pipelines.replay import FORMATS, ReplayError, replay
+from pipelines.logfile import log_format
+from pipelines.replay import FORMATS, ReplayError, ReplayStats, replay
 from pipelines.simulator import SimulatorConfig, simulate
 
 console = Console(stderr=True)
@@ -151,85 +149,25 @@ def convert_cmd(
     Malformed lines are kept aside in OUT.deadletter.jsonl, with their line numbers and reasons.
     A .parquet OUT keeps only the canonical columns (side fields included); other extra fields (Criteo's
     I/C columns, MovieLens rating and zip code) need .jsonl."""
-    if fmt not in FORMATS:
-        raise usage_error(f"unknown format {fmt!r}: expected one of {list(FORMATS)}")
-    options = {"negatives": negatives, "seed": seed} if fmt == "taobao" else {}
+    options: dict[str, object] = {"negatives": negatives, "seed": seed} if fmt == "taobao" else {}
     options |= side_file_options(fmt, news=news, items=items, users=users)
-    dead_path = out.with_name(out.name + ".deadletter.jsonl")
-    if source.resolve() in (out.resolve(), dead_path.resolve()):
-        raise usage_error(
-            f"{out} would overwrite the input {source}: write the converted log to another path"
-        )
-    if out.is_dir():
-        raise usage_error(f"{out} is a directory: give the path of the log file to write")
-    counts = {"events": 0, "dead_lettered": 0, "skipped": 0}
     try:
-        log_format(out)
-        # "canonical": re-sort a canonical log by event time and/or change JSONL <-> Parquet.
-        # Both streams are lazy: the input's format is checked here, before anything is written.
-        if fmt == "canonical":
-            log_format(source)
-            stream = iter_events(source)
-        else:
-            stream = adapt_file(fmt, source, **options)
+        with _progress() as progress:
+            task = progress.add_task(f"converting {source.name}")
+            report = convert_log(fmt, source, out, options=options,
+                                 on_progress=lambda n: progress.advance(task, n))
     except (ValueError, OSError) as exc:
         raise usage_error(str(exc)) from None
-
-    # Written next to OUT under temporary names and renamed on success: a failed run leaves no
-    # truncated log behind (and an existing OUT intact).
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = _temp_path(out, out.suffix)
-    tmp_dead = _temp_path(out, ".deadletter.jsonl")
-    try:
-        with _progress() as progress, LogWriter(tmp_out) as writer, open(tmp_dead, "wb") as dead:
-            task = progress.add_task(f"converting {source.name}")
-
-            def events():
-                for item in stream:
-                    if isinstance(item, dict):
-                        yield item
-                    elif isinstance(item, DeadLetter):
-                        dead.write(item.to_json() + b"\n")
-                        counts["dead_lettered"] += 1
-                    else:
-                        counts["skipped"] += 1
-
-            batch: list[dict] = []
-            for record in sort_by_event_time(events()):
-                batch.append(record)
-                if len(batch) >= 50_000:
-                    writer.write_records(batch)
-                    progress.advance(task, len(batch))
-                    batch = []
-            writer.write_records(batch)
-            counts["events"] = writer.rows
-        os.replace(tmp_out, out)
-        if counts["dead_lettered"]:
-            os.replace(tmp_dead, dead_path)
-        else:
-            dead_path.unlink(missing_ok=True)  # a previous run's dead letters do not describe this OUT
-    except (ValueError, OSError) as exc:
-        raise usage_error(f"converting {source} failed, {out} not written: {exc}") from None
-    finally:
-        tmp_out.unlink(missing_ok=True)  # no-ops after the renames
-        tmp_dead.unlink(missing_ok=True)
-    console.print(
-        f"wrote {counts['events']:,} events to {out}; {counts['skipped']:,} lines skipped by design, "
-        f"{counts['dead_lettered']:,} malformed"
-        + (f" (kept in {dead_path})" if counts["dead_lettered"] else "")
-    )
-    if writer.extra_fields_dropped:
+    kept = f" (kept in {report.dead_letter_path})" if report.dead_letter_path else ""
+    console.print(f"wrote {report.events:,} events to {out}; {report.skipped:,} lines skipped by design, "
+                  f"{report.dead_lettered:,} malformed{kept}")
+    if report.extra_fields_dropped:
         console.print(
-            f"[yellow]warning:[/yellow] {writer.extra_fields_dropped:,} records carried fields beyond the "
+            f"[yellow]warning:[/yellow] {report.extra_fields_dropped:,} records carried fields beyond the "
             "canonical columns, which Parquet does not keep; write .jsonl to keep them"
         )
     if as_json:
-        print(json.dumps(counts))
-
-
-def _temp_path(out: Path, suffix: str) -> Path:
-    """A hidden file next to ``out`` (same file system, so the final rename is atomic), this process's own."""
-    return out.with_name(f".{out.name}.{os.getpid()}.partial{suffix}")
+        print(json.dumps(report.counts()))
 
 
 @app.command("replay")
@@ -263,6 +201,12 @@ def replay_cmd(
             raise typer.Exit(code=1) from None
         except (ValueError, FileNotFoundError) as exc:
             raise usage_error(str(exc)) from None
+    _print_replay(stats)
+    if as_json:
+        print(json.dumps(stats.as_dict()))
+
+
+def _print_replay(stats: ReplayStats) -> None:
     rate = stats.read / stats.seconds if stats.seconds else 0.0
     console.print(
         f"read {stats.read:,}: produced {stats.produced:,} ({stats.impressions:,} impressions, "
@@ -273,5 +217,3 @@ def replay_cmd(
     if stats.out_of_order:
         console.print(f"[yellow]warning:[/yellow] {stats.out_of_order:,} events went back in event time "
                       "(produced as read; sort the log with `ctrflow convert` first)")
-    if as_json:
-        print(json.dumps(stats.as_dict()))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 from pathlib import Path
@@ -9,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from features.query import QueryError, run_query
+from features.query import QueryError, rows_as_json, run_query, write_csv
 from orchestration.cli import app
 from pipelines.beam.sinks import ALL_TABLES, refresh_views
 from pipelines.settings import Settings
@@ -78,3 +80,26 @@ def test_selects_over_every_view_still_work(warehouse: Settings) -> None:
     assert result.exit_code == 0, result.output
     assert [r["user_id"] for r in json.loads(result.stdout)] == sorted(
         run_query(warehouse, "SELECT user_id FROM user_stats").column("user_id").to_pylist())[:2]
+
+
+# What DuckDB returns beyond JSON's types: a decimal sum (integral and not), a timestamp, a blob with a byte
+# that is not UTF-8, a list and a struct (the shape of sequence features).
+BEYOND_JSON = ("SELECT sum(x) AS whole, sum(x) / 4 AS part, TIMESTAMP '2026-01-05 10:00:00' AS t, "
+               "'\\xFFok'::BLOB AS b, [1, 2] AS seq, {'a': 1, 'b': [2.5]} AS s "
+               "FROM (VALUES (1.0::DECIMAL(9, 2)), (2.0::DECIMAL(9, 2))) v(x)")
+
+
+def test_results_as_json_convert_what_json_has_no_type_for(warehouse: Settings) -> None:
+    (row,) = json.loads(rows_as_json(run_query(warehouse, BEYOND_JSON)))
+    assert row == {"whole": 3, "part": 0.75, "t": "2026-01-05T10:00:00", "b": "\\xffok", "seq": [1, 2],
+                   "s": {"a": 1, "b": [2.5]}}
+
+
+def test_results_as_csv_write_nested_columns_as_json_text_and_bytes_as_text(warehouse: Settings) -> None:
+    out = io.BytesIO()
+    write_csv(run_query(warehouse, BEYOND_JSON), out)
+    header, row = list(csv.reader(io.StringIO(out.getvalue().decode())))
+    assert header == ["whole", "part", "t", "b", "seq", "s"]
+    assert (json.loads(row[4]), json.loads(row[5])) == ([1, 2], {"a": 1, "b": [2.5]})
+    assert row[3] == "\\xffok"  # as in JSON: the Arrow writer refuses bytes that are not UTF-8
+    assert row[0] == "3.00" and row[2].startswith("2026-01-05")  # flat columns as Arrow writes them
