@@ -93,14 +93,13 @@ def build_cycle_training_sets(settings: Settings, at: datetime | None = None) ->
 @_task
 def train_cohort(settings: Settings, dataset: str, train_config: dict[str, Any],
                  warm_start: str | None, holdout: str | None = None) -> dict[str, Any]:
-    from training.cycle import load_training_set, run_cycle
+    """`ctrflow train --dataset D --holdout H --warm-start P`'s use case."""
     from training.trainer import TrainConfig
+    from training.usecases import TrainRequest, train_version
 
-    table, manifest = load_training_set(settings, dataset)
-    holdout_table, holdout_manifest = load_training_set(settings, holdout) if holdout else (None, None)
-    result = run_cycle(settings, table, manifest, TrainConfig.from_dict(train_config), parent=warm_start,
-                       holdout_table=holdout_table, holdout_manifest=holdout_manifest, progress=False)
-    return result.summary()
+    request = TrainRequest(TrainConfig.from_dict(train_config), dataset=dataset, holdout=holdout,
+                           warm_start=warm_start)
+    return train_version(settings, request).summary()
 
 
 @_task
