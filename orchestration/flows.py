@@ -10,7 +10,6 @@ models around in-process only, so caching is off (Prefect would try to hash them
 
 from __future__ import annotations
 
-import time
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -183,28 +182,9 @@ def training_cycle(settings: Settings, train_config: dict[str, Any], parent: str
 def score_one_request(settings: Settings, bootstrap: str) -> dict[str, Any]:
     """Start the serving stub on a free loopback port and score one real request over HTTP: the newest
     request of the warehouse, its user and candidates, against whatever champion the registry points to."""
-    import duckdb
-    import httpx
+    from serving_stub.probe import score_newest_request
 
-    from serving_stub.server import ServerThread
-
-    with duckdb.connect(str(settings.warehouse_db), read_only=True) as con:
-        user, items = con.execute(
-            "SELECT user_id, list(item_id ORDER BY position) FROM labelled_samples "
-            "WHERE request_id = (SELECT request_id FROM labelled_samples ORDER BY event_time DESC LIMIT 1) "
-            "GROUP BY user_id LIMIT 1"
-        ).fetchone()
-    with ServerThread(settings, bootstrap) as server, httpx.Client(base_url=server.url, timeout=30) as client:
-        deadline = time.monotonic() + 60
-        while client.get("/readyz").status_code != 200:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the serving stub loaded no champion within 60 s")
-            time.sleep(0.1)
-        response = client.post("/v1/score", json={"user_id": user, "items": items})
-        response.raise_for_status()
-        body = response.json()
-    return {"url": server.url, "user_id": user, "items": items, "model_version": body["model_version"],
-            "scores": body["scores"]}
+    return score_newest_request(settings, bootstrap).to_dict()
 
 
 @flow(name="ctrflow-end-to-end", log_prints=True)
