@@ -10,6 +10,7 @@ models around in-process only, so caching is off (Prefect would try to hash them
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,17 @@ def gate_and_promote(settings: Settings, version: str) -> dict[str, Any]:
 
 
 @_task
+def publish_cycle_artifacts(settings: Settings, version: str, run_dir: str) -> dict[str, str]:
+    """The cycle's metrics table, gate record (PASS/FAIL with its numbers) and run-report link as Prefect
+    artifacts, rendered from what the registry recorded for the version."""
+    from orchestration.artifacts import publish_cycle
+    from training.registry import show_version
+
+    published = publish_cycle(show_version(settings, version), Path(run_dir))
+    return {name: str(artifact_id) for name, artifact_id in asdict(published).items()}
+
+
+@_task
 def apply_retention(settings: Settings) -> dict[str, Any]:
     """Keep-last-N versions, training sets and run folders; what serves and its lineage always stay."""
     from training.retention import gc
@@ -169,13 +181,29 @@ def continual_training_flow(train_config: dict[str, Any] | None = None,
 def training_cycle(settings: Settings, train_config: dict[str, Any], parent: str | None,
                    at: datetime | None = None) -> dict[str, Any]:
     """One continual-training cycle at ``at``: its two sets, the training-set gate, a cohort warm-started
-    from ``parent``, then the promotion gate (PASS promotes; FAIL rejects, the champion keeps serving)."""
+    from ``parent``, then the promotion gate (PASS promotes; FAIL rejects, the champion keeps serving),
+    then its artifacts for the Prefect UI (``orchestration.artifacts``)."""
     name, holdout = build_cycle_training_sets(settings, at)
     gate = validate_training_set(settings, name)
     trained = train_cohort(settings, name, train_config, parent, holdout)
     promotion = gate_and_promote(settings, trained["version"])
+    artifacts = publish_cycle_artifacts(settings, trained["version"], trained["run_dir"])
     return {"dataset": name, "holdout": holdout, "validation": gate, "training": trained,
-            "promotion": promotion}
+            "promotion": promotion, "artifacts": artifacts}
+
+
+def two_cycles(settings: Settings, train_config: dict[str, Any]) -> list[dict[str, Any]]:
+    """Two training cycles one holdout window apart, the second ending just after the newest sample and
+    warm-started from the first's champion (from its version when the gate rejected it)."""
+    from features.datasets import latest_event_time
+    from training.registry import current_champion
+
+    end = latest_event_time(settings) + timedelta(milliseconds=1)
+    cycles, parent = [], None
+    for at in (end - timedelta(seconds=settings.holdout_window_s), end):
+        cycles.append(training_cycle(settings, train_config, parent, at))
+        parent = current_champion(settings) or cycles[-1]["training"]["version"]
+    return cycles
 
 
 @_task
@@ -193,7 +221,6 @@ def end_to_end_flow(days: int = 3, users: int = 500, items: int = 300, impressio
     """The whole loop on one machine: simulate -> validate -> Kafka -> Beam -> Feast, then two
     continual-training cycles one holdout window apart (GX -> train -> gate -> promote; the second
     warm-started from the first's champion), then the serving stub scores one real request over HTTP."""
-    from features.datasets import latest_event_time
     from training.registry import current_champion
 
     settings = get_settings()
@@ -208,13 +235,7 @@ def end_to_end_flow(days: int = 3, users: int = 500, items: int = 300, impressio
         live = _with_bootstrap(settings, bootstrap)
         result["replay"] = replay_log(live, bootstrap, log_path, "canonical", None)
         result["features"] = refresh_features(live, final=True)
-        end = latest_event_time(settings) + timedelta(milliseconds=1)
-        cycles, parent = [], None
-        for at in (end - timedelta(seconds=settings.holdout_window_s), end):
-            cycle = training_cycle(settings, train_config or {}, parent, at)
-            cycles.append(cycle)
-            parent = current_champion(settings) or cycle["training"]["version"]
-        result["cycles"] = cycles
+        result["cycles"] = two_cycles(settings, train_config or {})
         result["champion"] = current_champion(settings)
         if result["champion"] is not None:
             result["serving"] = score_one_request(live, bootstrap)
