@@ -10,7 +10,7 @@ models around in-process only, so caching is off (Prefect would try to hash them
 
 from __future__ import annotations
 
-import time
+from dataclasses import asdict
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -87,14 +87,13 @@ def build_cycle_training_sets(settings: Settings, at: datetime | None = None) ->
 @_task
 def train_cohort(settings: Settings, dataset: str, train_config: dict[str, Any],
                  warm_start: str | None, holdout: str | None = None) -> dict[str, Any]:
-    from training.cycle import load_training_set, run_cycle
+    """`ctrflow train --dataset D --holdout H --warm-start P`'s use case."""
     from training.trainer import TrainConfig
+    from training.usecases import TrainRequest, train_version
 
-    table, manifest = load_training_set(settings, dataset)
-    holdout_table, holdout_manifest = load_training_set(settings, holdout) if holdout else (None, None)
-    result = run_cycle(settings, table, manifest, TrainConfig.from_dict(train_config), parent=warm_start,
-                       holdout_table=holdout_table, holdout_manifest=holdout_manifest, progress=False)
-    return result.summary()
+    request = TrainRequest(TrainConfig.from_dict(train_config), dataset=dataset, holdout=holdout,
+                           warm_start=warm_start)
+    return train_version(settings, request).summary()
 
 
 @_task
@@ -109,6 +108,17 @@ def gate_and_promote(settings: Settings, version: str) -> dict[str, Any]:
     except PromotionRefused as exc:
         return {"promoted": False, "failures": exc.gate.failures() if exc.gate else [str(exc)]}
     return {"promoted": True, "previous": report.previous}
+
+
+@_task
+def publish_cycle_artifacts(settings: Settings, version: str, run_dir: str) -> dict[str, str]:
+    """The cycle's metrics table, gate record (PASS/FAIL with its numbers) and run-report link as Prefect
+    artifacts, rendered from what the registry recorded for the version."""
+    from orchestration.artifacts import publish_cycle
+    from training.registry import show_version
+
+    published = publish_cycle(show_version(settings, version), Path(run_dir))
+    return {name: str(artifact_id) for name, artifact_id in asdict(published).items()}
 
 
 @_task
@@ -165,41 +175,38 @@ def continual_training_flow(train_config: dict[str, Any] | None = None,
 def training_cycle(settings: Settings, train_config: dict[str, Any], parent: str | None,
                    at: datetime | None = None) -> dict[str, Any]:
     """One continual-training cycle at ``at``: its two sets, the training-set gate, a cohort warm-started
-    from ``parent``, then the promotion gate (PASS promotes; FAIL rejects, the champion keeps serving)."""
+    from ``parent``, then the promotion gate (PASS promotes; FAIL rejects, the champion keeps serving),
+    then its artifacts for the Prefect UI (``orchestration.artifacts``)."""
     name, holdout = build_cycle_training_sets(settings, at)
     gate = validate_training_set(settings, name)
     trained = train_cohort(settings, name, train_config, parent, holdout)
     promotion = gate_and_promote(settings, trained["version"])
+    artifacts = publish_cycle_artifacts(settings, trained["version"], trained["run_dir"])
     return {"dataset": name, "holdout": holdout, "validation": gate, "training": trained,
-            "promotion": promotion}
+            "promotion": promotion, "artifacts": artifacts}
+
+
+def two_cycles(settings: Settings, train_config: dict[str, Any]) -> list[dict[str, Any]]:
+    """Two training cycles one holdout window apart, the second ending just after the newest sample and
+    warm-started from the first's champion (from its version when the gate rejected it)."""
+    from features.datasets import latest_event_time
+    from training.registry import current_champion
+
+    end = latest_event_time(settings) + timedelta(milliseconds=1)
+    cycles, parent = [], None
+    for at in (end - timedelta(seconds=settings.holdout_window_s), end):
+        cycles.append(training_cycle(settings, train_config, parent, at))
+        parent = current_champion(settings) or cycles[-1]["training"]["version"]
+    return cycles
 
 
 @_task
 def score_one_request(settings: Settings, bootstrap: str) -> dict[str, Any]:
     """Start the serving stub on a free loopback port and score one real request over HTTP: the newest
     request of the warehouse, its user and candidates, against whatever champion the registry points to."""
-    import duckdb
-    import httpx
+    from serving_stub.probe import score_newest_request
 
-    from serving_stub.server import ServerThread
-
-    with duckdb.connect(str(settings.warehouse_db), read_only=True) as con:
-        user, items = con.execute(
-            "SELECT user_id, list(item_id ORDER BY position) FROM labelled_samples "
-            "WHERE request_id = (SELECT request_id FROM labelled_samples ORDER BY event_time DESC LIMIT 1) "
-            "GROUP BY user_id LIMIT 1"
-        ).fetchone()
-    with ServerThread(settings, bootstrap) as server, httpx.Client(base_url=server.url, timeout=30) as client:
-        deadline = time.monotonic() + 60
-        while client.get("/readyz").status_code != 200:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the serving stub loaded no champion within 60 s")
-            time.sleep(0.1)
-        response = client.post("/v1/score", json={"user_id": user, "items": items})
-        response.raise_for_status()
-        body = response.json()
-    return {"url": server.url, "user_id": user, "items": items, "model_version": body["model_version"],
-            "scores": body["scores"]}
+    return score_newest_request(settings, bootstrap).to_dict()
 
 
 @flow(name="ctrflow-end-to-end", log_prints=True)
@@ -208,7 +215,6 @@ def end_to_end_flow(days: int = 3, users: int = 500, items: int = 300, impressio
     """The whole loop on one machine: simulate -> validate -> Kafka -> Beam -> Feast, then two
     continual-training cycles one holdout window apart (GX -> train -> gate -> promote; the second
     warm-started from the first's champion), then the serving stub scores one real request over HTTP."""
-    from features.datasets import latest_event_time
     from training.registry import current_champion
 
     settings = get_settings()
@@ -223,13 +229,7 @@ def end_to_end_flow(days: int = 3, users: int = 500, items: int = 300, impressio
         live = _with_bootstrap(settings, bootstrap)
         result["replay"] = replay_log(live, bootstrap, log_path, "canonical", None)
         result["features"] = refresh_features(live, final=True)
-        end = latest_event_time(settings) + timedelta(milliseconds=1)
-        cycles, parent = [], None
-        for at in (end - timedelta(seconds=settings.holdout_window_s), end):
-            cycle = training_cycle(settings, train_config or {}, parent, at)
-            cycles.append(cycle)
-            parent = current_champion(settings) or cycle["training"]["version"]
-        result["cycles"] = cycles
+        result["cycles"] = two_cycles(settings, train_config or {})
         result["champion"] = current_champion(settings)
         if result["champion"] is not None:
             result["serving"] = score_one_request(live, bootstrap)

@@ -68,7 +68,7 @@ def schema_for(manifest: DatasetManifest, config: TrainConfig) -> InputSchema:
     return InputSchema.from_manifest(manifest, max_seq_len=longest)
 
 
-@dataclass
+@dataclass(frozen=True)
 class CycleResult:
     version: str | None
     run_dir: Path
@@ -78,6 +78,12 @@ class CycleResult:
     warm_started: list[str] = field(default_factory=list)
     cold_start: dict[str, str] = field(default_factory=dict)  # model -> why it did not warm-start
     references: tuple[ReferenceScore, ...] = ()  # on the holdout rows the models were evaluated on
+    dataset: str | None = None  # the training set trained on
+    holdout: str | None = None  # the training set held out; None: the latest rows of ``dataset``
+
+    @property
+    def report(self) -> Path:
+        return self.run_dir / "report.md"
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -86,8 +92,10 @@ class CycleResult:
             "warm_started": self.warm_started,
             "cold_start": self.cold_start,
             "run_dir": str(self.run_dir),
-            "report": str(self.run_dir / "report.md"),
+            "report": str(self.report),
             "models": self.metrics,
+            "dataset": self.dataset,
+            "holdout": self.holdout,
         } | references_summary(self.metrics, self.references)
 
 
@@ -382,4 +390,6 @@ def run_cycle(
             notes.append("cold start: " + "; ".join(f"{n}: {r}" for n, r in cold.items()))
         write_report(run_dir, f"ctrflow training run {version or run_dir.name}", results, notes, oracle,
                      references)
-    return CycleResult(version, run_dir, metrics, results, serve, loaded, cold, references)
+    held_out = holdout_part.dataset if holdout_part.part == "all" else None
+    return CycleResult(version, run_dir, metrics, results, serve, loaded, cold, references, manifest.name,
+                       held_out)

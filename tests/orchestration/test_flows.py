@@ -4,17 +4,24 @@ embedded broker, Beam job, Feast, Great Expectations and torch training."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import unquote, urlparse
+from uuid import UUID
 
 import pytest
+from prefect import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterId
+from prefect.client.schemas.objects import Artifact
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.testing.utilities import prefect_test_harness
 from typer.testing import CliRunner
 
 from features.datasets import list_datasets
 from features.validation import ValidationFailed
+from orchestration.artifacts import GATE_KEY, METRICS_KEY, REPORT_KEY
 from orchestration.cli import app
 from orchestration.deployments import build_deployments
 from orchestration.flows import continual_training_flow, feature_refresh_flow, refresh_features
@@ -33,6 +40,41 @@ from training.registry import ChampionPointer, write_champion_pointer
 def prefect_api() -> Iterator[None]:
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+def read_cycle_artifacts(ids: dict[str, str]) -> dict[str, Artifact]:
+    """A cycle's artifacts read back from the Prefect API, by key."""
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(
+            id=ArtifactFilterId(any_=[UUID(i) for i in ids.values()])))
+    return {a.key: a for a in found}
+
+
+def check_cycle_artifacts(artifacts: dict[str, Artifact], settings: Settings, cycle: dict) -> None:
+    """What a person reads in the Prefect UI after a cycle: every model's metrics, the gate's verdict with
+    its numbers as the registry recorded them, and a link to the run report on disk."""
+    from training import registry
+
+    assert set(artifacts) == {METRICS_KEY, GATE_KEY, REPORT_KEY}
+    metrics = artifacts[METRICS_KEY].data
+    for name, m in cycle["training"]["models"].items():
+        (row,) = [line for line in metrics.splitlines() if re.match(rf"\| {name}( \(served\))? \|", line)]
+        for column in ("auc", "gauc", "request_gauc", "logloss", "pcoc", "ece"):
+            assert f"| {m[column]:.4f} |" in row, (column, row)
+    record = registry.show_version(settings, cycle["training"]["version"])
+    gate = artifacts[GATE_KEY].data
+    assert gate.splitlines()[0].endswith(": PASS" if cycle["promotion"]["promoted"] else ": FAIL")
+    assert f"registry status: **{record.status}**" in gate
+    for blessing in record.gate.blessings:
+        assert f"## {blessing.name}: {'PASS' if blessing.passed else 'FAIL'}" in gate
+        assert all(f"- {reason}" in gate for reason in blessing.reasons)
+    quality = record.gate.blessing("quality").numbers
+    assert f"| rows | {quality['rows']} |" in gate
+    assert f"| challenger.auc | {quality['challenger']['auc']:.4f} |" in gate
+    assert f"| challenger.pcoc | {quality['challenger']['pcoc']:.4f} |" in gate
+    (url,) = re.findall(r"\]\((file://[^)]+)\)", artifacts[REPORT_KEY].data)
+    report = Path(unquote(urlparse(url).path))
+    assert report.is_file() and report.parent == Path(cycle["training"]["run_dir"]).resolve()
 
 
 def test_demo_runs_the_end_to_end_flow_through_every_stage(prefect_api: None, home: Path) -> None:
@@ -82,6 +124,12 @@ def test_demo_runs_the_end_to_end_flow_through_every_stage(prefect_api: None, ho
     for cycle in (first, second):
         assert Path(cycle["training"]["report"]).is_file()
 
+    # Each cycle published its artifacts into the one end-to-end flow run.
+    published = [read_cycle_artifacts(cycle["artifacts"]) for cycle in (first, second)]
+    for cycle, artifacts in zip((first, second), published, strict=True):
+        check_cycle_artifacts(artifacts, settings, cycle)
+    assert len({a.flow_run_id for artifacts in published for a in artifacts.values()}) == 1
+
 
 @pytest.fixture
 def six_hour_holdout(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -114,7 +162,8 @@ def test_continual_training_trains_on_its_window_and_gates_against_the_champion(
     simulate(SimulatorConfig(days=1, users=50, items=40, impressions=1500, seed=5), log)
     settings = get_settings()
     run_file(settings, log)
-    result = continual_training_flow(train_config=tiny_train_config())
+    state = continual_training_flow(train_config=tiny_train_config(), return_state=True)
+    result = state.result()
 
     version = result["training"]["version"]
     saved = load_model(settings, version)[1]
@@ -128,6 +177,11 @@ def test_continual_training_trains_on_its_window_and_gates_against_the_champion(
     assert registry.current_champion(settings) == (version if promoted else None)
     if not promoted:
         assert result["promotion"]["failures"] == record.gate.failures() != []
+    artifacts = read_cycle_artifacts(result["artifacts"])
+    check_cycle_artifacts(artifacts, settings, result)
+    assert {a.flow_run_id for a in artifacts.values()} == {state.state_details.flow_run_id}
+
+
 def test_continual_training_ends_with_retention_that_spares_the_champion(
         prefect_api: None, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         six_hour_holdout: None) -> None:

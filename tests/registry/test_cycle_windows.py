@@ -14,8 +14,9 @@ from orchestration.cli import app
 from tests.feature_store.synthetic_warehouse import T0_MS, write_synthetic_warehouse
 from tests.training.tiny import tiny_train_config
 from training import artifacts, registry
-from training.cycle import build_cycle_sets, load_training_set, run_cycle, training_overlap
+from training.cycle import load_training_set, training_overlap
 from training.trainer import TrainConfig
+from training.usecases import TrainRequest, train_version
 
 
 def test_windowed_cycle_records_its_holdout_and_verifies_online(settings, home) -> None:
@@ -25,22 +26,20 @@ def test_windowed_cycle_records_its_holdout_and_verifies_online(settings, home) 
     newest = max(written["labelled_samples"].column("event_time").to_pylist())
     assert latest_event_time(settings) == newest
     at = datetime.fromtimestamp(T0_MS / 1000, UTC) + timedelta(days=2, hours=12)
-    sets = build_cycle_sets(settings, at)
-    cut = at - timedelta(hours=12)
-    assert (sets.train.manifest.window_start, sets.train.manifest.window_end) == (
-        (cut - timedelta(hours=36)).isoformat(), cut.isoformat())
-    assert (sets.holdout.manifest.window_start, sets.holdout.manifest.window_end) == (
-        cut.isoformat(), at.isoformat())
-
-    train, manifest = load_training_set(settings, sets.train.name)
-    holdout, holdout_manifest = load_training_set(settings, sets.holdout.name)
+    # `ctrflow train --at`'s use case: build the cycle's two sets, then train on one and hold out the other.
     config = TrainConfig.from_dict(tiny_train_config(teacher_grade=None, students=1))
-    result = run_cycle(settings, train, manifest, config, holdout_table=holdout,
-                       holdout_manifest=holdout_manifest, progress=False, report=False)
+    result = train_version(settings, TrainRequest(config, at=at))
+    train, manifest = load_training_set(settings, result.dataset)
+    holdout, holdout_manifest = load_training_set(settings, result.holdout)
+    cut = at - timedelta(hours=12)
+    assert (manifest.window_start, manifest.window_end) == (
+        (cut - timedelta(hours=36)).isoformat(), cut.isoformat())
+    assert (holdout_manifest.window_start, holdout_manifest.window_end) == (cut.isoformat(), at.isoformat())
+
     saved = artifacts.read_config(settings, result.version)
-    assert (saved.train.dataset, saved.train.part) == (sets.train.name, "all")
+    assert (saved.train.dataset, saved.train.part) == (result.dataset, "all")
     assert saved.train.rows == train.num_rows
-    assert (saved.holdout.dataset, saved.holdout.part) == (sets.holdout.name, "all")
+    assert (saved.holdout.dataset, saved.holdout.part) == (result.holdout, "all")
     assert saved.holdout.content_hash == holdout_manifest.content_hash
     assert training_overlap(saved, holdout) == 0 and training_overlap(saved, train) == train.num_rows
     assert registry.show_version(settings, result.version).status == "candidate"  # registered by the cycle
@@ -49,7 +48,7 @@ def test_windowed_cycle_records_its_holdout_and_verifies_online(settings, home) 
     out = runner.invoke(app, ["--home", str(home), "evaluate", result.version, "--json"])
     assert out.exit_code == 0, out.output
     assert json.loads(out.stdout.strip().splitlines()[-1])["rows"] == holdout.num_rows
-    out = runner.invoke(app, ["--home", str(home), "evaluate", result.version, "--dataset", sets.train.name])
+    out = runner.invoke(app, ["--home", str(home), "evaluate", result.version, "--dataset", result.dataset])
     assert out.exit_code == 2 and "training window" in out.stderr
 
     registry.promote(settings, result.version, force=True, reason="windowed cycle test")

@@ -81,3 +81,5 @@ def test_clear_errors_without_data_or_with_bad_flags(runner, home) -> None:
     assert result.exit_code == 2 and "no model versions" in result.output
     result = runner.invoke(app, ["--home", str(home), "train", "--config", "[1]"])
     assert result.exit_code == 2 and "JSON object" in result.output
+    result = runner.invoke(app, ["--home", str(home), "train", "--at", "latest", "--dataset", "day1"])
+    assert result.exit_code == 2 and result.output.startswith("error: --at builds its own training")
