@@ -114,12 +114,15 @@ def _global_options(
 
 def settings_for_flows(ctx: typer.Context, **overrides: object) -> Settings:
     """``cli_settings`` for a command that runs Prefect flows. Flows read ``CTRFLOW_*`` like any process
-    (a served deployment runs in a child process Prefect starts), so the global flags are written into
-    this process's environment here, the one place the CLI hands settings on that way."""
+    (a served deployment runs in a child process Prefect starts), so the global flags and ``overrides``
+    are written into this process's environment here, the one place the CLI hands settings on that way."""
     settings = cli_settings(ctx, **overrides)
     os.environ["CTRFLOW_HOME"] = str(settings.home)
     if settings.kafka_bootstrap:
         os.environ["CTRFLOW_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap
+    for name, value in overrides.items():
+        if value is not None:
+            os.environ[f"CTRFLOW_{name.upper()}"] = str(value)
     return settings
 
 

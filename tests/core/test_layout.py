@@ -72,6 +72,9 @@ def test_cli_settings_come_from_the_context_not_the_environment() -> None:
     for path in _modules("orchestration/cli"):
         source = path.read_text()
         assert "get_settings(" not in source or path.name == "app.py", path.name
-        writes = [n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Subscript)
+        tree = ast.parse(source)
+        writes = [n for n in ast.walk(tree) if isinstance(n, ast.Subscript)
                   and ast.unparse(n.value) == "os.environ" and isinstance(n.ctx, ast.Store)]
+        writes += [n for n in ast.walk(tree) if isinstance(n, ast.Call) and ast.unparse(n.func) in (
+            "os.environ.setdefault", "os.environ.update", "os.putenv")]
         assert not writes or path.name == "app.py", path.name
