@@ -113,8 +113,9 @@ def metric_for(rows: Rows) -> str:
     for metric, column in (("request_gauc", "request_id"), ("gauc", rows.manifest.columns.user)):
         if column not in table.column_names:
             continue
-        keys = group_ids(table.column(column))
-        mixed = sum(1 for g in np.unique(keys) if 0 < label[keys == g].mean() < 1)
+        _, groups = np.unique(group_ids(table.column(column)), return_inverse=True)
+        clicks, sizes = np.bincount(groups, weights=label), np.bincount(groups)
+        mixed = int(((clicks > 0) & (clicks < sizes)).sum())
         if mixed >= MIN_MIXED_GROUPS:
             return metric
     return "auc"
