@@ -31,6 +31,7 @@ from features.manifest import DatasetManifest
 from pipelines.settings import Settings
 from training import artifacts, registry
 from training.artifacts import ArtifactError, DataSlice, ModelRecord, VersionConfig
+from training.distributed import Workers
 from training.inputs import InputSchema, encode, fit_input_schema, schema_change
 from training.references import ReferenceScore, reference_metrics, references_summary
 from training.report import write_report
@@ -80,6 +81,8 @@ class CycleResult:
     references: tuple[ReferenceScore, ...] = ()  # on the holdout rows the models were evaluated on
     dataset: str | None = None  # the training set trained on
     holdout: str | None = None  # the training set held out; None: the latest rows of ``dataset``
+    main: bool = True  # False on the other workers of a torchrun launch (no evaluation, nothing saved)
+    workers: int = 1  # processes that trained together (torchrun's world size)
 
     @property
     def report(self) -> Path:
@@ -96,6 +99,7 @@ class CycleResult:
             "models": self.metrics,
             "dataset": self.dataset,
             "holdout": self.holdout,
+            "workers": self.workers,
         } | references_summary(self.metrics, self.references)
 
 
@@ -279,9 +283,14 @@ def run_cycle(
     report: bool = True,
     progress: bool = True,
     run_name: str | None = None,
+    workers: Workers | None = None,
 ) -> CycleResult:
     """Train one cohort on a window and evaluate it on the holdout (by default the latest
-    ``holdout_fraction`` of the rows by time); a saved version is registered as a ``candidate``."""
+    ``holdout_fraction`` of the rows by time); a saved version is registered as a ``candidate``.
+
+    With ``workers`` (a torchrun launch) every worker trains its share of each batch; the main worker
+    then calibrates, evaluates, saves and reports, and the others return a result with ``main=False``.
+    """
     seed_everything(config.seed)
     device = select_device(config.device)
     # `auto` sizes become concrete here, so the version records what ran (and a warm start compares it).
@@ -321,7 +330,11 @@ def run_cycle(
         # The ramp shields students from an immature teacher over the first increment (docs/models.md);
         # a teacher carried over from the parent is not one.
         config = dataclasses.replace(config, kd_rampup_steps=0)
-    history = train_window(cohort, train_batch, config, device, progress=progress, validation=val_batch)
+    history = train_window(cohort, train_batch, config, device, progress=progress, validation=val_batch,
+                           workers=workers)
+    if workers is not None and not workers.main:
+        return CycleResult(None, settings.runs_dir, {}, {}, dataset=manifest.name, main=False,
+                           workers=workers.world_size)
     if val_batch is not None and config.calibrate:
         fit_calibration(cohort, val_batch, config, device)
 
@@ -381,6 +394,8 @@ def run_cycle(
             f"{history.steps} steps, {history.samples_per_s:.0f} samples/s for the whole cohort"
             + (f" (ETA after the first steps: {history.eta_s:.0f} s)" if history.eta_s is not None else ""),
             f"sizes: {sizes.reason}",
+            f"workers: {workers.world_size} ({workers.backend}, DistributedDataParallel), each on its share "
+            f"of every batch of {config.batch_size} rows" if workers else "workers: 1 (one process)",
             f"parent version: {parent or 'none (from scratch)'}; warm-started: {', '.join(loaded) or '-'}",
             "kept checkpoints (validation AUC): " + (", ".join(
                 f"{n} step {b['step']} ({b['auc']:.4f})" for n, b in history.best.items()) or "last step"),
@@ -392,4 +407,4 @@ def run_cycle(
                      references)
     held_out = holdout_part.dataset if holdout_part.part == "all" else None
     return CycleResult(version, run_dir, metrics, results, serve, loaded, cold, references, manifest.name,
-                       held_out)
+                       held_out, workers=workers.world_size if workers else 1)

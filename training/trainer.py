@@ -45,6 +45,7 @@ from training.config import (
     TeacherConfig,
     config_for,
 )
+from training.distributed import Workers
 from training.inputs import Batch, InputSchema
 from training.metrics import auc, ece, evaluate_predictions, logloss, pcoc, reliability_curve
 from training.optim import SplitOptimizer
@@ -399,6 +400,28 @@ def cohort_step_losses(
     return out
 
 
+class CohortStep(nn.Module):
+    """One training step's forward as one module (what DistributedDataParallel wraps): the summed loss
+    of the models still training, and every model's detached loss and BCE.
+
+    Only the models still training are registered: a model stopped by early stopping is frozen at its
+    best, and its parameters (no longer reached by any gradient: every distillation target is detached)
+    are not the wrapper's to synchronise. A new one is built whenever a model stops.
+    """
+
+    def __init__(self, cohort: Cohort, config: TrainConfig, training: list[str]) -> None:
+        super().__init__()
+        self.cohort, self.config, self.training = cohort, config, training
+        self.models = nn.ModuleDict({n: cohort.models[n] for n in training})  # a shared table once
+
+    def forward(self, batch: Batch, step: int) -> tuple[
+            torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        bce: dict[str, torch.Tensor] = {}
+        per_model = cohort_step_losses(self.cohort, batch, self.config, step, bce)
+        total = sum(per_model[n] for n in self.training)
+        return total, {n: v.detach() for n, v in per_model.items()}, bce
+
+
 def drop_ids(batch: Batch, schema: InputSchema, rate: float, generator: torch.Generator) -> Batch:
     """Id-embedding dropout: each row's user and item id becomes the OOV bucket 0 with prob. ``rate``,
     so the models learn to score an unknown id from its side features (category, statistics)."""
@@ -485,8 +508,8 @@ class _LossLog:
     """Per-step losses kept on the device and copied to the host every LOG_EVERY steps (and before any
     evaluation and at the end), so the step loop never waits for the device."""
 
-    def __init__(self, history: TrainHistory, names: list[str]) -> None:
-        self.history, self.names = history, names
+    def __init__(self, history: TrainHistory, names: list[str], workers: Workers | None = None) -> None:
+        self.history, self.names, self.workers = history, names, workers
         self.pending: list[torch.Tensor] = []
         self.bce_names: list[str] = []
 
@@ -498,7 +521,10 @@ class _LossLog:
     def flush(self, bar: tqdm) -> None:
         if not self.pending:
             return
-        rows = torch.stack(self.pending).tolist()
+        stacked = torch.stack(self.pending)
+        # Each worker saw its share of the batch: the logged loss is the mean over workers (the global
+        # batch's loss with equal shares), identical on every worker, so a non-finite one stops them all.
+        rows = (self.workers.mean(stacked) if self.workers else stacked).tolist()
         first = self.history.steps - len(rows)
         self.pending = []
         n = len(self.names)
@@ -515,7 +541,7 @@ class _LossLog:
 
 def train_window(
     cohort: Cohort, data: Batch, config: TrainConfig, device: torch.device, progress: bool = True,
-    validation: Batch | None = None,
+    validation: Batch | None = None, workers: Workers | None = None,
 ) -> TrainHistory:
     """Up to `config.epochs` passes over one data window; all models step together on the same batches.
 
@@ -524,24 +550,38 @@ def train_window(
     updating after `patience` evaluations without improvement (the others go on; training ends when
     every model has stopped). Without one, the last step is kept. After the first steps the ETA is
     recorded (``history.eta_s``) and, with ``progress``, printed to stderr with the progress bar.
+
+    With ``workers`` (a torchrun launch, training.distributed) each process steps on its share of every
+    global batch of ``config.batch_size`` rows under DistributedDataParallel; only the main worker shows
+    progress. A last batch with fewer rows than workers is skipped (every worker needs a row).
     """
     config = resolve_sizes(config, device)[0]
     if config.threads:
         torch.set_num_threads(config.threads)
-    optimizer = SplitOptimizer(cohort.models.values(), lr=config.lr, weight_decay=config.weight_decay)
+    progress = progress and (workers is None or workers.main)
     dtype = autocast_dtype(device, config.precision)
     generator = torch.Generator().manual_seed(config.seed)
     id_generator = torch.Generator().manual_seed(config.seed + 1)
     names = list(cohort.models)
     history = TrainHistory(losses={n: [] for n in names}, bce={n: [] for n in names},
                            val_curve={n: [] for n in names})
-    log = _LossLog(history, names)
+    log = _LossLog(history, names, workers)
     schema = next(iter(cohort.models.values())).schema
     steps_per_epoch = math.ceil(len(data) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     period = _eval_period(config, steps_per_epoch)
     for model in cohort.models.values():
         model.prepare(data)
+
+    def step_for(training: list[str]) -> nn.Module:
+        module = CohortStep(cohort, config, training)
+        return workers.wrap(module, device) if workers else module
+
+    # Wrapped after `prepare` (every worker prepares on all rows alike); the optimizer after the wrap,
+    # which may switch the id tables to dense gradients (NCCL).
+    training = names
+    step_module = step_for(training)
+    optimizer = SplitOptimizer(cohort.models.values(), lr=config.lr, weight_decay=config.weight_decay)
     selector = _Selector(cohort, validation, config, device, history) if validation is not None else None
     started = time.perf_counter()
     if selector:
@@ -552,18 +592,23 @@ def train_window(
     with tqdm(total=total_steps, desc="train", unit="step", disable=not progress) as bar:
         for _ in range(config.epochs):
             for cpu_batch in _minibatches(data, config.batch_size, generator):
-                batch = drop_ids(cpu_batch, schema, config.id_dropout, id_generator).to(device)
-                bce: dict[str, torch.Tensor] = {}
+                # Dropout draws over the global batch, so every worker draws what one process would.
+                cpu_batch = drop_ids(cpu_batch, schema, config.id_dropout, id_generator)
+                rows = len(cpu_batch)
+                if workers:
+                    if rows < workers.world_size:
+                        continue
+                    share = workers.shard(rows)
+                    cpu_batch = cpu_batch.slice(share.start, share.stop)
+                batch = cpu_batch.to(device)
                 with autocast_context(device, dtype):
-                    per_model = cohort_step_losses(cohort, batch, config, history.steps, bce)
-                # A stopped model is frozen at its best: its own loss no longer steps the optimizer.
-                total = sum(v for n, v in per_model.items() if n not in history.stopped)
+                    total, per_model, bce = step_module(batch, history.steps)
                 optimizer.zero_grad()
                 total.backward()
                 optimizer.step()
                 log.add(per_model, bce)
                 history.steps += 1
-                history.samples += len(batch)
+                history.samples += rows
                 bar.update(1)
                 if history.steps in (1, eta_at):
                     log.flush(bar)  # the first losses are checked at once
@@ -581,6 +626,10 @@ def train_window(
                     selector.evaluate()
                     if not selector.active:
                         break
+                    if selector.active != training:
+                        training = selector.active
+                        del step_module  # its hooks go with it, before the new wrapper adds its own
+                        step_module = step_for(training)
             if selector and not selector.active:
                 break
     log.flush(bar)

@@ -8,13 +8,14 @@ here once.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
 from pipelines.settings import Settings
-from training import artifacts
+from training import artifacts, distributed
 from training.cycle import (
     CycleResult,
     PredictionExport,
@@ -57,18 +58,29 @@ class TrainRequest:
 
 
 def train_version(settings: Settings, request: TrainRequest) -> CycleResult:
-    """Train a cohort on the requested rows, evaluate it on the holdout, save and register the version."""
-    dataset, holdout = request.dataset, request.holdout
-    if request.at is not None:
-        sets = build_cycle_sets(settings, None if request.at == LATEST else request.at)
-        dataset, holdout = sets.train.name, sets.holdout.name
-    table, manifest = load_training_set(settings, dataset)
-    holdout_table, holdout_manifest = load_training_set(settings, holdout) if holdout else (None, None)
-    return run_cycle(
-        settings, table, manifest, request.config, holdout_table=holdout_table,
-        holdout_manifest=holdout_manifest, holdout_fraction=request.holdout_fraction,
-        parent=request.warm_start, progress=request.progress,
-    )
+    """Train a cohort on the requested rows, evaluate it on the holdout, save and register the version.
+
+    Under torchrun (training.distributed) the workers train together; the main worker builds the
+    cycle's sets (``at``) and saves the version, and every worker's result names that version.
+    """
+    with distributed.process_group(request.config.device) as workers:
+        dataset, holdout = request.dataset, request.holdout
+        if request.at is not None:
+            names = None
+            if workers is None or workers.main:
+                sets = build_cycle_sets(settings, None if request.at == LATEST else request.at)
+                names = sets.train.name, sets.holdout.name
+            dataset, holdout = workers.broadcast(names) if workers else names
+        table, manifest = load_training_set(settings, dataset)
+        holdout_table, holdout_manifest = load_training_set(settings, holdout) if holdout else (None, None)
+        result = run_cycle(
+            settings, table, manifest, request.config, holdout_table=holdout_table,
+            holdout_manifest=holdout_manifest, holdout_fraction=request.holdout_fraction,
+            parent=request.warm_start, progress=request.progress, workers=workers,
+        )
+        if workers is not None:
+            result = dataclasses.replace(result, version=workers.broadcast(result.version))
+        return result
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import traceback
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,6 +126,19 @@ def settings_for_flows(ctx: typer.Context, **overrides: object) -> Settings:
         if value is not None:
             os.environ[f"CTRFLOW_{name.upper()}"] = str(value)
     return settings
+
+
+VERBOSE = typer.Option(False, "--verbose", help="Show Prefect's, Kafka's and the libraries' logs.")
+
+
+def quiet_libraries() -> None:
+    """A flow command's output is its own summary: Prefect's per-task INFO lines, kafka-python's selector
+    warnings and the libraries' deprecation warnings (logged through ``py.warnings``) only with
+    --verbose. A failed flow still ends in one `error:` line of the CLI's: Prefect's own copy of the
+    traceback is for --verbose too."""
+    for name in ("prefect", "kafka", "py.warnings"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
 def usage_error(message: str) -> typer.Exit:

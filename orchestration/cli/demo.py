@@ -10,16 +10,14 @@ serving stub scores one real request over HTTP against the champion.
 from __future__ import annotations
 
 import json
-import logging
 import os
-import warnings
 from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from orchestration.cli.app import app, settings_for_flows, usage_error
+from orchestration.cli.app import VERBOSE, app, quiet_libraries, settings_for_flows, usage_error
 from orchestration.cli.flows_cmd import train_config_overrides
 from pipelines.beam.job import reset_checkpoint
 from pipelines.settings import Settings
@@ -85,16 +83,6 @@ def _print_cycle(n: int, cycle: dict[str, Any]) -> None:
     console.print(f"[bold]report[/bold] {training['report']}")
 
 
-def _quiet_libraries() -> None:
-    """The summary is the demo's output: Prefect's per-task INFO lines, kafka-python's selector warnings
-    and the libraries' deprecation warnings (logged through ``py.warnings``) only with --verbose."""
-    # A failed flow still ends in one `error:` line of the CLI's: Prefect's own copy of the traceback is
-    # for --verbose too.
-    for name in ("prefect", "kafka", "py.warnings"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-
-
 def start_over_on_a_fresh_broker(settings: Settings) -> int:
     """The demo's embedded broker is new each run, so an earlier run's feature checkpoint names offsets
     of topics that are gone: drop it with every part file it vouched for (``--reset``), so a second demo
@@ -115,13 +103,13 @@ def demo(
     seed: int = typer.Option(7, "--seed"),
     train_config: str | None = typer.Option(None, "--train-config", help="TrainConfig overrides (JSON)."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as one JSON object (last line)."),
-    verbose: bool = typer.Option(False, "--verbose", help="Show Prefect's, Kafka's and the libraries' logs."),
+    verbose: bool = VERBOSE,
 ) -> None:
     """End-to-end demo on one machine with no services (a Prefect flow run over every stage)."""
     from orchestration.flows import end_to_end_flow
 
     if not verbose:
-        _quiet_libraries()
+        quiet_libraries()
     # The demo runs on whatever laptop it is given, often busy: its servability gate allows a p99 of
     # DEMO_P99_BUDGET_MS unless the user sets one. The production default (20 ms) is the serving goal,
     # measured by benchmarks/bench_serving.py.

@@ -10,7 +10,15 @@ from typing import Any
 
 import typer
 
-from orchestration.cli.app import app, cli_settings, json_object_option, settings_for_flows, usage_error
+from orchestration.cli.app import (
+    VERBOSE,
+    app,
+    cli_settings,
+    json_object_option,
+    quiet_libraries,
+    settings_for_flows,
+    usage_error,
+)
 
 flows_app = typer.Typer(help="Prefect flows: run one now, or serve the scheduled deployments.",
                         no_args_is_help=True)
@@ -41,12 +49,17 @@ def flows_run(
     ctx: typer.Context,
     name: FlowName = typer.Argument(..., help="Which flow to run."),
     config_json: str | None = typer.Option(None, "--train-config", help="TrainConfig overrides (JSON)."),
+    verbose: bool = VERBOSE,
 ) -> None:
-    """Run one flow now (without a Prefect server, Prefect starts a temporary local one)."""
+    """Run one flow now (without a Prefect server, Prefect starts a temporary local one) and print its
+    result as one JSON line."""
     from orchestration import flows
 
+    if not verbose:
+        quiet_libraries()
     train_config = train_config_overrides(config_json)
-    if name is FlowName.feature_refresh and not settings_for_flows(ctx).kafka_bootstrap:
+    settings = settings_for_flows(ctx)  # every flow, so that --home and --bootstrap reach it
+    if name is FlowName.feature_refresh and not settings.kafka_bootstrap:
         raise usage_error(flows.NO_REFRESH_BROKER)
     if name is FlowName.end_to_end:
         result = flows.end_to_end_flow(train_config=train_config)

@@ -108,6 +108,8 @@ def train(
                            at=LATEST if at == LATEST else parse_time(at, "--at"), warm_start=warm_start,
                            progress=True)
     result = train_version(cli_settings(ctx), request)
+    if not result.main:  # another worker of a torchrun launch: the main one reports
+        return
     if as_json:
         print(json.dumps(result.summary()))
         return

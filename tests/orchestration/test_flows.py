@@ -4,8 +4,11 @@ embedded broker, Beam job, Feast, Great Expectations and torch training."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -34,6 +37,8 @@ from tests.training.test_retention import fake_dataset, fake_version
 from tests.training.tiny import tiny_train_config
 from training.artifacts import list_versions, load_model
 from training.registry import ChampionPointer, write_champion_pointer
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -315,6 +320,21 @@ def test_feature_refresh_without_a_lasting_broker_is_refused(monkeypatch: pytest
     with temporary_settings(restore_defaults={PREFECT_API_URL}):
         result = runner.invoke(app, ["flows", "deploy", "--pool", "p", "-d", "continual-training"])
     assert result.exit_code == 2 and result.stderr.startswith("error: flows deploy needs PREFECT_API_URL")
+
+
+def test_flows_run_takes_the_global_home_and_fails_in_one_quiet_line(tmp_path: Path) -> None:
+    """`ctrflow --home H flows run ...` runs the flow on H (it once ran on the default home), and without
+    --verbose a failing flow prints the CLI's one error line and none of Prefect's log lines (a
+    subprocess: Prefect's handlers write to the real stderr, which an in-process runner does not see)."""
+    home = tmp_path / "elsewhere"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CTRFLOW_", "PREFECT_API_URL"))}
+    proc = subprocess.run([sys.executable, "-m", "orchestration.cli", "--home", str(home), "flows", "run",
+                           "continual-training"], cwd=ROOT, env=env | {"PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    samples = home / "warehouse" / "labelled_samples"
+    assert proc.stderr.splitlines() == [
+        f"error: no labelled samples under {samples}: run the feature job first"]
 
 
 @pytest.mark.parametrize("command", [["flows", "run", "continual-training"], ["demo"]])
