@@ -16,8 +16,17 @@ from pipelines.events import EVENT_SCHEMA, SIDE_FIELDS
 
 TS = pa.timestamp("ms", tz="UTC")
 
-# Sliding windows for user/item statistics: name suffix -> length in seconds.
+# Sliding windows for user/item statistics: name suffix -> length in seconds. Exact counts, from the
+# last 7 days of events the job keeps per entity.
 STAT_WINDOWS: dict[str, int] = {"1h": 3600, "24h": 86_400, "7d": 7 * 86_400}
+# Long horizons, kept as running counters so that the job's state stays one row per entity however long
+# the log: name suffix -> decay time constant in seconds. Impressions and clicks are weighted by
+# exp(-age / constant), so under a steady rate a counter holds what a window of that length would.
+DECAYED_WINDOWS: dict[str, int] = {"30d": 30 * 86_400}
+# Every event of the entity so far (exact counts).
+ALL_TIME = "all"
+# Every statistics suffix, in column order: ``impressions_<s>``, ``clicks_<s>``, ``ctr_<s>``.
+STAT_SUFFIXES: tuple[str, ...] = (*STAT_WINDOWS, *DECAYED_WINDOWS, ALL_TIME)
 # CTR smoothing: (clicks + PRIOR_CLICKS) / (impressions + PRIOR_IMPRESSIONS)
 CTR_PRIOR_CLICKS = 1.0
 CTR_PRIOR_IMPRESSIONS = 20.0
@@ -25,10 +34,11 @@ CTR_PRIOR_IMPRESSIONS = 20.0
 
 def _stat_fields() -> list[pa.Field]:
     fields = []
-    for w in STAT_WINDOWS:
+    for w in STAT_SUFFIXES:
+        count = pa.float64() if w in DECAYED_WINDOWS else pa.int64()  # decayed counts are fractional
         fields += [
-            pa.field(f"impressions_{w}", pa.int64()),
-            pa.field(f"clicks_{w}", pa.int64()),
+            pa.field(f"impressions_{w}", count),
+            pa.field(f"clicks_{w}", count),
             pa.field(f"ctr_{w}", pa.float64()),
         ]
     return fields

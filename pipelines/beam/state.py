@@ -2,8 +2,9 @@
 
 State (Parquet per kind and shard under ``state-<seq>/``) is what the next micro-batch needs from the
 past: events not yet behind the watermark, pending impressions and clicks, recently labelled ids,
-the impression ids still inside their dedup window, 7 days of per-entity history and each user's
-last N clicks. The checkpoint JSON names the offsets and the state directory; it is replaced with
+the impression ids still inside their dedup window, 7 days of per-entity history, one totals row per
+entity for the long-horizon statistics (what the pruned history adds up to) and each user's last N
+clicks. The checkpoint JSON names the offsets and the state directory; it is replaced with
 ``os.replace`` only after every sink wrote, so a killed job restarts from the last complete batch and
 rewrites the same-named output files.
 
@@ -29,11 +30,13 @@ from pipelines.beam.attribution import CLICK_SCHEMA, FIRST_SEEN_SCHEMA, RECENT_S
 from pipelines.beam.parse import SOURCED_EVENT_SCHEMA
 from pipelines.beam.sequences import CLICK_HISTORY_SCHEMA
 from pipelines.beam.shards import rows_of_shard
+from pipelines.beam.stats import totals_schema
 from pipelines.events import EVENT_SCHEMA
 
 CHECKPOINT_FILE = "checkpoint.json"
 # 2: log identity (cluster, topic ids, record fingerprints) and the part-file manifest.
-CHECKPOINT_VERSION = 2
+# 3: per-entity totals (the long-horizon statistics) in the state, and their columns in the stats tables.
+CHECKPOINT_VERSION = 3
 RESET_HINT = "rebuild with `ctrflow features build --from-kafka --reset`"
 _STATE_DIR = re.compile(r"state-\d{8}")
 
@@ -55,6 +58,8 @@ STATE_KINDS: dict[str, pa.Schema] = {
     "held": SOURCED_EVENT_SCHEMA,
     "user_history": _history_schema("user_id"),
     "item_history": _history_schema("item_id"),
+    "user_totals": totals_schema("user_id"),
+    "item_totals": totals_schema("item_id"),
     "click_history": CLICK_HISTORY_SCHEMA,
     "pending_impressions": EVENT_SCHEMA,
     "pending_clicks": CLICK_SCHEMA,
@@ -254,7 +259,7 @@ def state_dir_name(batch_seq: int) -> str:
 
 
 # The entity column each kind's files are sharded by when written.
-SHARDED_BY: dict[str, str] = {k: "item_id" if k == "item_history" else "user_id" for k in STATE_KINDS}
+SHARDED_BY: dict[str, str] = {k: "item_id" if k.startswith("item_") else "user_id" for k in STATE_KINDS}
 
 
 def state_file_name(shard: int, num_shards: int) -> str:

@@ -1,20 +1,93 @@
-"""Sliding-window entity statistics as of each event time, vectorised over a whole batch.
+"""Entity statistics as of each event time, vectorised over a whole batch.
 
-For a query (entity e, time t) and each window w: impressions and clicks of e with time in
-``[t - w, t)`` (strictly before t: point-in-time correct), and the smoothed CTR
-``(clicks + CTR_PRIOR_CLICKS) / (impressions + CTR_PRIOR_IMPRESSIONS)``.
+For a query (entity e, time t), all from events strictly before t (point-in-time correct):
+
+- each sliding window w: impressions and clicks of e with time in ``[t - w, t)``, exact, from the history
+  of the last 7 days the job keeps;
+- each decayed window (time constant c): impressions and clicks weighted by ``exp(-(t - time) / c)``;
+- all time: every impression and click of e;
+
+and for each the smoothed CTR ``(clicks + CTR_PRIOR_CLICKS) / (impressions + CTR_PRIOR_IMPRESSIONS)``.
+The long horizons do not need the old events: when history is pruned, the events it drops are folded
+into one *totals* row per entity (``fold_pruned``): the decayed sums as of a time ``as_of`` and the exact
+counts. A query adds the totals, decayed from ``as_of`` to t, to the sums over the history it still holds.
+Two batchings of one log fold at different times, so decayed values agree to float rounding, not bit for
+bit; counts are exact (and without a fold, as in any log shorter than 7 days, so are decayed values).
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.beam.keys import KeySpace, distinct_keys, entity_codes
-from pipelines.tables import CTR_PRIOR_CLICKS, CTR_PRIOR_IMPRESSIONS, STAT_WINDOWS
+from pipelines.tables import (
+    ALL_TIME,
+    CTR_PRIOR_CLICKS,
+    CTR_PRIOR_IMPRESSIONS,
+    DECAYED_WINDOWS,
+    STAT_WINDOWS,
+)
 
 MAX_WINDOW_MS = max(STAT_WINDOWS.values()) * 1000
+# Decay weights are exp((time - reference) / constant): one fixed reference keeps an event's weight the
+# same in every batch. 2020-01-01 UTC: float64 holds the weights of events from ~1960 to ~2080.
+DECAY_REFERENCE_MS = 1_577_836_800_000
+
+
+def totals_schema(entity: str) -> pa.Schema:
+    """One row per entity: what its events before ``as_of`` (ms), no longer in the history, add up to."""
+    fields = [pa.field(entity, pa.string()), pa.field("as_of", pa.int64())]
+    for w in DECAYED_WINDOWS:
+        fields += [pa.field(f"impressions_{w}", pa.float64()), pa.field(f"clicks_{w}", pa.float64())]
+    fields += [pa.field(f"impressions_{ALL_TIME}", pa.int64()), pa.field(f"clicks_{ALL_TIME}", pa.int64())]
+    return pa.schema(fields)
+
+
+def _by_code(values: np.ndarray, codes: np.ndarray, n: int, fill: float = 0.0) -> np.ndarray:
+    out = np.full(n, fill, dtype=values.dtype)
+    out[codes] = values
+    return out
+
+
+def fold_pruned(
+    history: pa.Table, totals: pa.Table, entity: str, boundary_ms: int
+) -> tuple[pa.Table, pa.Table]:
+    """(history at or after ``boundary_ms``, totals with the events before it folded in, as of it)."""
+    times = history["event_time"].to_numpy()
+    old = times < boundary_ms
+    if not old.any():
+        return history, totals
+    kept = history.filter(pa.array(~old))
+    dropped = history.filter(pa.array(old))
+    d_codes, t_codes = entity_codes(dropped[entity], totals[entity])
+    n = int(max(d_codes.max(initial=-1), t_codes.max(initial=-1))) + 1
+    names = pa.concat_arrays([dropped[entity].combine_chunks(), totals[entity].combine_chunks()])
+    _, first = np.unique(np.concatenate([d_codes, t_codes]), return_index=True)
+    touched = np.zeros(n, dtype=bool)
+    touched[d_codes] = True
+    in_totals = np.zeros(n, dtype=bool)
+    in_totals[t_codes] = True
+    codes = np.flatnonzero(touched | in_totals)
+    as_of = _by_code(totals["as_of"].to_numpy(), t_codes, n, fill=boundary_ms)
+    click = dropped["is_click"].to_numpy(zero_copy_only=False).astype(bool)
+    d_times = times[old]
+    columns: dict[str, object] = {entity: names.take(pa.array(first[codes]))}
+    columns["as_of"] = np.where(touched, boundary_ms, as_of)[codes]
+    for w, constant in DECAYED_WINDOWS.items():
+        weight = np.exp(-(boundary_ms - d_times) / (constant * 1000.0))
+        carry = np.exp(-(boundary_ms - as_of) / (constant * 1000.0))
+        for stat, mask in (("impressions", ~click), ("clicks", click)):
+            before = _by_code(totals[f"{stat}_{w}"].to_numpy(), t_codes, n)
+            added = np.bincount(d_codes, weights=weight * mask, minlength=n)
+            columns[f"{stat}_{w}"] = np.where(touched, before * carry + added, before)[codes]
+    for stat, mask in (("impressions", ~click), ("clicks", click)):
+        before = _by_code(totals[f"{stat}_{ALL_TIME}"].to_numpy(), t_codes, n)
+        added = np.bincount(d_codes, weights=mask, minlength=n).astype(np.int64)
+        columns[f"{stat}_{ALL_TIME}"] = (before + added)[codes]
+    return kept, pa.table(columns, schema=totals_schema(entity))
 
 
 def history_of(events: pa.Table, entity: str) -> pa.Table:
@@ -28,9 +101,12 @@ def history_of(events: pa.Table, entity: str) -> pa.Table:
     )
 
 
-def prune_history(history: pa.Table, watermark_ms: int) -> pa.Table:
-    """Drop history that no future query (at or after the watermark) can see."""
-    return history.filter(pc.greater_equal(history["event_time"], watermark_ms - MAX_WINDOW_MS))
+def prune_history(
+    history: pa.Table, totals: pa.Table, entity: str, watermark_ms: int
+) -> tuple[pa.Table, pa.Table]:
+    """Drop history no future query (at or after the watermark) needs for a sliding window, folding it
+    into the entity's totals for the long horizons: (history kept, totals)."""
+    return fold_pruned(history, totals, entity, watermark_ms - MAX_WINDOW_MS)
 
 
 def distinct_points(events: pa.Table, entity: str) -> pa.Table:
@@ -64,19 +140,21 @@ def drop_seen_points(events: pa.Table, seen: pa.Table, entity: str) -> pa.Table:
     return events if fresh.all() else events.filter(pa.array(fresh))
 
 
-def window_stats(history: pa.Table, events: pa.Table, entity: str) -> pa.Table:
+def window_stats(
+    history: pa.Table, events: pa.Table, entity: str, totals: pa.Table | None = None
+) -> pa.Table:
     """Statistics of ``entity`` at each distinct (entity, event_time) of ``events``, from ``history``
-    (which must hold every event of those entities in the 7 days before each point).
+    (which must hold every event of those entities since their ``totals`` row's ``as_of``, or ever).
 
     One sort of the history answers every window: with the cumulative click count along the sorted
     keys, a window's impressions and clicks both come from the same two bisections.
     """
-    h_codes, e_codes = entity_codes(history[entity], events[entity])
+    totals = totals if totals is not None else totals_schema(entity).empty_table()
+    h_codes, e_codes, t_codes = entity_codes(history[entity], events[entity], totals[entity])
     h_times = history["event_time"].to_numpy()
     e_times = events["event_time"].to_numpy()
-    space = KeySpace.covering(
-        [h_times, e_times], MAX_WINDOW_MS, int(max(h_codes.max(initial=-1), e_codes.max(initial=-1))) + 1
-    )
+    n_codes = int(max(h_codes.max(initial=-1), e_codes.max(initial=-1), t_codes.max(initial=-1))) + 1
+    space = KeySpace.covering([h_times, e_times], MAX_WINDOW_MS, n_codes)
     # Distinct query keys come out sorted, so the bisections below walk memory in order.
     q_keys, first = distinct_keys(space.key(e_codes, e_times))
     points = events.select([entity, "event_time"]).take(pa.array(first))
@@ -95,4 +173,36 @@ def window_stats(history: pa.Table, events: pa.Table, entity: str) -> pa.Table:
         columns[f"impressions_{name}"] = impressions
         columns[f"clicks_{name}"] = clicks
         columns[f"ctr_{name}"] = (clicks + CTR_PRIOR_CLICKS) / (impressions + CTR_PRIOR_IMPRESSIONS)
+    # The long horizons: the entity's whole history in this table, plus its totals row.
+    q_codes = e_codes[first]
+    q_times = e_times[first]
+    start = np.searchsorted(h_keys, space.entity_start(q_codes), side="left")
+    as_of = _by_code(totals["as_of"].to_numpy(), t_codes, n_codes)[q_codes]
+    sorted_times = h_times[order]
+    entity_of = h_codes[order]  # sorted by key: each entity's events together, oldest first
+    for name, constant in DECAYED_WINDOWS.items():
+        scale = constant * 1000.0
+        weight = np.exp((sorted_times - DECAY_REFERENCE_MS) / scale)
+        to_query = np.exp(-(q_times - DECAY_REFERENCE_MS) / scale)
+        carry = np.exp(-(q_times - as_of) / scale)
+        for stat, mask in (("impressions", is_click == 0), ("clicks", is_click == 1)):
+            recent = np.zeros(len(q_codes))
+            if len(h_keys):
+                # Running sums per entity, not across entities: a query's sum then depends only on its
+                # entity's events, so one log gives the same value however it was batched.
+                running = pd.Series(weight * mask).groupby(entity_of, sort=False).cumsum().to_numpy()
+                seen = upto > start
+                recent[seen] = running[upto[seen] - 1] * to_query[seen]
+            carried = _by_code(totals[f"{stat}_{name}"].to_numpy(), t_codes, n_codes)[q_codes] * carry
+            columns[f"{stat}_{name}"] = np.maximum(recent + carried, 0.0)
+        columns[f"ctr_{name}"] = ((columns[f"clicks_{name}"] + CTR_PRIOR_CLICKS)
+                                  / (columns[f"impressions_{name}"] + CTR_PRIOR_IMPRESSIONS))
+    clicks = clicks_before[upto] - clicks_before[start]
+    impressions = (upto - start) - clicks
+    columns[f"impressions_{ALL_TIME}"] = impressions + _by_code(
+        totals[f"impressions_{ALL_TIME}"].to_numpy(), t_codes, n_codes)[q_codes]
+    columns[f"clicks_{ALL_TIME}"] = clicks + _by_code(
+        totals[f"clicks_{ALL_TIME}"].to_numpy(), t_codes, n_codes)[q_codes]
+    columns[f"ctr_{ALL_TIME}"] = ((columns[f"clicks_{ALL_TIME}"] + CTR_PRIOR_CLICKS)
+                                 / (columns[f"impressions_{ALL_TIME}"] + CTR_PRIOR_IMPRESSIONS))
     return pa.table(columns)

@@ -26,6 +26,7 @@ from pipelines.events import CLICK, EVENT_SCHEMA, IMPRESSION
 class UserShardState:
     held: pa.Table
     user_history: pa.Table
+    user_totals: pa.Table
     click_history: pa.Table
     pending_impressions: pa.Table
     pending_clicks: pa.Table
@@ -40,6 +41,7 @@ USER_STATE_KINDS = tuple(UserShardState.__dataclass_fields__)
 class ItemShardState:
     held: pa.Table
     item_history: pa.Table
+    item_totals: pa.Table
 
 
 # The only columns item statistics and attributes need: item shards carry these instead of whole events.
@@ -93,7 +95,8 @@ def user_shard_step(
 
     history = pa.concat_tables([state.user_history, history_of(ready, "user_id")])
     # One row per distinct (entity, event time), across batches too (see drop_seen_points).
-    user_stats = window_stats(history, drop_seen_points(ready, state.user_history, "user_id"), "user_id")
+    user_stats = window_stats(history, drop_seen_points(ready, state.user_history, "user_id"), "user_id",
+                              state.user_totals)
     seen_impressions = state.user_history.filter(pc.invert(state.user_history["is_click"]))
 
     attributed = attribute(
@@ -112,9 +115,13 @@ def user_shard_step(
     seen = checked.seen
     if prune_at is not None:  # an id older than the window before every future event is never repeated
         seen = seen.filter(pc.greater_equal(seen["event_time"], prune_at - dedup_window_ms))
+    totals = state.user_totals
+    if prune_at is not None:
+        history, totals = prune_history(history, totals, "user_id", prune_at)
     next_state = UserShardState(
         held=held,
-        user_history=prune_history(history, prune_at) if prune_at is not None else history,
+        user_history=history,
+        user_totals=totals,
         click_history=keep_last_clicks(all_clicks, sequence_length),
         pending_impressions=attributed.pending_impressions,
         pending_clicks=attributed.pending_clicks,
@@ -133,17 +140,22 @@ def user_shard_step(
 
 def item_shard_step(
     state: ItemShardState, new: pa.Table, watermark_ms: int | None
-) -> tuple[dict[str, pa.Table], pa.Table]:
-    """Item stats and attributes for one item shard; returns the rows and the item history to keep.
+) -> tuple[dict[str, pa.Table], ItemShardState]:
+    """Item stats and attributes for one item shard; returns the rows and the item state to keep (its
+    ``held`` is not the step's: the user shards keep held events).
 
     ``new`` needs only ITEM_EVENT_SCHEMA's columns; held events belong to the user shards (they keep
     them in state), this step only reads them."""
     ready, _ = split_ready(state.held, new, watermark_ms, ITEM_EVENT_SCHEMA)
     history = pa.concat_tables([state.item_history, history_of(ready, "item_id")])
-    item_stats = window_stats(history, drop_seen_points(ready, state.item_history, "item_id"), "item_id")
+    item_stats = window_stats(history, drop_seen_points(ready, state.item_history, "item_id"), "item_id",
+                              state.item_totals)
     prune_at = _prune_point(ready, watermark_ms)
     rows = {"item_stats": item_stats, "item_attributes": item_attributes(ready)}
-    return rows, prune_history(history, prune_at) if prune_at is not None else history
+    totals = state.item_totals
+    if prune_at is not None:
+        history, totals = prune_history(history, totals, "item_id", prune_at)
+    return rows, ItemShardState(state.held, history, totals)
 
 
 def item_attributes(events: pa.Table) -> pa.Table:

@@ -247,9 +247,11 @@ class ShardFeatures(beam.DoFn):
             state = ItemShardState(
                 held=self._load("held", "item_id", shard),
                 item_history=self._load("item_history", "item_id", shard),
+                item_totals=self._load("item_totals", "item_id", shard),
             )
-            rows, history = item_shard_step(state, events, watermark_ms)
-            self._save("item_history", shard, history)
+            rows, nxt = item_shard_step(state, events, watermark_ms)
+            self._save("item_history", shard, nxt.item_history)
+            self._save("item_totals", shard, nxt.item_totals)
         for name, table in rows.items():
             if table.num_rows:
                 self.writer.write(name, table, f"s{shard:04d}", (shard, self.num_shards))

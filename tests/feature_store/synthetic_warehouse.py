@@ -92,11 +92,13 @@ def stats_table(rng: np.random.Generator, key: str, prefix: str, n_rows: int, n_
         key: pa.array([f"{prefix}{k}" for k in entity]),
         "event_time": _ts(event_ms),
     }
-    for window in tables.STAT_WINDOWS:
+    schema = tables.USER_STATS if key == "user_id" else tables.ITEM_STATS
+    for window in tables.STAT_SUFFIXES:
         impressions = rng.integers(0, 500, n_rows)
         clicks = (impressions * rng.random(n_rows) * 0.3).astype("int64")
-        columns[f"impressions_{window}"] = pa.array(impressions, pa.int64())
-        columns[f"clicks_{window}"] = pa.array(clicks, pa.int64())
+        count = schema.field(f"impressions_{window}").type
+        columns[f"impressions_{window}"] = pa.array(impressions, pa.int64()).cast(count)
+        columns[f"clicks_{window}"] = pa.array(clicks, pa.int64()).cast(count)
         columns[f"ctr_{window}"] = pa.array(
             (clicks + tables.CTR_PRIOR_CLICKS) / (impressions + tables.CTR_PRIOR_IMPRESSIONS)
         )
@@ -104,7 +106,6 @@ def stats_table(rng: np.random.Generator, key: str, prefix: str, n_rows: int, n_
     columns["impressions_1h"] = pa.array((event_ms - T0_MS) // 1000, pa.int64())
     columns["clicks_1h"] = pa.array(np.arange(n_rows), pa.int64())
     columns["created"] = _ts(T0_MS + rng.permutation(n_rows))
-    schema = tables.USER_STATS if key == "user_id" else tables.ITEM_STATS
     return pa.table(columns, schema=schema)
 
 

@@ -9,14 +9,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import duckdb
+import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
 from features_job.helpers import read_table
 from pipelines.beam.attribution import RECENT_RETENTION_MS
 from pipelines.beam.job import JobConfig, run_file
+from pipelines.beam.stats import history_of, prune_history, totals_schema, window_stats
 from pipelines.settings import Settings
-from pipelines.tables import CTR_PRIOR_CLICKS, CTR_PRIOR_IMPRESSIONS, STAT_WINDOWS
+from pipelines.tables import ALL_TIME, CTR_PRIOR_CLICKS, CTR_PRIOR_IMPRESSIONS, DECAYED_WINDOWS, STAT_WINDOWS
 
 WINDOW_S = 1800
 SEQ_LEN = 5
@@ -57,6 +60,17 @@ def test_window_stats_equal_independent_duckdb(built, small_log: Path, entity: s
                    - (s.clicks_{w} + {CTR_PRIOR_CLICKS})
                      / (s.impressions_{w} + {CTR_PRIOR_IMPRESSIONS})) > 1e-12"""
         )
+    for stat, kind in (("impressions", "impression"), ("clicks", "click")):
+        before = (f"FROM log l WHERE l.{entity} = s.{entity} AND l.type = '{kind}' "
+                  "AND l.event_time < epoch_ms(s.event_time)")
+        checks.append(f"(SELECT count(*) {before}) <> s.{stat}_{ALL_TIME}")
+        for w, seconds in DECAYED_WINDOWS.items():
+            weight = f"exp(-(epoch_ms(s.event_time) - l.event_time) / {seconds * 1000.0})"
+            decayed = f"(SELECT coalesce(sum({weight}), 0) {before})"
+            checks.append(f"abs({decayed} - s.{stat}_{w}) > 1e-9 * (1 + s.{stat}_{w})")
+    for w in (*DECAYED_WINDOWS, ALL_TIME):
+        smoothed = f"(s.clicks_{w} + {CTR_PRIOR_CLICKS}) / (s.impressions_{w} + {CTR_PRIOR_IMPRESSIONS})"
+        checks.append(f"abs(s.ctr_{w} - {smoothed}) > 1e-12")
     wrong = con.execute(f"SELECT count(*) FROM {table} s WHERE {' OR '.join(checks)}").fetchall()[0][0]
     # One row per distinct (entity, event time) of the log, and no other rows.
     expected_rows = con.execute(
@@ -70,6 +84,36 @@ def test_window_stats_equal_independent_duckdb(built, small_log: Path, entity: s
     assert wrong == 0
     assert rows == (expected_rows[0][0], expected_rows[0][0])
     assert non_zero[0][0] > 0  # the comparison is not between empty windows only
+
+
+def test_long_horizons_fold_pruned_history_without_losing_it() -> None:
+    """Over 40 days in 8 batches the history is pruned to 7 days and folded into the totals again and
+    again; the 30-day decayed counts and all-time counts still equal a brute-force sum over every event
+    (decayed: to float rounding; counts: exactly), and the state stays one totals row per entity."""
+    rng = np.random.default_rng(3)
+    n, day = 4000, 86_400_000
+    times = np.sort(rng.integers(0, 40 * day, n)) + 1_767_225_600_000
+    entities = rng.integers(0, 12, n).astype(str)
+    clicks = rng.random(n) < 0.2
+    history = totals = None
+    got = []
+    for chunk in np.array_split(np.arange(n), 8):
+        events = pa.table({"item_id": entities[chunk], "event_time": times[chunk],
+                           "type": np.where(clicks[chunk], "click", "impression")})
+        new = history_of(events, "item_id")
+        history = new if history is None else pa.concat_tables([history, new])
+        totals = totals if totals is not None else totals_schema("item_id").empty_table()
+        got.append(window_stats(history, events, "item_id", totals))
+        history, totals = prune_history(history, totals, "item_id", int(times[chunk].max()))
+    assert totals.num_rows == 12 and pc.min(history["event_time"]).as_py() >= times.max() - 7 * day
+    stats = pa.concat_tables(got)
+    (constant,) = DECAYED_WINDOWS.values()
+    for row in stats.to_pylist():
+        earlier = (entities == row["item_id"]) & (times < row["event_time"])
+        for stat, mask in (("impressions", ~clicks), ("clicks", clicks)):
+            assert row[f"{stat}_{ALL_TIME}"] == int((earlier & mask).sum())
+            want = np.exp(-(row["event_time"] - times[earlier & mask]) / (constant * 1000.0)).sum()
+            assert row[f"{stat}_30d"] == pytest.approx(want, rel=1e-9, abs=1e-9)
 
 
 def test_sequences_use_only_earlier_clicks_and_equal_independent(built, small_log: Path) -> None:
