@@ -27,7 +27,7 @@ from pipelines.served import sink_served
 from pipelines.settings import Settings
 from serving_stub.server import ServerThread
 from tests.feature_store.synthetic_warehouse import write_table
-from training.artifacts import load_model
+from training.artifacts import load_model, read_config
 from training.inputs import InputSchema, encode
 
 from .world import World, corrupt_copy, poisoned, promote, shifted, variant
@@ -98,6 +98,11 @@ def training_path_scores(world: World, version: str, user: str) -> np.ndarray:
 
 def test_served_scores_equal_the_training_path_on_the_same_features(client: httpx.Client,
                                                                      world: World) -> None:
+    # Every statistics horizon is a model input here, the long ones (decayed, all time) included.
+    dense = InputSchema.from_dict(read_config(world.settings, world.version).input_schema).dense
+    for view in ("user_stats", "item_stats"):
+        assert {f"{view}__{stat}_{w}" for w in tables.STAT_SUFFIXES
+                for stat in ("impressions", "clicks", "ctr")} <= set(dense)
     for user in ("u2", "u7", "never-seen-user"):
         response = score(client, world, user)
         assert response.status_code == 200, response.text
