@@ -5,7 +5,7 @@ popularity (its impression count as of the event) and every dense feature alone.
 rank better than one warehouse column has learned nothing a lookup would not give.
 
 Keys name the role and the column, ``<role>:<column>``: ``item_ctr:item_stats__ctr_24h``,
-``item_popularity:item_stats__impressions_7d``, ``dense:user_stats__ctr_1h`` ...
+``item_popularity:item_stats__impressions_all``, ``dense:user_stats__ctr_1h`` ...
 
 The gate judges a challenger's AUC against the best reference of each role (``best_by_role``);
 ``reference_metrics`` gives those same references the models' rank metrics (AUC, per-user and per-request
@@ -29,8 +29,9 @@ ITEM_CTR = "item_ctr"
 ITEM_POPULARITY = "item_popularity"
 DENSE = "dense"
 PREFERRED_ITEM_CTR = "item_stats__ctr_24h"
-# Longest window first: the count that has seen most of the item's history.
-POPULARITY_ORDER = ("7d", "24h", "1h")
+# Longest horizon first: the count that has seen most of the item's history (all time, when the
+# warehouse has it).
+POPULARITY_ORDER = ("all", "30d", "7d", "24h", "1h")
 ROLES = (ITEM_CTR, ITEM_POPULARITY, DENSE)
 _TITLES = {ITEM_CTR: "item CTR", ITEM_POPULARITY: "item popularity", DENSE: "best feature"}
 # A raw column has no probability scale, so only the ranking metrics of a model compare with it.

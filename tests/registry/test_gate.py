@@ -29,7 +29,7 @@ def test_first_version_passes_the_floors_and_is_promoted(trained) -> None:
     floors = quality.numbers["floors"]
     assert set(floors) == {"item_ctr", "item_popularity", "dense"}
     assert floors["item_ctr"]["name"] == "item_ctr:item_stats__ctr_24h"
-    assert floors["item_popularity"]["name"] == "item_popularity:item_stats__impressions_7d"
+    assert floors["item_popularity"]["name"] == "item_popularity:item_stats__impressions_all"
     assert all(quality.numbers["challenger"]["auc"] > f["auc"] for f in floors.values())
     assert "champion" not in quality.numbers  # no champion: floors only
     assert quality.thresholds["pcoc_low"] == settings.gate_pcoc_low

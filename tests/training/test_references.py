@@ -71,7 +71,7 @@ def test_evaluate_train_and_report_show_references_and_flag_the_loser(settings, 
     assert best["column"] == LEAK and best["label"] == f"ref: best feature ({LEAK})"
     assert best["auc"] == max(v for k, v in aucs.items() if k.startswith("dense:")) == aucs[f"dense:{LEAK}"]
     assert out["references"]["item_ctr"]["auc"] == aucs["item_ctr:item_stats__ctr_24h"]
-    assert out["references"]["item_popularity"]["auc"] == aucs["item_popularity:item_stats__impressions_7d"]
+    assert out["references"]["item_popularity"]["auc"] == aucs["item_popularity:item_stats__impressions_all"]
     leak = scores[f"dense:{LEAK}"]
     users, requests = holdout.column("user_id").to_pylist(), holdout.column("request_id").to_pylist()
     assert best["gauc"] == pytest.approx(_grouped_auc(labels, leak, users), abs=1e-12)
@@ -91,7 +91,7 @@ def test_evaluate_train_and_report_show_references_and_flag_the_loser(settings, 
 
     report = (trained.run_dir / "report.md").read_text()
     assert f"| ref: best feature ({LEAK}) | reference | {best['auc']:.4f} |" in report
-    assert "| ref: item popularity (item_stats__impressions_7d) | reference |" in report
+    assert "| ref: item popularity (item_stats__impressions_all) | reference |" in report
     assert f"**BELOW REFERENCE: lr is below ref: best feature ({LEAK}): auc " in report
     page = (trained.run_dir / "report.html").read_text()
     assert f"<strong>BELOW REFERENCE: lr is below ref: best feature ({LEAK})" in page
