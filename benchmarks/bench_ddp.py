@@ -7,7 +7,7 @@ reference), one process with 2 threads (what the 2 cores give a single process),
 validation slice, so the rate is stepping alone), the ratios, and the holdout AUC of the served student,
 which must be the same in all three (the workers compute what one process computes).
 
-    .venv/bin/python -m benchmarks.bench_ddp              # ~4 min on 2 cores
+    .venv/bin/python -m benchmarks.bench_ddp              # ~2 min on 2 idle cores
 """
 
 from __future__ import annotations
