@@ -166,43 +166,41 @@ def window_stats(
     np.cumsum(is_click, out=clicks_before[1:])
     upto = np.searchsorted(h_keys, q_keys, side="left")
     columns: dict[str, object] = {entity: points[entity], "event_time": points["event_time"]}
-    for name, seconds in STAT_WINDOWS.items():
-        since = np.searchsorted(h_keys, q_keys - seconds * 1000, side="left")
-        clicks = clicks_before[upto] - clicks_before[since]
-        impressions = (upto - since) - clicks
+
+    def put(name: str, impressions: np.ndarray, clicks: np.ndarray) -> None:
         columns[f"impressions_{name}"] = impressions
         columns[f"clicks_{name}"] = clicks
         columns[f"ctr_{name}"] = (clicks + CTR_PRIOR_CLICKS) / (impressions + CTR_PRIOR_IMPRESSIONS)
+
+    for name, seconds in STAT_WINDOWS.items():
+        since = np.searchsorted(h_keys, q_keys - seconds * 1000, side="left")
+        clicks = clicks_before[upto] - clicks_before[since]
+        put(name, (upto - since) - clicks, clicks)
     # The long horizons: the entity's whole history in this table, plus its totals row.
     q_codes = e_codes[first]
     q_times = e_times[first]
+
+    def carried(column: str) -> np.ndarray:
+        return _by_code(totals[column].to_numpy(), t_codes, n_codes)[q_codes]
+
     start = np.searchsorted(h_keys, space.entity_start(q_codes), side="left")
-    as_of = _by_code(totals["as_of"].to_numpy(), t_codes, n_codes)[q_codes]
-    sorted_times = h_times[order]
+    seen = upto > start  # queries with history of their entity before them
     entity_of = h_codes[order]  # sorted by key: each entity's events together, oldest first
     for name, constant in DECAYED_WINDOWS.items():
         scale = constant * 1000.0
-        weight = np.exp((sorted_times - DECAY_REFERENCE_MS) / scale)
-        to_query = np.exp(-(q_times - DECAY_REFERENCE_MS) / scale)
-        carry = np.exp(-(q_times - as_of) / scale)
+        weight = np.exp((h_times[order] - DECAY_REFERENCE_MS) / scale)
+        to_query = np.exp(-(q_times[seen] - DECAY_REFERENCE_MS) / scale)
+        carry = np.exp(-(q_times - carried("as_of")) / scale)
+        sums = []
         for stat, mask in (("impressions", is_click == 0), ("clicks", is_click == 1)):
+            # Running sums per entity, not across entities: a query's sum then depends only on its
+            # entity's events, so one log gives the same value however it was batched.
+            running = pd.Series(weight * mask).groupby(entity_of, sort=False).cumsum().to_numpy()
             recent = np.zeros(len(q_codes))
-            if len(h_keys):
-                # Running sums per entity, not across entities: a query's sum then depends only on its
-                # entity's events, so one log gives the same value however it was batched.
-                running = pd.Series(weight * mask).groupby(entity_of, sort=False).cumsum().to_numpy()
-                seen = upto > start
-                recent[seen] = running[upto[seen] - 1] * to_query[seen]
-            carried = _by_code(totals[f"{stat}_{name}"].to_numpy(), t_codes, n_codes)[q_codes] * carry
-            columns[f"{stat}_{name}"] = np.maximum(recent + carried, 0.0)
-        columns[f"ctr_{name}"] = ((columns[f"clicks_{name}"] + CTR_PRIOR_CLICKS)
-                                  / (columns[f"impressions_{name}"] + CTR_PRIOR_IMPRESSIONS))
+            recent[seen] = running[upto[seen] - 1] * to_query
+            sums.append(recent + carried(f"{stat}_{name}") * carry)
+        put(name, *sums)
     clicks = clicks_before[upto] - clicks_before[start]
-    impressions = (upto - start) - clicks
-    columns[f"impressions_{ALL_TIME}"] = impressions + _by_code(
-        totals[f"impressions_{ALL_TIME}"].to_numpy(), t_codes, n_codes)[q_codes]
-    columns[f"clicks_{ALL_TIME}"] = clicks + _by_code(
-        totals[f"clicks_{ALL_TIME}"].to_numpy(), t_codes, n_codes)[q_codes]
-    columns[f"ctr_{ALL_TIME}"] = ((columns[f"clicks_{ALL_TIME}"] + CTR_PRIOR_CLICKS)
-                                 / (columns[f"impressions_{ALL_TIME}"] + CTR_PRIOR_IMPRESSIONS))
+    put(ALL_TIME, (upto - start) - clicks + carried(f"impressions_{ALL_TIME}"),
+        clicks + carried(f"clicks_{ALL_TIME}"))
     return pa.table(columns)
