@@ -394,8 +394,9 @@ def run_cycle(
             f"{history.steps} steps, {history.samples_per_s:.0f} samples/s for the whole cohort"
             + (f" (ETA after the first steps: {history.eta_s:.0f} s)" if history.eta_s is not None else ""),
             f"sizes: {sizes.reason}",
-            f"workers: {workers.world_size} ({workers.backend}, DistributedDataParallel), each on its share "
-            f"of every batch of {config.batch_size} rows" if workers else "workers: 1 (one process)",
+            f"workers: {workers.world_size} ({workers.backend}, DistributedDataParallel); the main one "
+            f"stepped on {history.local_samples} of the {history.samples} rows, its share of every batch of "
+            f"{config.batch_size}" if workers else "workers: 1 (one process)",
             f"parent version: {parent or 'none (from scratch)'}; warm-started: {', '.join(loaded) or '-'}",
             "kept checkpoints (validation AUC): " + (", ".join(
                 f"{n} step {b['step']} ({b['auc']:.4f})" for n, b in history.best.items()) or "last step"),

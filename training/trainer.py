@@ -346,7 +346,8 @@ class TrainHistory:
     best: dict[str, dict[str, float]] = field(default_factory=dict)  # per model: the kept point
     stopped: dict[str, int] = field(default_factory=dict)  # model -> step at which patience ran out
     steps: int = 0
-    samples: int = 0
+    samples: int = 0  # rows of the global batches stepped on
+    local_samples: int = 0  # of them, the rows this process stepped on (its share under torchrun)
     seconds: float = 0.0
     eta_s: float | None = None  # training time estimated after the first steps (all epochs, no early stop)
 
@@ -609,6 +610,7 @@ def train_window(
                 log.add(per_model, bce)
                 history.steps += 1
                 history.samples += rows
+                history.local_samples += len(batch)
                 bar.update(1)
                 if history.steps in (1, eta_at):
                     log.flush(bar)  # the first losses are checked at once

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +51,9 @@ def test_two_cpu_workers_match_one_process(settings, home) -> None:
     assert len(lines) == 1, proc.stdout
     multi = json.loads(lines[0])
     assert single.workers == 1 and multi["workers"] == 2
+    # Each worker stepped on half of every batch (not all of it twice).
+    share = re.search(r"the main one stepped on (\d+) of the (\d+) rows", Path(multi["report"]).read_text())
+    assert share and 2 * int(share[1]) == int(share[2]) > 0, share
     versions = [v.version for v in artifacts.list_versions(settings)]
     assert versions == [single.version, multi["version"]]
 
