@@ -1,6 +1,6 @@
 """Data-parallel training over several processes: ``torchrun`` + DistributedDataParallel.
 
-``torchrun --nproc-per-node N $(which ctrflow) train ...`` starts N copies of the command and tells each
+``torchrun --nproc-per-node N -m orchestration.cli train ...`` starts N copies of the command and tells each
 its ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE`` (and where to meet: ``MASTER_ADDR``/``MASTER_PORT``)
 through the environment. ``process_group`` reads them and joins the group: gloo on CPU, NCCL on CUDA (one
 GPU per local rank). Without them (a plain ``ctrflow train``) there is no group and nothing changes.
