@@ -22,6 +22,7 @@ oracle (the simulator's true click probability), so the gap is seen to shrink wi
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import statistics
 import subprocess
@@ -121,11 +122,23 @@ def metric_for(rows: Rows) -> str:
     return "auc"
 
 
+# TrainConfig fields set with --set for every run (the cohort's and the student alone's)
+OVERRIDES: dict[str, Any] = {}
+
+
 def config_for(seed: int, epochs: int, **overrides: Any) -> TrainConfig:
     return TrainConfig.from_dict({
         "teacher_grade": "auto", "students": 2, "baselines": BASELINE_KINDS, "epochs": epochs, "seed": seed,
         "threads": 1, "lr": 2e-3, "device": "auto",
-    } | overrides)
+    } | OVERRIDES | overrides)
+
+
+def _override(text: str) -> tuple[str, Any]:
+    key, _, value = text.partition("=")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def run_source(rows: Rows, seeds: int, epochs: int, home: Path) -> dict[str, Any]:
@@ -254,8 +267,11 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=3, help="at most; validation chooses the checkpoint")
     parser.add_argument("--scales", default="50000,200000")
+    parser.add_argument("--set", action="append", default=[], type=_override, metavar="FIELD=VALUE",
+                        help="a TrainConfig field for every run, e.g. --set temperature=1 (JSON values)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    OVERRIDES.update(dict(args.set))
     torch.set_num_threads(1)
     started = time.perf_counter()
     date = subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip()

@@ -2,7 +2,12 @@
 side in one run with deepctr-torch's DIN, DeepFM, DCN, DNN and LR on the same synthetic rows.
 
 One training step = forward in training mode + backward + optimiser step, on one minibatch of random
-rows shaped like the dataset contract (full behaviour sequences, hashed ids, normalised dense features).
+rows shaped like the dataset contract (full behaviour sequences, hashed ids, normalised dense features),
+grouped into requests of 1-10 candidates as the simulator draws them (the rows of a request share the
+user's behaviours, profile and time, as in a real training set). Every model steps on the same rows. The
+sequence models (student, teachers) run in two layouts: "requests", the trainer's (one encoding of the
+user context per request, ``training.inputs.context_groups``), and "rows", one encoding per row -- what
+a log with one impression per request (Avazu, Criteo) costs, and what ``auto`` budgets with.
 ctrflow models step with their trainer's optimiser (SparseAdam on the id tables, AdamW elsewhere);
 deepctr-torch models with ``torch.optim.Adam``, what its ``compile("adam")`` uses, and its L2 terms off
 (its ``fit`` would add them over whole tables every step). Both sides read the same fields: every
@@ -25,6 +30,7 @@ deepctr-torch is never a ctrflow dependency; install it into the benchmark's env
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import statistics
 import subprocess
@@ -43,7 +49,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks.bench_model_cost import contract_schema, random_batch
 from benchmarks.machine import machine
 from training.config import AUTO_BATCH_SIZE, CPU_STUDENT, BaselineConfig, TeacherConfig
-from training.inputs import Batch, InputSchema
+from training.inputs import Batch, InputSchema, context_groups
 from training.models import build_model
 from training.optim import SplitOptimizer
 
@@ -54,16 +60,35 @@ INSTALL = (f".venv/bin/pip install --no-deps deepctr-torch=={DEEPCTR_VERSION} sc
 BASELINE = BaselineConfig()  # the baseline family defaults: d_embed 16, hidden (128, 64), 50 behaviours
 FLOP_ROWS = 64  # FLOPs are counted on a slice this big and reported per sample
 # (ctrflow model, deepctr-torch counterpart, goal on samples/s ours / theirs)
+REQUEST_SIZES = (1, 10)  # candidates per request, uniform, as pipelines.simulator draws them
 GOALS: list[tuple[str, str, float]] = [
     ("LightSUAN student", "deepctr DIN", 0.5),
     ("teacher G1", "deepctr DIN", 0.2),
+    ("LightSUAN student (rows)", "deepctr DIN", 0.5),
+    ("teacher G1 (rows)", "deepctr DIN", 0.2),
     ("lr", "deepctr LR", 1.0),
     ("dnn", "deepctr DNN", 1.0),
     ("deepfm", "deepctr DeepFM", 1.0),
     ("dcnv2", "deepctr DCN (matrix)", 1.0),
     ("din", "deepctr DIN", 1.0),
 ]
-GRADE_ROWS = ("teacher G0", "teacher G1", "teacher G2", "LightSUAN student")
+GRADE_ROWS = ("teacher G0 (rows)", "teacher G1 (rows)", "teacher G2 (rows)", "LightSUAN student (rows)")
+
+
+def request_batch(schema: InputSchema, rows: int, generator: torch.Generator) -> Batch:
+    """``random_batch`` rows cut into consecutive requests of REQUEST_SIZES candidates: each request's rows
+    take its first row's user, behaviours, user-level dense features and time."""
+    batch = random_batch(schema, rows, generator, one_user=False)
+    sizes = torch.randint(REQUEST_SIZES[0], REQUEST_SIZES[1] + 1, (rows,), generator=generator)
+    starts = torch.cumsum(sizes, 0) - sizes
+    starts = starts[starts < rows]
+    first = torch.repeat_interleave(starts, torch.diff(torch.cat([starts, torch.tensor([rows])])))
+    for name in ("seq_items", "seq_categories", "seq_times", "seq_mask", "user", "cand_time"):
+        getattr(batch, name)[:] = getattr(batch, name)[first]
+    user, profile = schema.slot(schema.user), list(schema.profile_dense_index)
+    batch.categorical[:, user] = batch.categorical[first, user]
+    batch.dense[:, profile] = batch.dense[first][:, profile]
+    return batch
 
 
 @dataclass
@@ -246,13 +271,18 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     schema = contract_schema(BASELINE.seq_len)
     generator = torch.Generator().manual_seed(0)
-    batch = random_batch(schema, args.batch, generator, one_user=False)
+    batch = request_batch(schema, args.batch, generator)
+    grouped = dataclasses.replace(batch, group=context_groups(batch, schema))  # as the trainer batches
     # The teacher rungs are compute-bound: a few steps say as much as many, and G2 runs on fewer rows.
+    sequence_models = [
+        ("LightSUAN student", "student", CPU_STUDENT, args.max_steps, args.batch),
+        ("teacher G0", "teacher", TeacherConfig.grade("G0").to_dict(), 3, args.batch),
+        ("teacher G1", "teacher", TeacherConfig.grade("G1").to_dict(), 2, args.batch),
+        ("teacher G2", "teacher", TeacherConfig.grade("G2").to_dict(), 1, 128),
+    ]
     ours: list[tuple[str, str, dict[str, Any], Batch, int]] = [
-        ("LightSUAN student", "student", CPU_STUDENT, batch, args.max_steps),
-        ("teacher G0", "teacher", TeacherConfig.grade("G0").to_dict(), batch, 3),
-        ("teacher G1", "teacher", TeacherConfig.grade("G1").to_dict(), batch, 2),
-        ("teacher G2", "teacher", TeacherConfig.grade("G2").to_dict(), batch.slice(0, 128), 1),
+        *[(name + suffix, fam, cfg, rows.slice(0, n), steps) for name, fam, cfg, steps, n in sequence_models
+          for suffix, rows in (("", grouped), (" (rows)", batch))],
         *[(kind, kind, BASELINE.to_dict() | {"kind": kind}, batch, args.max_steps)
           for kind in ("lr", "dnn", "deepfm", "dcnv2", "din")],
     ]

@@ -211,6 +211,9 @@ class Batch:
     user: torch.Tensor  # [B] int64 user key (for gAUC)
     p_click: torch.Tensor | None = None  # [B] float32 true click probability (simulated logs)
     request: torch.Tensor | None = None  # [B] int64 request key (per-request gAUC), when the table has one
+    # [B] int64, training only (``context_groups``): rows with one key have the same user context, so the
+    # sequence models encode it once for all of them
+    group: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.label.shape[0])
@@ -228,6 +231,43 @@ class Batch:
     def index(self, idx: torch.Tensor) -> Batch:
         """Rows picked by an index tensor (e.g. a shuffled permutation)."""
         return self._map(lambda t: t[idx.to(t.device)])
+
+
+def context_groups(batch: Batch, schema: InputSchema) -> torch.Tensor:
+    """[B] int64 keys, equal exactly where two rows carry the same user context: the same user id, the
+    same behaviour sequence (items, categories, times, mask) and the same user-level dense features --
+    everything a sequence model's behaviour tokens and user profile are computed from. The candidates of
+    one request share it, so a sequence model encodes the context once for all of them (as serving does)
+    and gets the same scores as encoding it per row.
+
+    Rows are grouped by a 64-bit hash of those fields, and every row is then compared with its group's
+    first row: a row that differs (a hash collision) gets a group of its own, so sharing is always exact.
+    """
+    n = len(batch)
+    if n == 0:
+        return torch.zeros(0, dtype=torch.long)
+    profile = list(schema.profile_dense_index)
+    profile_bits = batch.dense[:, profile].contiguous().view(torch.int32).long()
+    parts = [batch.categorical[:, schema.slot(schema.user)][:, None], batch.seq_items, batch.seq_categories,
+             batch.seq_times, batch.seq_mask.long(), profile_bits]
+    rng = np.random.default_rng(0x5EED)
+    h = np.zeros(n, np.uint64)
+    with np.errstate(over="ignore"):
+        for part in parts:
+            cols = part.numpy().astype(np.uint64, copy=False)
+            for j in range(cols.shape[1]):
+                h = h * np.uint64(0x100000001B3) + cols[:, j] * rng.integers(1, 2**63, dtype=np.uint64)
+    _, key = np.unique(h, return_inverse=True)
+    key = torch.from_numpy(key.astype(np.int64).reshape(-1))
+    first = torch.full((int(key.max()) + 1,), n, dtype=torch.long).scatter_reduce(
+        0, key, torch.arange(n), reduce="amin")
+    rep = first[key]
+    same = torch.ones(n, dtype=torch.bool)
+    for start in range(0, n, 1 << 16):  # in chunks: part[rep] copies every column
+        rows = slice(start, start + (1 << 16))
+        for part in parts:
+            same[rows] &= (part[rows] == part[rep[rows]]).all(1)
+    return torch.where(same, key, key.max() + 1 + torch.arange(n))
 
 
 def hash_ids(ids: np.ndarray, buckets: int) -> np.ndarray:

@@ -46,7 +46,7 @@ from training.config import (
     config_for,
 )
 from training.distributed import Workers
-from training.inputs import Batch, InputSchema
+from training.inputs import Batch, InputSchema, context_groups
 from training.metrics import auc, ece, evaluate_predictions, logloss, pcoc, reliability_curve
 from training.optim import SplitOptimizer
 
@@ -357,7 +357,14 @@ class TrainHistory:
 
 
 def _minibatches(batch: Batch, size: int, generator: torch.Generator) -> Iterator[Batch]:
-    order = torch.randperm(len(batch), generator=generator)
+    """Shuffled minibatches. Rows that share a user context (``batch.group``) stay together, in a
+    shuffled order of contexts, so the sequence models encode each context once per batch."""
+    if batch.group is None:
+        order = torch.randperm(len(batch), generator=generator)
+    else:
+        _, group = torch.unique(batch.group, return_inverse=True)
+        rank = torch.randperm(int(group.max()) + 1, generator=generator)
+        order = torch.argsort(rank[group], stable=True)
     for start in range(0, len(batch), size):
         yield batch.index(order[start : start + size])
 
@@ -425,12 +432,17 @@ class CohortStep(nn.Module):
 
 def drop_ids(batch: Batch, schema: InputSchema, rate: float, generator: torch.Generator) -> Batch:
     """Id-embedding dropout: each row's user and item id becomes the OOV bucket 0 with prob. ``rate``,
-    so the models learn to score an unknown id from its side features (category, statistics)."""
+    so the models learn to score an unknown id from its side features (category, statistics). The user
+    id is dropped per user context (``batch.group``), so rows that share a context still do."""
     if rate <= 0:
         return batch
     categorical, cand_item = batch.categorical.clone(), batch.cand_item.clone()
     for name in (schema.user, schema.item):
-        drop = torch.rand(len(batch), generator=generator) < rate
+        if name == schema.user and batch.group is not None:
+            _, group = torch.unique(batch.group, return_inverse=True)
+            drop = (torch.rand(int(group.max()) + 1, generator=generator) < rate)[group]
+        else:
+            drop = torch.rand(len(batch), generator=generator) < rate
         categorical[drop, schema.slot(name)] = 0
         if name == schema.item:
             cand_item[drop] = 0
@@ -573,6 +585,7 @@ def train_window(
     period = _eval_period(config, steps_per_epoch)
     for model in cohort.models.values():
         model.prepare(data)
+    data = dataclasses.replace(data, group=context_groups(data, schema))
 
     def step_for(training: list[str]) -> nn.Module:
         module = CohortStep(cohort, config, training)

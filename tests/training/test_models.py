@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from synthetic import make_dataset
 
 from training.config import GRADES, BaselineConfig, StudentConfig, TeacherConfig
-from training.inputs import Batch, InputSchema, encode
+from training.inputs import Batch, InputSchema, context_groups, encode
 from training.models import FeatureEmbedding, Student, Teacher, build_model
 from training.models.layers import sequence_mask
 from training.models.uab import UAB
@@ -266,3 +266,57 @@ def test_student_is_exportable(data):
         args = tuple(getattr(request, n) for n in names)
         exported = torch.export.export(Serving(model), args).module()
         assert torch.allclose(exported(*args), model.score_candidates(request), atol=1e-6)
+
+
+def requests_batch(batch: Batch, schema: InputSchema, sizes: tuple[int, ...]) -> tuple[Batch, torch.Tensor]:
+    """Several requests (each ``one_user_request`` of a different user row), rows shuffled together, and
+    each row's request index."""
+    lengths = batch.seq_mask.sum(1)
+    sources = [int(i) for i in torch.nonzero(lengths >= 1)[: len(sizes)]]
+    parts = [one_user_request(batch.slice(k * 8, len(batch)), schema, m, seq_from=s - k * 8)
+             for k, (m, s) in enumerate(zip(sizes, sources, strict=True))]
+    cat = Batch(**{f.name: None if getattr(parts[0], f.name) is None else
+                   torch.cat([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(Batch)})
+    owner = torch.cat([torch.full((m,), k) for k, m in enumerate(sizes)])
+    order = torch.randperm(len(owner), generator=torch.Generator().manual_seed(0))
+    return cat.index(order), owner[order]
+
+
+def test_context_groups_are_exactly_the_rows_with_one_user_context(data):
+    schema, batch = data
+    rows, owner = requests_batch(batch, schema, (3, 1, 7, 5))
+    keys = context_groups(rows, schema)
+    same_key = keys[:, None] == keys[None, :]
+    assert torch.equal(same_key, owner[:, None] == owner[None, :])
+    # a row whose user-level dense feature differs from the rest of its request is a context of its own
+    profile = schema.profile_dense_index[0]
+    changed = dataclasses.replace(rows, dense=rows.dense.clone())
+    changed.dense[int(torch.nonzero(owner == 2)[0]), profile] += 1.0
+    assert context_groups(changed, schema).unique().numel() == 5
+
+
+@pytest.mark.parametrize("family,config", [("student", TINY_STUDENT), ("teacher", TINY_TEACHER)])
+def test_grouped_training_pass_equals_rows_pass(data, family, config):
+    """One encoding per user context (candidates scattered into passes, a 20-row request cut into chunks)
+    gives every row the logits and the parameters the gradients of encoding each row on its own."""
+    schema, batch = data
+    rows, _ = requests_batch(batch, schema, (20, 1, 6, 4))
+    grouped = dataclasses.replace(rows, group=context_groups(rows, schema))
+    torch.manual_seed(0)
+    model = build_model(family, config, schema).train()
+    assert model.inputs(grouped).x.shape[0] == 5  # passes: the 20-row request in 2 chunks, then 1, 6, 4
+    results = []
+    for b in (rows, grouped):
+        model.zero_grad()
+        out = model.forward_train(b)
+        sum(F.binary_cross_entropy_with_logits(z, b.label) for z in out.logits).backward()
+        grads = {n: (p.grad.to_dense() if p.grad.is_sparse else p.grad).clone()
+                 for n, p in model.named_parameters() if p.grad is not None}
+        results.append((torch.stack(out.logits), grads))
+    (z_rows, g_rows), (z_grouped, g_grouped) = results
+    assert z_rows.shape == z_grouped.shape == (len(out.logits), len(rows))
+    assert (z_rows - z_grouped).abs().max() < 1e-5
+    assert z_rows.std() > 0
+    assert g_rows.keys() == g_grouped.keys()
+    for name, g in g_rows.items():
+        assert (g - g_grouped[name]).abs().max() < 1e-5 * max(1.0, float(g.abs().max())), name

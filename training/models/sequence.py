@@ -20,6 +20,10 @@ from training.models.base import CTRModel, ModelOutput, WideLinear, mlp_head
 from training.models.embedding import FeatureEmbedding, fit_length
 from training.models.layers import RelativeBias, RMSNorm, additive_mask, sequence_mask, time_bucket
 
+# Grouped mode lays out at most this many candidates per pass: a bigger group is cut into chunks (each
+# re-encodes the context), so one huge request does not pad every other group in the batch to its size.
+MAX_GROUP_CANDIDATES = 16
+
 
 @dataclass
 class Tokens:
@@ -30,6 +34,53 @@ class Tokens:
     head_features: torch.Tensor  # [B', m, F] per-candidate features read by the head
     dense: torch.Tensor  # [B', m, D] per-candidate dense features (the wide path reads them)
     seq_len: int
+    slots: tuple[torch.Tensor, torch.Tensor] | None = None  # grouped mode: each row's (pass, candidate)
+
+    def per_row(self, logits: torch.Tensor) -> torch.Tensor:
+        """[B', m] candidate logits -> one per input row, in the batch's row order."""
+        return logits.reshape(-1) if self.slots is None else logits[self.slots]
+
+
+@dataclass
+class GroupLayout:
+    """Where each row of a grouped batch sits: pass ``group`` (whose context is row ``first[group]``'s),
+    candidate ``slot`` within it; ``m`` candidates per pass."""
+
+    group: torch.Tensor  # [B]
+    slot: torch.Tensor  # [B]
+    first: torch.Tensor  # [G]
+    m: int
+
+    @classmethod
+    def of(cls, keys: torch.Tensor, cap: int = MAX_GROUP_CANDIDATES) -> GroupLayout:
+        _, group = torch.unique(keys, return_inverse=True)
+        slot = _rank_within(group)
+        if int(slot.max()) >= cap:  # chunks of at most `cap` candidates
+            _, group = torch.unique(group * (len(keys) // cap + 1) + slot // cap, return_inverse=True)
+            slot = slot % cap
+        first = torch.full((int(group.max()) + 1,), len(keys), dtype=torch.long, device=keys.device)
+        first = first.scatter_reduce(0, group, torch.arange(len(keys), device=keys.device), reduce="amin")
+        return cls(group, slot, first, int(slot.max()) + 1)
+
+    def scatter(self, rows: torch.Tensor) -> torch.Tensor:
+        """[B, ...] per-row values -> [G, m, ...], zeros on the empty slots."""
+        out = rows.new_zeros((len(self.first), self.m, *rows.shape[1:]))
+        out[self.group, self.slot] = rows
+        return out
+
+    def filled(self) -> torch.Tensor:
+        """[G, m] True on the slots that hold a row."""
+        return self.scatter(torch.ones_like(self.group, dtype=torch.bool))
+
+
+def _rank_within(group: torch.Tensor) -> torch.Tensor:
+    """Each row's index among the rows of its group, in row order."""
+    order = torch.argsort(group, stable=True)
+    counts = torch.bincount(group)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.empty_like(group)
+    rank[order] = torch.arange(len(group), device=group.device) - starts[group[order]]
+    return rank
 
 
 class SequenceInput(nn.Module):
@@ -62,26 +113,37 @@ class SequenceInput(nn.Module):
         self.head_features_dim = (len(self.candidate_slots) + 1) * d_e + len(schema.dense)
 
     def forward(self, batch: Batch, one_user: bool = False) -> Tokens:
-        """Rows mode: B sequences with one candidate each. One-user mode: row 0's behaviours, every row a
-        candidate (m = B) scored in one pass."""
+        """Three layouts, the same scores:
+
+        - rows mode: B sequences with one candidate each;
+        - one-user mode: row 0's behaviours, every row a candidate (m = B) scored in one pass;
+        - grouped mode (a training batch with ``batch.group``): one pass per group of rows that share
+          their user context, with that group's rows as its candidates.
+        """
         L = self.seq_len
-        beh, valid = self.embedding.behaviour(batch, L)
-        times = fit_length(batch.seq_times, L)
-        cand = self.embedding.candidate(batch)
         fields = self.embedding.categorical(batch.categorical)  # [B, C, d_e]
         user = fields[:, self.user_slot]
         head = torch.cat([fields[:, self.candidate_slots].flatten(1), user, batch.dense], 1)
-        profile_dense = batch.dense[:, self.profile_index]
-        cand_time, dense = batch.cand_time, batch.dense
+        cand, cand_time, dense = self.embedding.candidate(batch), batch.cand_time, batch.dense
+        layout = None
         if one_user:
-            beh, valid, times = beh[:1], valid[:1], times[:1]
-            user, profile_dense = user[:1], profile_dense[:1]
+            context, user = batch.slice(0, 1), user[:1]
             cand, cand_time, head, dense = cand[None], cand_time[None], head[None], dense[None]
+        elif batch.group is not None:
+            layout = GroupLayout.of(batch.group)
+            context, user = batch.index(layout.first), user[layout.first]
+            cand, cand_time, head, dense = (layout.scatter(t) for t in (cand, cand_time, head, dense))
         else:
+            context = batch
             cand, cand_time, head, dense = cand[:, None], cand_time[:, None], head[:, None], dense[:, None]
+        beh, valid = self.embedding.behaviour(context, L)
+        times = fit_length(context.seq_times, L)
+        profile_dense = context.dense[:, self.profile_index]
         m = cand.shape[1]
 
         newest = (times * valid).amax(1, keepdim=True)  # [B', 1]
+        if layout is not None:  # empty slots get a harmless time (nothing attends to them)
+            cand_time = torch.where(layout.filled(), cand_time, newest)
         beh_age = time_bucket((newest - times).clamp(min=0), self.time_buckets)
         cand_age = time_bucket((cand_time - newest).clamp(min=0), self.time_buckets)
         positions = torch.cat([torch.arange(L, device=times.device), times.new_full((m,), L)])
@@ -94,7 +156,8 @@ class SequenceInput(nn.Module):
         profile = [self.user(user)[:, None]]
         if self.profile_dense is not None:
             profile.append(self.profile_dense(profile_dense)[:, None])
-        return Tokens(x, mask, weight, torch.cat(profile, 1), head, dense, L)
+        slots = None if layout is None else (layout.group, layout.slot)
+        return Tokens(x, mask, weight, torch.cat(profile, 1), head, dense, L, slots)
 
 
 class SequenceModel(CTRModel):
@@ -117,12 +180,14 @@ class SequenceModel(CTRModel):
         raise NotImplementedError  # pragma: no cover - abstract
 
     def logits(self, batch: Batch) -> torch.Tensor:
-        logits, _ = self.encode_depths(self.inputs(batch), 1)
-        return logits[-1].reshape(-1)
+        tokens = self.inputs(batch)
+        logits, _ = self.encode_depths(tokens, 1)
+        return tokens.per_row(logits[-1])
 
     def forward_train(self, batch: Batch) -> ModelOutput:
-        logits, aux = self.encode_depths(self.inputs(batch), self.train_depths)
-        return ModelOutput([z.reshape(-1) for z in logits], aux)
+        tokens = self.inputs(batch)
+        logits, aux = self.encode_depths(tokens, self.train_depths)
+        return ModelOutput([tokens.per_row(z) for z in logits], aux)
 
     @property
     def train_depths(self) -> int:
