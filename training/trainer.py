@@ -48,6 +48,7 @@ from training.config import (
 from training.distributed import Workers
 from training.inputs import Batch, InputSchema, context_groups
 from training.metrics import auc, ece, evaluate_predictions, logloss, pcoc, reliability_curve
+from training.models.sequence import SequenceModel
 from training.optim import SplitOptimizer
 
 TEACHER = "teacher"
@@ -673,9 +674,14 @@ def fit_calibration(cohort: Cohort, validation: Batch, config: TrainConfig, devi
 @torch.no_grad()
 def predict_logits(model: nn.Module, data: Batch, device: torch.device, batch_size: int = 2048,
                    precision: str = "auto", calibrated: bool = True) -> np.ndarray:
-    """Logits of the inference path (zero-loop for looped models), calibrated unless asked otherwise."""
+    """Logits of the inference path (zero-loop for looped models), calibrated unless asked otherwise.
+
+    A sequence model encodes each user context once per chunk (``context_groups``): the same scores as
+    one encoding per row, for a fraction of the work where requests hold several candidates."""
     model.eval()
     dtype = autocast_dtype(device, precision)
+    if data.group is None and isinstance(model, SequenceModel):
+        data = dataclasses.replace(data, group=context_groups(data, model.schema))
     out = []
     for start in range(0, len(data), batch_size):
         chunk = data.slice(start, start + batch_size).to(device)

@@ -16,6 +16,7 @@ from training.models import FeatureEmbedding, Student, Teacher, build_model
 from training.models.layers import sequence_mask
 from training.models.uab import UAB
 from training.optim import SplitOptimizer
+from training.trainer import predict_logits
 
 L = 8
 TINY_TEACHER = {"d_model": 16, "n_heads": 2, "seq_len": L, "n_entry": 1, "n_shared": 1, "n_exit": 1,
@@ -320,3 +321,15 @@ def test_grouped_training_pass_equals_rows_pass(data, family, config):
     assert g_rows.keys() == g_grouped.keys()
     for name, g in g_rows.items():
         assert (g - g_grouped[name]).abs().max() < 1e-5 * max(1.0, float(g.abs().max())), name
+
+
+def test_prediction_encodes_each_context_once_with_the_row_scores(data):
+    schema, batch = data
+    rows, _ = requests_batch(batch, schema, (9, 3, 1, 12))
+    torch.manual_seed(0)
+    model = build_model("student", TINY_STUDENT, schema).eval()
+    with torch.no_grad():
+        per_row = model.logits(rows).numpy()
+    # chunks of 7 rows: requests are cut at chunk edges, each piece one pass
+    grouped = predict_logits(model, rows, torch.device("cpu"), batch_size=7, calibrated=False)
+    assert abs(grouped - per_row).max() < 1e-5 and per_row.std() > 0
