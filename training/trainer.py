@@ -48,7 +48,7 @@ from training.config import (
 from training.distributed import Workers
 from training.inputs import Batch, InputSchema, context_groups
 from training.metrics import auc, ece, evaluate_predictions, logloss, pcoc, reliability_curve
-from training.models.sequence import SequenceModel
+from training.models.sequence import GroupLayout, SequenceModel
 from training.optim import SplitOptimizer
 
 TEACHER = "teacher"
@@ -358,14 +358,16 @@ class TrainHistory:
 
 
 def _minibatches(batch: Batch, size: int, generator: torch.Generator) -> Iterator[Batch]:
-    """Shuffled minibatches. Rows that share a user context (``batch.group``) stay together, in a
-    shuffled order of contexts, so the sequence models encode each context once per batch."""
+    """Shuffled minibatches. Rows that share a user context (``batch.group``) stay together in chunks of
+    at most one pass's candidates (``GroupLayout``), in a shuffled order of chunks, so the sequence
+    models encode each context once per chunk. The cap keeps a context with many rows (a device id with
+    hundreds of impressions in one hour of Avazu) from filling whole batches."""
     if batch.group is None:
         order = torch.randperm(len(batch), generator=generator)
     else:
-        _, group = torch.unique(batch.group, return_inverse=True)
-        rank = torch.randperm(int(group.max()) + 1, generator=generator)
-        order = torch.argsort(rank[group], stable=True)
+        chunk = GroupLayout.of(batch.group).group
+        rank = torch.randperm(int(chunk.max()) + 1, generator=generator)
+        order = torch.argsort(rank[chunk], stable=True)
     for start in range(0, len(batch), size):
         yield batch.index(order[start : start + size])
 
