@@ -71,7 +71,9 @@ class TrainConfig:
     lambda_ml: float = 1.0
     lambda_rev: float = 0.0
     temperature: float = 2.0
-    kd_rampup_steps: int = 0  # λ_kd grows linearly from 0 over this many steps (immature teacher early)
+    # λ_kd grows linearly from 0 over this many steps: a fresh teacher is a poor target at first (on the
+    # Taobao slice 0 left the distilled student 0.007 request gAUC under the student alone; 300 closed it)
+    kd_rampup_steps: int = 300
     lr: float = 1e-3
     weight_decay: float = 0.0
     batch_size: int = 0  # 0: by device (AUTO_BATCH_SIZE: 1024 on CPU, 2048 on CUDA)

@@ -71,7 +71,7 @@ _LAMBDA_KD = typer.Option(1.0, "--lambda-kd", min=0.0)
 _LAMBDA_ML = typer.Option(1.0, "--lambda-ml", min=0.0)
 _LAMBDA_REV = typer.Option(0.0, "--lambda-rev", min=0.0)
 _TEMPERATURE = typer.Option(2.0, "--temperature", min=0.1, max=100.0)
-_KD_RAMPUP_STEPS = typer.Option(0, "--kd-rampup-steps", min=0)
+_KD_RAMPUP_STEPS = typer.Option(300, "--kd-rampup-steps", min=0)  # TrainConfig.kd_rampup_steps
 _CONFIG = typer.Option(None, "--config", help="JSON object of TrainConfig overrides (e.g. model sizes).")
 _SEED = typer.Option(0, "--seed")
 _DEVICE = typer.Option("auto", "--device", help="auto | cpu | cuda")

@@ -185,7 +185,10 @@ def test_time_split_holds_out_the_latest_rows(data) -> None:
 def test_kd_weight_ramps_up_and_the_student_loss_follows_it(data) -> None:
     config = _config(students=1, lambda_kd=2.0, lambda_ml=0.0, kd_rampup_steps=4)
     assert [kd_weight(config, s) for s in range(6)] == [0.5, 1.0, 1.5, 2.0, 2.0, 2.0]
-    assert kd_weight(_config(lambda_kd=2.0), 0) == 2.0  # no ramp: full weight from the first step
+    assert kd_weight(_config(lambda_kd=2.0, kd_rampup_steps=0), 0) == 2.0  # no ramp: full weight at once
+    from orchestration.cli.train_cmd import _KD_RAMPUP_STEPS
+
+    assert _KD_RAMPUP_STEPS.default == TrainConfig().kd_rampup_steps > 0  # `train`'s default is the config's
     table, manifest = data
     cohort = build_cohort(config, schema_for(manifest, config))
     batch = encode(table.slice(0, 64), schema_for(manifest, config))
