@@ -296,7 +296,8 @@ def main() -> int:
         f"torch {torch.__version__}; date: {date}; total {(time.perf_counter() - started) / 60:.1f} min",
         "- models: TrainConfig defaults for this device (`auto` teacher grade and student size), every "
         f"baseline, at most {args.epochs} epochs with validation-chosen checkpoints (the last 10 % of the "
-        "training part by time), Platt calibration on that validation slice, lr 2e-3, 1 CPU thread",
+        "training part by time), Platt calibration on that validation slice, lr 2e-3, 1 CPU thread"
+        + "".join(f", {k}={v}" for k, v in OVERRIDES.items()),
         "- references (training.references, as `ctrflow evaluate` shows them): the item's click rate, its "
         "popularity, and the best numeric warehouse feature alone as a score (chosen by AUC, in its better "
         "direction), on the same test rows",
