@@ -211,8 +211,8 @@ class Batch:
     user: torch.Tensor  # [B] int64 user key (for gAUC)
     p_click: torch.Tensor | None = None  # [B] float32 true click probability (simulated logs)
     request: torch.Tensor | None = None  # [B] int64 request key (per-request gAUC), when the table has one
-    # [B] int64, training only (``context_groups``): rows with one key have the same user context, so the
-    # sequence models encode it once for all of them
+    # [B] int64, set by training and evaluation (``context_groups``): rows with one key have the same user
+    # context, so the sequence models encode it once for all of them
     group: torch.Tensor | None = None
 
     def __len__(self) -> int:

@@ -117,8 +117,8 @@ class SequenceInput(nn.Module):
 
         - rows mode: B sequences with one candidate each;
         - one-user mode: row 0's behaviours, every row a candidate (m = B) scored in one pass;
-        - grouped mode (a training batch with ``batch.group``): one pass per group of rows that share
-          their user context, with that group's rows as its candidates.
+        - grouped mode (a batch with ``batch.group``: training, evaluation): one pass per group of rows
+          that share their user context, with that group's rows as its candidates.
         """
         L = self.seq_len
         fields = self.embedding.categorical(batch.categorical)  # [B, C, d_e]
