@@ -32,7 +32,7 @@ from pipelines.settings import Settings
 from training import artifacts, registry
 from training.artifacts import ArtifactError, DataSlice, ModelRecord, VersionConfig
 from training.distributed import Workers
-from training.inputs import InputSchema, encode, fit_input_schema, schema_change
+from training.inputs import InputSchema, encode, fit_input_schema, schema_change, with_context_groups
 from training.references import ReferenceScore, reference_metrics, references_summary
 from training.report import write_report
 from training.trainer import (
@@ -171,7 +171,8 @@ def evaluate_version(
     unknown = [n for n in names or () if n not in config.models]
     if unknown:
         raise ValueError(f"version {version} has no model {unknown}; it has {sorted(config.models)}")
-    batch = encode(table, InputSchema.from_dict(config.input_schema))
+    schema = InputSchema.from_dict(config.input_schema)
+    batch = with_context_groups(encode(table, schema), schema)  # once for every model
     device = select_device("auto")
     metrics = {}
     for name in names or list(config.models):
@@ -218,7 +219,8 @@ def export_predictions(
     clashing = [n for n in names if n in PREDICTION_KEYS]
     if clashing:
         raise ValueError(f"model names {clashing} clash with the key columns {list(PREDICTION_KEYS)}")
-    batch = encode(table, InputSchema.from_dict(config.input_schema))
+    schema = InputSchema.from_dict(config.input_schema)
+    batch = with_context_groups(encode(table, schema), schema)  # once for every model
     device = select_device("auto")
     columns = {c: table.column(c) for c in PREDICTION_KEYS}
     for name in names:
@@ -316,8 +318,10 @@ def run_cycle(
             schema = parent_schema
     schema = fit_input_schema(schema, fit_table, config.min_id_count,
                               parent=parent_schema if parent is not None and cold_reason is None else None)
-    train_batch, holdout_batch = encode(fit_table, schema), encode(holdout_table, schema)
-    val_batch = encode(val_table, schema) if val_table is not None else None
+    # Context keys once per table, for every model and evaluation that reads it.
+    train_batch = with_context_groups(encode(fit_table, schema), schema)
+    holdout_batch = with_context_groups(encode(holdout_table, schema), schema)
+    val_batch = with_context_groups(encode(val_table, schema), schema) if val_table is not None else None
 
     cohort = build_cohort(config, schema).to(device)
     loaded, cold = [], {}

@@ -259,15 +259,25 @@ def context_groups(batch: Batch, schema: InputSchema) -> torch.Tensor:
                 h = h * np.uint64(0x100000001B3) + cols[:, j] * rng.integers(1, 2**63, dtype=np.uint64)
     _, key = np.unique(h, return_inverse=True)
     key = torch.from_numpy(key.astype(np.int64).reshape(-1))
-    first = torch.full((int(key.max()) + 1,), n, dtype=torch.long).scatter_reduce(
-        0, key, torch.arange(n), reduce="amin")
-    rep = first[key]
+    rep = first_rows(key, int(key.max()) + 1)[key]
     same = torch.ones(n, dtype=torch.bool)
     for start in range(0, n, 1 << 16):  # in chunks: part[rep] copies every column
         rows = slice(start, start + (1 << 16))
         for part in parts:
             same[rows] &= (part[rows] == part[rep[rows]]).all(1)
     return torch.where(same, key, key.max() + 1 + torch.arange(n))
+
+
+def with_context_groups(batch: Batch, schema: InputSchema) -> Batch:
+    """``batch`` with its ``group`` keys (``context_groups``), computed once for every model and pass that
+    reads it; a batch that has them is returned as it is."""
+    return batch if batch.group is not None else replace(batch, group=context_groups(batch, schema))
+
+
+def first_rows(keys: torch.Tensor, n_keys: int) -> torch.Tensor:
+    """[n_keys] index of the first row holding each key in 0..n_keys-1."""
+    first = torch.full((n_keys,), len(keys), dtype=torch.long, device=keys.device)
+    return first.scatter_reduce(0, keys, torch.arange(len(keys), device=keys.device), reduce="amin")
 
 
 def hash_ids(ids: np.ndarray, buckets: int) -> np.ndarray:

@@ -46,7 +46,7 @@ from training.config import (
     config_for,
 )
 from training.distributed import Workers
-from training.inputs import Batch, InputSchema, context_groups
+from training.inputs import Batch, InputSchema, with_context_groups
 from training.metrics import auc, ece, evaluate_predictions, logloss, pcoc, reliability_curve
 from training.models.sequence import GroupLayout, SequenceModel
 from training.optim import SplitOptimizer
@@ -590,7 +590,9 @@ def train_window(
     period = _eval_period(config, steps_per_epoch)
     for model in cohort.models.values():
         model.prepare(data)
-    data = dataclasses.replace(data, group=context_groups(data, schema))
+    data = with_context_groups(data, schema)
+    if validation is not None:
+        validation = with_context_groups(validation, schema)
 
     def step_for(training: list[str]) -> nn.Module:
         module = CohortStep(cohort, config, training)
@@ -665,6 +667,7 @@ def train_window(
 def fit_calibration(cohort: Cohort, validation: Batch, config: TrainConfig, device: torch.device) -> None:
     """Platt scaling per model on the validation slice's uncalibrated logits (stored in the model)."""
     labels = validation.label
+    validation = with_context_groups(validation, next(iter(cohort.models.values())).schema)
     for model in cohort.models.values():
         model.calibration.reset()
         logits = predict_logits(model, validation, device, config.eval_batch_size, config.precision,
@@ -684,8 +687,8 @@ def predict_logits(model: nn.Module, data: Batch, device: torch.device, batch_si
     one encoding per row, for a fraction of the work where requests hold several candidates."""
     model.eval()
     dtype = autocast_dtype(device, precision)
-    if data.group is None and isinstance(model, SequenceModel):
-        data = dataclasses.replace(data, group=context_groups(data, model.schema))
+    if isinstance(model, SequenceModel):
+        data = with_context_groups(data, model.schema)
     out = []
     for start in range(0, len(data), batch_size):
         chunk = data.slice(start, start + batch_size).to(device)

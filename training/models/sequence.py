@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from training.inputs import Batch, InputSchema
+from training.inputs import Batch, InputSchema, first_rows
 from training.models.base import CTRModel, ModelOutput, WideLinear, mlp_head
 from training.models.embedding import FeatureEmbedding, fit_length
 from training.models.layers import RelativeBias, RMSNorm, additive_mask, sequence_mask, time_bucket
@@ -58,9 +58,7 @@ class GroupLayout:
         if int(slot.max()) >= cap:  # chunks of at most `cap` candidates
             _, group = torch.unique(group * (len(keys) // cap + 1) + slot // cap, return_inverse=True)
             slot = slot % cap
-        first = torch.full((int(group.max()) + 1,), len(keys), dtype=torch.long, device=keys.device)
-        first = first.scatter_reduce(0, group, torch.arange(len(keys), device=keys.device), reduce="amin")
-        return cls(group, slot, first, int(slot.max()) + 1)
+        return cls(group, slot, first_rows(group, int(group.max()) + 1), int(slot.max()) + 1)
 
     def scatter(self, rows: torch.Tensor) -> torch.Tensor:
         """[B, ...] per-row values -> [G, m, ...], zeros on the empty slots."""
