@@ -18,8 +18,10 @@ from training.inputs import InputSchema, encode, fit_input_schema
 from training.metrics import auc, pcoc
 from training.models import build_model
 from training.models.base import OPTIONAL_STATE
+from training.models.sequence import MAX_GROUP_CANDIDATES
 from training.trainer import (
     TrainConfig,
+    _minibatches,
     build_cohort,
     drop_ids,
     evaluate_model,
@@ -102,6 +104,36 @@ def test_id_dropout_replaces_user_and_item_ids_with_the_oov_bucket(data) -> None
     others = [j for j in range(len(schema.categorical)) if j not in (user, item)]
     assert torch.equal(dropped.categorical[:, others], batch.categorical[:, others])
     assert (batch.categorical[:, item] > 0).all(), "the input batch is left untouched"
+
+
+def test_rows_of_one_context_lose_their_user_id_together(data) -> None:
+    table, manifest = data
+    schema = InputSchema.from_manifest(manifest, max_seq_len=8)
+    batch = encode(table.slice(0, 400), schema)
+    grouped = dataclasses.replace(batch, group=torch.arange(400) // 5)  # contexts of 5 rows
+    dropped = drop_ids(grouped, schema, 0.5, torch.Generator().manual_seed(0))
+    gone = (dropped.categorical[:, schema.slot(schema.user)] == 0).view(80, 5)
+    assert (gone.all(1) | ~gone.any(1)).all()  # all of a context's rows or none
+    assert 20 < int(gone[:, 0].sum()) < 60
+    items_gone = (dropped.cand_item == 0).view(80, 5)
+    assert not (items_gone.all(1) | ~items_gone.any(1)).all()  # item ids still drop per row
+
+
+def test_shuffle_keeps_a_context_together_in_chunks_of_one_pass(data) -> None:
+    table, manifest = data
+    schema = InputSchema.from_manifest(manifest, max_seq_len=8)
+    batch = encode(table.slice(0, 400), schema)
+    # one context of 100 rows (a device with many impressions in one hour), the others of 3 or 4
+    group = torch.cat([torch.zeros(100, dtype=torch.long), 1 + torch.arange(300) // 4])
+    rows = dataclasses.replace(batch, group=group, label=torch.arange(400).float())  # label = row index
+    chunks = list(_minibatches(rows, 64, torch.Generator().manual_seed(0)))
+    order = torch.cat([c.label for c in chunks]).long()
+    assert sorted(order.tolist()) == list(range(400))  # every row once
+    seen = group[order]
+    runs = torch.unique_consecutive(seen, return_counts=True)
+    big = runs[1][runs[0] == 0]
+    assert big.max() <= MAX_GROUP_CANDIDATES and big.sum() == 100 and len(big) >= 7  # spread out in chunks
+    assert runs[1][runs[0] > 0].max() == 4  # small contexts stay whole
 
 
 def test_saved_version_reapplies_statistics_oov_and_calibration_bit_for_bit(settings, data) -> None:
