@@ -84,12 +84,18 @@ def random_batch(schema: InputSchema, rows: int, generator: torch.Generator, one
         user=categorical[:, schema.slot(schema.user)].clone(),
     )
     if one_user:  # one request: the user's sequence, profile and time are the same on every row
-        for name in ("seq_items", "seq_categories", "seq_times", "seq_mask", "user", "cand_time"):
-            getattr(batch, name)[:] = getattr(batch, name)[0]
-        batch.categorical[:, schema.slot(schema.user)] = batch.categorical[0, schema.slot(schema.user)]
-        profile = list(schema.profile_dense_index)
-        batch.dense[:, profile] = batch.dense[0, profile]
+        share_context(batch, schema, torch.zeros(rows, dtype=torch.long))
     return batch
+
+
+def share_context(batch: Batch, schema: InputSchema, first: torch.Tensor) -> None:
+    """In place: row i takes row ``first[i]``'s user, behaviours, user-level dense features and time, as
+    the candidates of one request share them."""
+    for name in ("seq_items", "seq_categories", "seq_times", "seq_mask", "user", "cand_time"):
+        getattr(batch, name)[:] = getattr(batch, name)[first]
+    user, profile = schema.slot(schema.user), list(schema.profile_dense_index)
+    batch.categorical[:, user] = batch.categorical[first, user]
+    batch.dense[:, profile] = batch.dense[first][:, profile]
 
 
 def timed_ms(fn: Callable[[], Any]) -> float:

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.bench_model_cost import contract_schema, random_batch
+from benchmarks.bench_model_cost import contract_schema, random_batch, share_context
 from benchmarks.machine import machine
 from training.config import AUTO_BATCH_SIZE, CPU_STUDENT, BaselineConfig, TeacherConfig
 from training.inputs import Batch, InputSchema, context_groups
@@ -82,12 +82,8 @@ def request_batch(schema: InputSchema, rows: int, generator: torch.Generator) ->
     sizes = torch.randint(REQUEST_SIZES[0], REQUEST_SIZES[1] + 1, (rows,), generator=generator)
     starts = torch.cumsum(sizes, 0) - sizes
     starts = starts[starts < rows]
-    first = torch.repeat_interleave(starts, torch.diff(torch.cat([starts, torch.tensor([rows])])))
-    for name in ("seq_items", "seq_categories", "seq_times", "seq_mask", "user", "cand_time"):
-        getattr(batch, name)[:] = getattr(batch, name)[first]
-    user, profile = schema.slot(schema.user), list(schema.profile_dense_index)
-    batch.categorical[:, user] = batch.categorical[first, user]
-    batch.dense[:, profile] = batch.dense[first][:, profile]
+    sizes = torch.diff(torch.cat([starts, torch.tensor([rows])]))  # the last request cut at `rows`
+    share_context(batch, schema, torch.repeat_interleave(starts, sizes))
     return batch
 
 
