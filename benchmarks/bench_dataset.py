@@ -38,10 +38,9 @@ def hand_written_asof(settings: Settings, service_columns: list[str]) -> pa.Tabl
     def src(table: str) -> str:
         return f"read_parquet('{parquet_glob(wh / table)}', hive_partitioning = false)"
 
-    stats = ", ".join(
-        f"u.{f} AS user_stats__{f}, i.{f} AS item_stats__{f}" for f in view_features("user_stats")
-    )
-    seq = ", ".join(f"q.{f} AS user_sequence__{f}" for f in view_features("user_sequence"))
+    stats = ", ".join(f"u.{f} AS user_stats__{f}, i.{f} AS item_stats__{f}"
+                      for f in view_features("user_stats", settings.horizons))
+    seq = ", ".join(f"q.{f} AS user_sequence__{f}" for f in view_features("user_sequence", settings.horizons))
     sql = f"""
         SELECT s.*, {stats}, {seq}
         FROM {src('labelled_samples')} s
@@ -86,7 +85,7 @@ def main() -> None:
         with console.status(f"writing a synthetic warehouse of {args.samples:,} samples"):
             write_synthetic_warehouse(settings, n_samples=args.samples, n_users=args.users,
                                       n_items=args.items, feature_rows=args.samples, days=7)
-        columns = full_feature_names("sequence_ctr")
+        columns = full_feature_names("sequence_ctr", settings.horizons)
         measured = interleaved({
             "hand-written DuckDB ASOF join": lambda: hand_written_asof(settings, columns),
             "ctrflow fast path (asof, default)": lambda: join_features(

@@ -34,7 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks.machine import machine
 from features.manifest import SEQUENCE_COLUMNS, SEQUENCE_VIEW, DatasetManifest, ManifestColumns
 from features.services import DEFAULT_SERVICE
-from pipelines.tables import STAT_SUFFIXES
+from pipelines.tables import DEFAULT_HORIZONS
 from training.config import StudentConfig, TeacherConfig
 from training.inputs import Batch, InputSchema
 from training.models import CTRModel, FeatureEmbedding, SequenceModel, build_model
@@ -51,7 +51,7 @@ BASELINE = {"d_embed": 16, "hidden": [128, 64], "seq_len": 50}
 def contract_schema(max_seq_len: int) -> InputSchema:
     """The input schema of a training set written under the dataset contract."""
     stats = [f"{view}__{stat}_{w}" for view in ("user_stats", "item_stats")
-             for w in STAT_SUFFIXES for stat in ("impressions", "clicks", "ctr")]  # fmt: skip
+             for w in DEFAULT_HORIZONS.suffixes for stat in ("impressions", "clicks", "ctr")]  # fmt: skip
     sequence = [*SEQUENCE_COLUMNS.values(), f"{SEQUENCE_VIEW}__seq_length"]
     manifest = DatasetManifest(
         name="contract", feature_service=DEFAULT_SERVICE, window_start=None, window_end=None, rows=0,

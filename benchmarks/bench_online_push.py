@@ -75,10 +75,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="Append a Markdown result section here.")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ctrflow-bench-") as tmp:
-        tables = write_synthetic_warehouse(Settings(home=Path(tmp) / "data"), n_samples=10,
-                                           n_users=args.entities, n_items=args.entities,
-                                           feature_rows=args.entities * 3)
-        frames = {t: latest_per_entity(t, tables[t]) for t in VIEW_TABLES.values()}
+        settings = Settings(home=Path(tmp) / "data")
+        tables = write_synthetic_warehouse(settings, n_samples=10, n_users=args.entities,
+                                           n_items=args.entities, feature_rows=args.entities * 3)
+        frames = {t: latest_per_entity(t, tables[t], settings.horizons) for t in VIEW_TABLES.values()}
         rows = {t: f.num_rows for t, f in frames.items()}
         results: dict[str, list[tuple[float, float]]] = {name: [] for name in STORES}
         for round_ in track(range(args.rounds), description="push rounds", console=console):

@@ -63,7 +63,7 @@ def make_home(home: Path, users: int, items: int) -> str:
     config = StudentConfig()
     manifest = DatasetManifest(
         name="bench", feature_service=SERVICE, window_start=None, window_end=None, rows=0, label_rate=0.0,
-        content_hash="", columns=ManifestColumns.for_features(full_feature_names(SERVICE)),
+        content_hash="", columns=ManifestColumns.for_features(full_feature_names(SERVICE, settings.horizons)),
     )
     schema = InputSchema.from_manifest(manifest, max_seq_len=config.seq_len)
     model = build_model("student", config.to_dict(), schema)

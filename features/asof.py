@@ -39,7 +39,7 @@ def parquet_glob(directory: Path) -> str:
 def _view_relation_sql(settings: Settings, view: str) -> str:
     """The view's rows, deduplicated to one per (entity, event_time): the one created last."""
     key = ENTITY_KEYS[VIEW_TABLES[view]]
-    columns = ", ".join(_quote(c) for c in [key, "event_time", *view_features(view)])
+    columns = ", ".join(_quote(c) for c in [key, "event_time", *view_features(view, settings.horizons)])
     source = parquet_glob(settings.warehouse_dir / VIEW_TABLES[view])
     return (
         f"SELECT {columns} FROM read_parquet('{source}', hive_partitioning = false) "
@@ -72,7 +72,7 @@ def asof_views_sql(settings: Settings, view_names: Sequence[str], samples_name: 
         key = ENTITY_KEYS[VIEW_TABLES[view]]
         ttl_s = int(views[view].ttl.total_seconds())
         fresh = f"{alias}.event_time >= s.event_time - INTERVAL '{ttl_s} seconds'"
-        for feature in view_features(view):
+        for feature in view_features(view, settings.horizons):
             value = f"CASE WHEN {fresh} THEN {alias}.{_quote(feature)} END"
             selects.append(f"COALESCE({value}, {_sql_default(feature)}) AS {_quote(f'{view}__{feature}')}")
         joins.append(

@@ -60,6 +60,7 @@ from features.normalize import normalize_features
 from features.store import feature_store
 from pipelines import tables
 from pipelines.settings import Settings
+from pipelines.tables import StatHorizons
 
 Engine = Literal["asof", "feast"]
 ENGINES: tuple[str, ...] = ("asof", "feast")
@@ -132,7 +133,7 @@ def feast_features(settings: Settings, entities: pa.Table, service: str) -> pa.T
     )
     result = job.to_arrow()
     result = result.take(pc.sort_indices(result, sort_keys=[(ROW_ID, "ascending")]))
-    return result.select([ROW_ID, *full_feature_names(service)])
+    return result.select([ROW_ID, *full_feature_names(service, settings.horizons)])
 
 
 def join_features(settings: Settings, samples: pa.Table, service: str = DEFAULT_SERVICE,
@@ -150,11 +151,11 @@ def join_features(settings: Settings, samples: pa.Table, service: str = DEFAULT_
     ).as_py() in (True, None)
     if not in_order:
         raise DatasetError(f"{engine} join returned {features.num_rows} rows for {samples.num_rows} samples")
-    columns = full_feature_names(service)
+    columns = full_feature_names(service, settings.horizons)
     joined = samples
     for name in columns:
         joined = joined.append_column(name, features.column(name))
-    return normalize_features(joined, columns)
+    return normalize_features(joined, columns, settings.horizons)
 
 
 HASH_BATCH_ROWS = 1 << 20
@@ -194,7 +195,7 @@ def content_hash(table: pa.Table) -> str:
 
 
 def make_manifest(name: str, table: pa.Table, service: str, start: datetime | None, end: datetime | None,
-                  digest: str, engine: str) -> DatasetManifest:
+                  digest: str, engine: str, horizons: StatHorizons) -> DatasetManifest:
     rows = table.num_rows
     labels = pc.sum(table.column("label").cast(pa.int64())).as_py() or 0
     return DatasetManifest(
@@ -207,7 +208,7 @@ def make_manifest(name: str, table: pa.Table, service: str, start: datetime | No
         content_hash=digest,
         created_at=datetime.now(UTC).isoformat(),
         engine=engine,
-        columns=ManifestColumns.for_features(full_feature_names(service)),
+        columns=ManifestColumns.for_features(full_feature_names(service, horizons)),
         has_p_click=table.column("p_click").null_count < rows if rows else False,
     )
 
@@ -249,7 +250,7 @@ def build_dataset(settings: Settings, start: datetime | None = None, end: dateti
     step("hashing and writing")
     digest = content_hash(table)
     name = f"ds-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{digest[:8]}"
-    manifest = make_manifest(name, table, service, start, end, digest, engine)
+    manifest = make_manifest(name, table, service, start, end, digest, engine, settings.horizons)
     return BuiltDataset(name=name, path=write_dataset(settings, table, manifest), manifest=manifest)
 
 

@@ -30,14 +30,14 @@ from pipelines.tables import ENTITY_KEYS
 MAX_LOOKUP_ITEMS = 10_000
 
 
-def latest_per_entity(table: str, frame: pa.Table) -> pa.Table:
+def latest_per_entity(table: str, frame: pa.Table, horizons: tables.StatHorizons) -> pa.Table:
     """The newest row (by event_time, then created) of each entity in a warehouse table frame."""
     if table not in ENTITY_KEYS:
         raise ValueError(
             f"table {table!r} is not pushed online; expected one of {sorted(ENTITY_KEYS)}"
             + (" (labelled_samples are training data, not features)" if table == "labelled_samples" else "")
         )
-    schema = tables.TABLES[table]
+    schema = tables.table_schemas(horizons)[table]
     missing = [name for name in schema.names if name not in frame.column_names]
     if missing:
         raise ValueError(f"{table} frame lacks columns {missing}; it must follow pipelines.tables.{table}")
@@ -60,9 +60,9 @@ def push_latest(settings: Settings, table: str, frame: pa.Table) -> int:
     """Push the newest row per entity of a warehouse table frame to the online store; returns rows pushed.
 
     ``table`` is ``user_stats``, ``item_stats`` or ``user_sequences``; ``frame`` follows
-    ``pipelines.tables.TABLES[table]``.
+    ``pipelines.tables.table_schemas(settings.horizons)[table]``.
     """
-    latest = latest_per_entity(table, frame)
+    latest = latest_per_entity(table, frame, settings.horizons)
     if latest.num_rows == 0:
         return 0
     store = feature_store(settings)
@@ -110,7 +110,10 @@ def online_features(
         features=feature_service(settings, serving_service_name(service)), entity_rows=rows,
         full_feature_names=True,
     ).to_dict()
-    columns = serving_feature_names(service)
-    table = pa.table({name: pa.array(result[name], feature_arrow_type(name) if "__" in name else pa.string())
-                      for name in ["user_id", "item_id", *columns]})
-    return normalize_features(table, columns)
+    horizons = settings.horizons
+    columns = serving_feature_names(service, horizons)
+    table = pa.table({
+        name: pa.array(result[name], feature_arrow_type(name, horizons) if "__" in name else pa.string())
+        for name in ["user_id", "item_id", *columns]
+    })
+    return normalize_features(table, columns, horizons)

@@ -15,6 +15,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -141,11 +142,17 @@ def load_suite_spec(suite: str) -> dict[str, Any]:
 
 
 def applicable_expectations(spec: dict[str, Any], columns: list[str]) -> list[dict[str, Any]]:
-    """Suite expectations minus the optional ones whose column the data does not have."""
-    return [
-        e for e in spec["expectations"]
-        if not (e.get("meta", {}).get("optional") and e["kwargs"].get("column") not in columns)
-    ]
+    """Suite expectations minus the optional ones whose column the data does not have; one whose meta
+    names ``each_column_matching`` (a glob) is repeated for every column it matches (the statistics
+    columns follow the home's horizons, so a suite cannot list them)."""
+    out = []
+    for e in spec["expectations"]:
+        pattern = e.get("meta", {}).get("each_column_matching")
+        if pattern is not None:
+            out += [{**e, "kwargs": {**e["kwargs"], "column": c}} for c in columns if fnmatchcase(c, pattern)]
+        elif not (e.get("meta", {}).get("optional") and e["kwargs"].get("column") not in columns):
+            out.append(e)
+    return out
 
 
 def _describe(expectation: str, column: str | None, result: dict[str, Any], error: str | None) -> str:

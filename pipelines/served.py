@@ -168,11 +168,11 @@ def sink_served(settings: Settings, bootstrap: str) -> ServedSinkReport:
         name = sinks.part_file_name(sinks.batch_file_name(ranges, fallback="served"), settings.topic_prefix)
         sinks.remove_batch_files(warehouse, ranges, name)
         if records:
-            table = sinks.to_table_schema("served", served_rows(records), int(time.time() * 1000))
+            table = sinks.to_table_schema("served", SERVED, served_rows(records), int(time.time() * 1000))
             sinks.write_table(warehouse, "served", table.cast(SERVED), ranges, name)
             rows = table.num_rows
             try:
-                sinks.refresh_views(warehouse, settings.warehouse_db, ["served"])
+                sinks.refresh_views(warehouse, settings.warehouse_db, settings.horizons, ["served"])
             except duckdb.Error as exc:  # a process holding the database only delays the view
                 _LOG.warning("DuckDB view 'served' not refreshed: %s", exc)
         _commit_offsets(settings, offsets)

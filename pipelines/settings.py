@@ -16,6 +16,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pipelines.tables import StatHorizons
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CTRFLOW_", extra="ignore")
@@ -44,6 +46,16 @@ class Settings(BaseSettings):
     # --- feature jobs --------------------------------------------------------------------------------
     attribution_window_s: int = Field(default=30 * 60, ge=1, description="Click attribution window.")
     sequence_length: int = Field(default=50, ge=1, le=1000, description="Last N clicked items kept.")
+    stat_windows: str = Field(
+        default="1h,24h,7d",
+        description="Sliding windows of the user/item statistics, e.g. 1h,24h,7d (units s m h d w; at most "
+        "90 days: the job keeps that many days of events per entity). Fixed per warehouse.",
+    )
+    stat_decayed_windows: str = Field(
+        default="30d",
+        description="Long horizons kept as exponentially decayed counters (time constants, up to 10 years; "
+        "empty for none). All-time counts are always kept. Fixed per warehouse.",
+    )
     dedup_window_s: int = Field(
         default=24 * 3600,
         ge=1,
@@ -140,7 +152,13 @@ class Settings(BaseSettings):
             )
         if self.min_click_rate > self.max_click_rate:
             raise ValueError("min_click_rate must be <= max_click_rate")
+        self.horizons  # noqa: B018 -- a bad spelling is refused when the settings are made, not mid-job
         return self
+
+    @property
+    def horizons(self) -> StatHorizons:
+        """The statistics horizons the feature tables carry (``stat_windows``, ``stat_decayed_windows``)."""
+        return StatHorizons.parse(self.stat_windows, self.stat_decayed_windows)
 
     # --- derived paths (they follow `home`, except the three that may be placed on their own) ------------
     @property

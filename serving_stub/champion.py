@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from pipelines.settings import Settings
+from pipelines.tables import StatHorizons
 from serving_stub.scoring import (
     RequestContext,
     cold_start_features,
@@ -58,10 +59,12 @@ class ServingModel:
     feature_service: str
     gate: Any
     loaded_at: str
+    horizons: StatHorizons  # the home's: the types of the statistics features it is given
+
 
     def score(self, user_id: str, items: list[str], context: RequestContext,
               features: dict[str, list]) -> np.ndarray:
-        batch = encode_request(self.schema, user_id, items, context, features)
+        batch = encode_request(self.schema, user_id, items, context, features, self.horizons)
         return probabilities(self.model, batch, one_request=True)
 
     def describe(self) -> dict[str, Any]:
@@ -83,7 +86,7 @@ def read_gate_record(settings: Settings, version: str) -> Any:
 def smoke_score(model: ServingModel) -> None:
     """Score a cold-start request (no features anywhere): every score must be a finite probability."""
     items = [f"__smoke_item_{k}" for k in range(SMOKE_ITEMS)]
-    features = cold_start_features(model.feature_service, len(items))
+    features = cold_start_features(model.feature_service, len(items), model.horizons)
     scores = model.score("__smoke_user", items, RequestContext(now_ms()), features)
     finite = np.isfinite(scores).all()
     if scores.shape != (len(items),) or not finite or (scores < 0).any() or (scores > 1).any():
@@ -104,7 +107,7 @@ def load_serving_model(settings: Settings, version: str, name: str | None = None
     served = ServingModel(
         version=version, name=name, family=config.models[name].family, model=model, schema=schema,
         feature_service=service_of(schema), gate=read_gate_record(settings, version),
-        loaded_at=datetime.now(UTC).isoformat(),
+        loaded_at=datetime.now(UTC).isoformat(), horizons=settings.horizons,
     )
     try:
         smoke_score(served)

@@ -114,7 +114,7 @@ class OnlineReader:
             self.close()  # reopen next time (the file may have been recreated)
             raise OnlineReadError(f"online store read of {view} failed: {exc}") from exc
         found: dict[str, OnlineRow] = {}
-        wanted = set(view_features(view))
+        wanted = set(view_features(view, self.settings.horizons))
         for key, feature, blob, event_ts in rows:
             if feature not in wanted:
                 continue
@@ -133,7 +133,7 @@ class OnlineReader:
                   for e in entities]
         try:
             result = self._redis.online_read(self._redis_config, self._views[view], protos,
-                                             list(view_features(view)))
+                                             view_features(view, self.settings.horizons))
         except Exception as exc:  # redis-py raises many types; the caller only needs "unreadable"
             raise OnlineReadError(f"online store read of {view} failed: {exc}") from exc
         out: ViewRows = {}

@@ -73,6 +73,7 @@ class FeatureFetcher:
 
     def __init__(self, settings: Settings, reader: OnlineReader) -> None:
         self.reader = reader
+        self.horizons = settings.horizons
         self._ttl_ms = {name: int(view.ttl.total_seconds() * 1000)
                         for name, view in build_definitions(settings).views.items()}
 
@@ -84,34 +85,36 @@ class FeatureFetcher:
             fresh_after = event_time_ms - self._ttl_ms[view]
             if view in USER_VIEWS:
                 row = self.reader.read(view, [user_id]).get(user_id)
-                values = _row_values(view, row, fresh_after)
+                values = _row_values(view, row, fresh_after, self.horizons)
                 for feature, value in values.items():
                     columns[f"{view}__{feature}"] = [value] * n
             else:
                 rows = self.reader.read(view, items)
-                per_item = [_row_values(view, rows.get(item), fresh_after) for item in items]
-                for feature in view_features(view):
+                per_item = [_row_values(view, rows.get(item), fresh_after, self.horizons) for item in items]
+                for feature in view_features(view, self.horizons):
                     columns[f"{view}__{feature}"] = [v[feature] for v in per_item]
         return columns
 
 
-def cold_start_features(service: str, n: int) -> dict[str, list[Any]]:
+def cold_start_features(service: str, n: int, horizons: tables.StatHorizons) -> dict[str, list[Any]]:
     """Every serving feature of ``n`` candidates of a user nobody has seen: the defaults training saw."""
-    return {f"{view}__{feature}": [value] * n
-            for view in serving_views(service) for feature, value in _row_values(view, None, 0).items()}
+    return {f"{view}__{feature}": [value] * n for view in serving_views(service)
+            for feature, value in _row_values(view, None, 0, horizons).items()}
 
 
-def _row_values(view: str, row: OnlineRow | None, fresh_after_ms: int) -> dict[str, Any]:
+def _row_values(
+    view: str, row: OnlineRow | None, fresh_after_ms: int, horizons: tables.StatHorizons
+) -> dict[str, Any]:
     usable = row is not None and row.event_time_ms >= fresh_after_ms
     out = {}
-    for feature in view_features(view):
+    for feature in view_features(view, horizons):
         value = row.values.get(feature) if usable else None
         out[feature] = feature_default(feature) if value is None else value
     return out
 
 
 def request_table(user_id: str, items: Sequence[str], context: RequestContext,
-                  features: dict[str, list[Any]]) -> pa.Table:
+                  features: dict[str, list[Any]], horizons: tables.StatHorizons) -> pa.Table:
     """The request as training-set rows (``features.datasets`` layout), one per candidate."""
     n = len(items)
     hour = utc_hour(context.event_time_ms) if context.hour is None else context.hour
@@ -136,9 +139,9 @@ def request_table(user_id: str, items: Sequence[str], context: RequestContext,
         if name not in columns and name in sample.names:
             columns[name] = pa.nulls(n, sample.field(name).type)
     for name, values in features.items():
-        columns[name] = _column(values, feature_arrow_type(name))
+        columns[name] = _column(values, feature_arrow_type(name, horizons))
     table = pa.table(columns)
-    return normalize_features(table, list(features))
+    return normalize_features(table, list(features), horizons)
 
 
 def _column(values: list[Any], arrow_type: pa.DataType) -> pa.Array:
@@ -161,5 +164,5 @@ def probabilities(model: torch.nn.Module, batch: Batch, one_request: bool) -> np
 
 
 def encode_request(schema: InputSchema, user_id: str, items: Sequence[str], context: RequestContext,
-                   features: dict[str, list[Any]]) -> Batch:
-    return encode(request_table(user_id, items, context, features), schema)
+                   features: dict[str, list[Any]], horizons: tables.StatHorizons) -> Batch:
+    return encode(request_table(user_id, items, context, features, horizons), schema)

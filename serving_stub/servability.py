@@ -82,7 +82,7 @@ def offline_scores(settings: Settings, model: torch.nn.Module, schema: InputSche
         "event_time": when,
     })
     joined = asof_view_features(settings, entities, serving_views(service))
-    names = serving_feature_names(service)
+    names = serving_feature_names(service, settings.horizons)
     sample = tables.LABELLED_SAMPLES
     hour = utc_hour(context.event_time_ms) if context.hour is None else context.hour
     rows = pa.table({
@@ -104,7 +104,7 @@ def offline_scores(settings: Settings, model: torch.nn.Module, schema: InputSche
             column = (pa.array([len(items)] * n, sample.field(name).type) if name == "request_size"
                       else pa.nulls(n, sample.field(name).type))
             rows = rows.append_column(name, column)
-    batch = encode(normalize_features(rows, names), schema)
+    batch = encode(normalize_features(rows, names, settings.horizons), schema)
     return probabilities(model, batch, one_request=False).reshape(len(users), len(items))
 
 

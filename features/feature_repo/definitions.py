@@ -5,7 +5,9 @@
 definitions work from any directory and for any ``CTRFLOW_HOME``. ``repo.py`` in this folder exposes
 them at module level for the ``feast`` CLI.
 
-Feature names, sources and types follow ``pipelines.tables`` exactly (the Beam job writes those tables).
+Feature names, sources and types follow ``pipelines.tables`` exactly (the Beam job writes those tables);
+the statistics views' features follow the home's horizons (``Settings.horizons``), so every function
+naming features takes them.
 """
 
 from __future__ import annotations
@@ -26,9 +28,13 @@ __all__ = ["DEFAULT_SERVICE", "SERVICE_VIEWS", "build_definitions"]
 
 PROJECT = "ctrflow"
 
-# Stats rows are recomputed at every event of the entity; the longest window bounds how stale a row may
-# be before its numbers stop meaning anything.
-STATS_TTL = timedelta(seconds=max(tables.STAT_WINDOWS.values()))
+
+def stats_ttl(horizons: tables.StatHorizons) -> timedelta:
+    """Stats rows are recomputed at every event of the entity; the longest sliding window bounds how
+    stale a row may be before its numbers stop meaning anything."""
+    return timedelta(seconds=horizons.longest_sliding_s)
+
+
 # The behaviour sequence stays meaningful longer than the stats: a user's clicks from last month still
 # describe their interests.
 SEQUENCE_TTL = timedelta(days=30)
@@ -52,21 +58,21 @@ _ARROW_TO_FEAST: dict[str, FeastType] = {
 }  # fmt: skip
 
 
-def _feature_fields(table: str) -> list[Field]:
+def _feature_fields(table: str, horizons: tables.StatHorizons) -> list[Field]:
     """A warehouse table's feature columns as Feast fields: everything but the entity and the times."""
-    schema = tables.TABLES[table]
+    schema = tables.table_schemas(horizons)[table]
     skip = {tables.ENTITY_KEYS[table], "event_time", "created"}
     return [Field(name=f.name, dtype=_ARROW_TO_FEAST[str(f.type)]) for f in schema if f.name not in skip]
 
 
 @cache
-def _view_feature_names(view: str) -> tuple[str, ...]:
-    return tuple(f.name for f in _feature_fields(VIEW_TABLES[view]))
+def _view_feature_names(view: str, horizons: tables.StatHorizons) -> tuple[str, ...]:
+    return tuple(f.name for f in _feature_fields(VIEW_TABLES[view], horizons))
 
 
-def view_features(view: str) -> list[str]:
+def view_features(view: str, horizons: tables.StatHorizons) -> list[str]:
     """Feature names of one view, in schema order."""
-    return list(_view_feature_names(view))
+    return list(_view_feature_names(view, horizons))
 
 
 @dataclass
@@ -102,6 +108,8 @@ def _file_source(settings: Settings, table: str) -> FileSource:
 
 def build_definitions(settings: Settings) -> Definitions:
     """Entities, sources, feature views and services over ``settings.warehouse_dir``."""
+    horizons = settings.horizons
+    ttl = stats_ttl(horizons)
     user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING,
                   description="A user (canonical string id).")
     item = Entity(name="item", join_keys=["item_id"], value_type=ValueType.STRING,
@@ -112,24 +120,25 @@ def build_definitions(settings: Settings) -> Definitions:
     }
     views = {
         "user_stats": FeatureView(
-            name="user_stats", entities=[user], ttl=STATS_TTL, schema=_feature_fields("user_stats"),
+            name="user_stats", entities=[user], ttl=ttl, schema=_feature_fields("user_stats", horizons),
             source=push_sources["user_stats"], online=True,
             description="User impressions, clicks and smoothed CTR over sliding windows, as of each event.",
         ),
         "item_stats": FeatureView(
-            name="item_stats", entities=[item], ttl=STATS_TTL, schema=_feature_fields("item_stats"),
+            name="item_stats", entities=[item], ttl=ttl, schema=_feature_fields("item_stats", horizons),
             source=push_sources["item_stats"], online=True,
             description="Item impressions, clicks and smoothed CTR over sliding windows, as of each event.",
         ),
         "user_sequence": FeatureView(
             name="user_sequence", entities=[user], ttl=SEQUENCE_TTL,
-            schema=_feature_fields("user_sequences"),
+            schema=_feature_fields("user_sequences", horizons),
             source=push_sources["user_sequences"], online=True,
             description="The user's last N clicked items (ids, categories, times in ms), oldest first.",
         ),
         "item_attributes": FeatureView(
             name="item_attributes", entities=[item], ttl=ITEM_ATTRIBUTES_TTL,
-            schema=_feature_fields("item_attributes"), source=push_sources["item_attributes"], online=True,
+            schema=_feature_fields("item_attributes", horizons), source=push_sources["item_attributes"],
+            online=True,
             description="The item's side fields (category) as of its impressions: the candidate inputs "
             "serving needs that training reads from each impression.",
         ),
@@ -168,9 +177,9 @@ def feature_default(feature: str) -> object:
     return 0
 
 
-def full_feature_names(service: str) -> list[str]:
+def full_feature_names(service: str, horizons: tables.StatHorizons) -> list[str]:
     """``<view>__<feature>`` column names a service produces, in order."""
-    return _names_of(SERVICE_VIEWS[service])
+    return _names_of(SERVICE_VIEWS[service], horizons)
 
 
 def serving_service_name(service: str) -> str:
@@ -182,16 +191,16 @@ def serving_views(service: str) -> tuple[str, ...]:
     return (*SERVICE_VIEWS[service], *CANDIDATE_VIEWS)
 
 
-def serving_feature_names(service: str) -> list[str]:
+def serving_feature_names(service: str, horizons: tables.StatHorizons) -> list[str]:
     """``full_feature_names`` plus the candidate views' features (``item_attributes__category``)."""
-    return _names_of(serving_views(service))
+    return _names_of(serving_views(service), horizons)
 
 
-def _names_of(views: tuple[str, ...]) -> list[str]:
-    return [f"{view}__{feature}" for view in views for feature in view_features(view)]
+def _names_of(views: tuple[str, ...], horizons: tables.StatHorizons) -> list[str]:
+    return [f"{view}__{feature}" for view in views for feature in view_features(view, horizons)]
 
 
-def feature_arrow_type(full_name: str) -> object:
+def feature_arrow_type(full_name: str, horizons: tables.StatHorizons) -> object:
     """Arrow type of a feature column in training sets and online lookups."""
     view, feature = full_name.split("__", 1)
-    return tables.TABLES[VIEW_TABLES[view]].field(feature).type
+    return tables.table_schemas(horizons)[VIEW_TABLES[view]].field(feature).type

@@ -152,6 +152,8 @@ def error_exit(exc: BaseException) -> typer.Exit:
     traceback is printed first."""
     if debugging():
         traceback.print_exception(exc, file=sys.stderr)
+    if isinstance(exc, ValidationError):  # a ValueError too, whose first line names no field
+        return usage_error(validation_message(exc))
     lines = str(exc).strip().splitlines()
     return usage_error(lines[0] if lines else type(exc).__name__)
 

@@ -178,6 +178,7 @@ class FeatureJob(beam.PTransform):
             settings.sequence_length,
             writer,
             settings.dedup_window_s * 1000,
+            settings.horizons,
             self.dead_letter_topic,
         )
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import apache_beam as beam
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -53,6 +54,7 @@ from pipelines.beam.sinks import (
     remove_batch_files,
     remove_parts,
     sources_of,
+    warehouse_schemas,
 )
 from pipelines.beam.transforms import ACCOUNTING, OUTPUT, FileSlice, WarehouseWriter
 from pipelines.beam.watermark import merge_progress, next_watermark
@@ -60,6 +62,7 @@ from pipelines.kafka import ensure_ctr_topics, kafka_bootstrap
 from pipelines.locks import resource_lock
 from pipelines.logfile import log_format, open_parquet
 from pipelines.settings import Settings
+from pipelines.tables import STAT_TABLES
 
 _LOG = logging.getLogger(__name__)
 OnlineSink = Callable[[str, pa.Table], object]
@@ -242,7 +245,7 @@ def _prepare_attempt(
         shutil.rmtree(state_out, ignore_errors=True)  # leftovers of a killed attempt
     created_base = max(int(time.time() * 1000), checkpoint.last_created_ms + 1)
     warehouse = settings.warehouse_dir
-    writer = WarehouseWriter(str(warehouse), plan.ranges, file_name, created_base)
+    writer = WarehouseWriter(str(warehouse), plan.ranges, file_name, created_base, settings.horizons)
     if job_directory is not None:
         _write_json(job_directory / ATTEMPT_FILE, {"file_name": file_name})
     removed = remove_batch_files(warehouse, plan.ranges, file_name)  # a rerun replaces, never duplicates
@@ -288,8 +291,9 @@ def _push_online(settings: Settings, file_name: str, online_sink: OnlineSink | N
     """The batch's rows of the online tables to ``online_sink``; rows pushed per table."""
     online_rows: dict[str, int] = {}
     if online_sink is not None:
+        schemas = warehouse_schemas(settings.horizons)
         for name in ONLINE_TABLES:
-            frame = read_batch_files(settings.warehouse_dir, name, file_name)
+            frame = read_batch_files(settings.warehouse_dir, name, schemas[name], file_name)
             if frame.num_rows:
                 written = online_sink(name, frame)
                 online_rows[name] = int(written) if isinstance(written, int) else frame.num_rows
@@ -338,6 +342,7 @@ def _next_checkpoint(
         topic_ids=checkpoint.topic_ids,
         fingerprints=fingerprints,
         parts=parts if keeps_state else [],
+        horizons=settings.horizons.spec(),
     )
 
 
@@ -353,7 +358,7 @@ def _unusable_state(exc: BaseException) -> str | None:
 
 def _refresh_views(settings: Settings) -> None:
     try:
-        refresh_views(settings.warehouse_dir, settings.warehouse_db)
+        refresh_views(settings.warehouse_dir, settings.warehouse_db, settings.horizons)
     except duckdb.Error as exc:
         # Another process holds the database (e.g. a long query); views glob the directories, so
         # they already see the new files and only a brand-new table waits for the next batch.
@@ -416,10 +421,37 @@ def verify_warehouse(settings: Settings) -> VerifyReport:
     Raises CheckpointError when the checkpoint or its state cannot be used."""
     directory = st.job_dir(settings.checkpoints_dir, job_name(settings))
     checkpoint = st.load_checkpoint(directory)
-    st.check_state(directory, checkpoint)
+    st.check_horizons(directory, checkpoint, settings.horizons)
+    st.check_state(directory, checkpoint, settings.horizons)
     missing = tuple(p for p in checkpoint.parts if not (settings.warehouse_dir / p).is_file())
     path = str(directory / st.CHECKPOINT_FILE)
     return VerifyReport(path, checkpoint.batch_seq, len(checkpoint.parts), missing)
+
+
+class HorizonsMismatch(ValueError):
+    """The warehouse's statistics tables hold other horizons' columns than the settings ask for."""
+
+
+def check_warehouse_horizons(settings: Settings) -> None:
+    """Refuse to add statistics rows of one set of horizons to tables written with another: the tables
+    would mix two schemas. One footer per statistics table is read (every file of a table is written
+    with the same horizons, or this check stopped the run that would have mixed them)."""
+    schemas = warehouse_schemas(settings.horizons)
+    for table in STAT_TABLES:
+        first = next(iter(sorted((settings.warehouse_dir / table).rglob("*.parquet"))), None)
+        if first is None:
+            continue
+        try:
+            names = pq.read_schema(first).names
+        except (OSError, pa.ArrowException):
+            continue  # a damaged file is verify's and the reader's to report
+        if names != schemas[table].names:
+            found = [n.removeprefix("ctr_") for n in names if n.startswith("ctr_")]
+            raise HorizonsMismatch(
+                f"{settings.warehouse_dir / table} holds statistics over {','.join(found)}, the settings ask "
+                f"for {','.join(settings.horizons.suffixes)}; {st.RESET_HINT}, or build into an empty "
+                "warehouse (or set CTRFLOW_STAT_WINDOWS / CTRFLOW_STAT_DECAYED_WINDOWS back)"
+            )
 
 
 def _write_json(path: Path, value: object) -> None:
@@ -542,6 +574,7 @@ def run_kafka(
         verified = verify_warehouse(settings)
         if not verified.ok:
             raise MissingParts(verified.message())
+        check_warehouse_horizons(settings)
         remove_parts(settings.warehouse_dir, _uncommitted_parts(settings, directory, set(checkpoint.parts)))
         with kafka_bootstrap(settings) as bootstrap:
             ensure_ctr_topics(bootstrap, settings)
@@ -597,6 +630,7 @@ def run_file(
     config = config or JobConfig()
     path = path.resolve()
     slices, n = file_slices(path, config.piece_size)
+    check_warehouse_horizons(settings)
     plan = BatchPlan(slices, [SourceRange(str(path), -1, 0, n)], [], final=True)
     started = time.perf_counter()
     batch, _ = _run_batch(settings, plan, st.Checkpoint(), None, config, None, online_sink)

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from pipelines.beam.attribution import ASIDE_SCHEMA
 from pipelines.events import DEADLETTER_SCHEMA
-from pipelines.tables import SERVED, TABLES, TS
+from pipelines.tables import FEATURE_TABLES, SERVED, TS, StatHorizons, table_schemas
 
 MS_PER_DAY = 86_400_000
 RANGES_METADATA_KEY = b"ctrflow.source_ranges"
@@ -44,7 +44,14 @@ EXTRA_TABLES: dict[str, pa.Schema] = {
     "dead_letters": DEADLETTER_SCHEMA,
     "served": SERVED,
 }
-ALL_TABLES: dict[str, pa.Schema] = {**TABLES, **EXTRA_TABLES}
+ALL_TABLES: tuple[str, ...] = (*FEATURE_TABLES, *EXTRA_TABLES)
+
+
+def warehouse_schemas(horizons: StatHorizons) -> dict[str, pa.Schema]:
+    """Every warehouse table's schema (the statistics tables' follow the home's horizons)."""
+    return {**table_schemas(horizons), **EXTRA_TABLES}
+
+
 # Row order inside a file (and the tie-break behind `created`): time, then the entity.
 SORT_KEYS: dict[str, list[str]] = {
     "labelled_samples": ["event_time", "impression_id"],
@@ -171,11 +178,12 @@ def sources_of(path: Path) -> set[str]:
     return {r.source for r in _ranges_of(path)}
 
 
-def to_table_schema(name: str, rows: pa.Table, created_base_ms: int, created_stride: int = 1) -> pa.Table:
+def to_table_schema(
+    name: str, schema: pa.Schema, rows: pa.Table, created_base_ms: int, created_stride: int = 1
+) -> pa.Table:
     """Sort rows, convert ms columns to timestamps and add a strictly increasing ``created``:
     ``created_base_ms + i * created_stride`` for the i-th row (a stride lets parallel writers of one
     batch interleave their values without ever repeating one)."""
-    schema = ALL_TABLES[name]
     rows = rows.sort_by([(k, "ascending") for k in SORT_KEYS[name]])
     columns = []
     for fld in schema:
@@ -243,18 +251,21 @@ def write_table(
     return written
 
 
-def read_batch_files(warehouse: Path, name: str, file_name: str) -> pa.Table:
-    """Everything one batch wrote to one table, all parts (for the online push)."""
+def read_batch_files(warehouse: Path, name: str, schema: pa.Schema, file_name: str) -> pa.Table:
+    """Everything one batch wrote to table ``name`` (of ``schema``), all parts (for the online push)."""
     files = sorted((warehouse / name).rglob(f"{part_file_name(glob.escape(file_name), '*')}.parquet"))
     if not files:
-        return ALL_TABLES[name].empty_table()
-    return pa.concat_tables([pq.read_table(f, schema=ALL_TABLES[name]) for f in files])
+        return schema.empty_table()
+    return pa.concat_tables([pq.read_table(f, schema=schema) for f in files])
 
 
-def refresh_views(warehouse: Path, database: Path, tables: Iterable[str] = ALL_TABLES) -> list[str]:
+def refresh_views(
+    warehouse: Path, database: Path, horizons: StatHorizons, tables: Iterable[str] = ALL_TABLES
+) -> list[str]:
     """One DuckDB view per table over its Parquet directory (hive partitioning by date); a table with no
     file yet (no dead letters, say) gets an empty view of the same columns, so every table answers."""
     database.parent.mkdir(parents=True, exist_ok=True)
+    schemas = warehouse_schemas(horizons)
     created = []
     with duckdb.connect(str(database)) as con:
         for name in tables:
@@ -266,7 +277,7 @@ def refresh_views(warehouse: Path, database: Path, tables: Iterable[str] = ALL_T
             else:
                 # No file yet (no dead letters, say) or none left after a reset: an empty view of the
                 # same columns, since a view over no files fails every query.
-                body = _empty_select(con, ALL_TABLES[name])
+                body = _empty_select(con, schemas[name])
             con.execute(f'CREATE OR REPLACE VIEW "{name}" AS {body}')
             created.append(name)
     return created

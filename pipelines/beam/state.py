@@ -2,16 +2,18 @@
 
 State (Parquet per kind and shard under ``state-<seq>/``) is what the next micro-batch needs from the
 past: events not yet behind the watermark, pending impressions and clicks, recently labelled ids,
-the impression ids still inside their dedup window, 7 days of per-entity history, one totals row per
+the impression ids still inside their dedup window, the per-entity history of the longest sliding
+statistics window, one totals row per
 entity for the long-horizon statistics (what the pruned history adds up to) and each user's last N
 clicks. The checkpoint JSON names the offsets and the state directory; it is replaced with
 ``os.replace`` only after every sink wrote, so a killed job restarts from the last complete batch and
 rewrites the same-named output files.
 
 Besides offsets and state the checkpoint records which log it belongs to (the broker's cluster id and
-topic ids where it reports them, and a fingerprint of the record just before each committed offset)
-and the manifest of warehouse part files its batches produced. A checkpoint of another format, or one
-that cannot be read, is refused with a message naming ``--reset``: it is never silently reused.
+topic ids where it reports them, and a fingerprint of the record just before each committed offset),
+the statistics horizons its state and tables were built with, and the manifest of warehouse part files
+its batches produced. A checkpoint of another format, of other horizons, or one that cannot be read, is
+refused with a message naming ``--reset``: it is never silently reused.
 """
 
 from __future__ import annotations
@@ -32,11 +34,13 @@ from pipelines.beam.sequences import CLICK_HISTORY_SCHEMA
 from pipelines.beam.shards import rows_of_shard
 from pipelines.beam.stats import totals_schema
 from pipelines.events import EVENT_SCHEMA
+from pipelines.tables import StatHorizons
 
 CHECKPOINT_FILE = "checkpoint.json"
 # 2: log identity (cluster, topic ids, record fingerprints) and the part-file manifest.
 # 3: per-entity totals (the long-horizon statistics) in the state, and their columns in the stats tables.
-CHECKPOINT_VERSION = 3
+# 4: the statistics horizons (configurable since), so that a change is refused instead of mixing them.
+CHECKPOINT_VERSION = 4
 RESET_HINT = "rebuild with `ctrflow features build --from-kafka --reset`"
 _STATE_DIR = re.compile(r"state-\d{8}")
 
@@ -51,21 +55,25 @@ def _history_schema(entity: str) -> pa.Schema:
     )
 
 
-# kind -> (schema, entity column the kind is sharded by in the user-keyed step)
-STATE_KINDS: dict[str, pa.Schema] = {
-    # Held events keep their origin: a held duplicate is dead-lettered by its source offset. (State
-    # written before origins were kept reads back with null origins: only tie-breaks lose them.)
-    "held": SOURCED_EVENT_SCHEMA,
-    "user_history": _history_schema("user_id"),
-    "item_history": _history_schema("item_id"),
-    "user_totals": totals_schema("user_id"),
-    "item_totals": totals_schema("item_id"),
-    "click_history": CLICK_HISTORY_SCHEMA,
-    "pending_impressions": EVENT_SCHEMA,
-    "pending_clicks": CLICK_SCHEMA,
-    "recent": RECENT_SCHEMA,
-    "first_seen": FIRST_SEEN_SCHEMA,
-}
+def state_kinds(horizons: StatHorizons) -> dict[str, pa.Schema]:
+    """State kind -> schema; the totals' columns follow the home's decayed horizons."""
+    return {
+        # Held events keep their origin: a held duplicate is dead-lettered by its source offset. (State
+        # written before origins were kept reads back with null origins: only tie-breaks lose them.)
+        "held": SOURCED_EVENT_SCHEMA,
+        "user_history": _history_schema("user_id"),
+        "item_history": _history_schema("item_id"),
+        "user_totals": totals_schema("user_id", horizons),
+        "item_totals": totals_schema("item_id", horizons),
+        "click_history": CLICK_HISTORY_SCHEMA,
+        "pending_impressions": EVENT_SCHEMA,
+        "pending_clicks": CLICK_SCHEMA,
+        "recent": RECENT_SCHEMA,
+        "first_seen": FIRST_SEEN_SCHEMA,
+    }
+
+
+STATE_KIND_NAMES: tuple[str, ...] = tuple(state_kinds(StatHorizons()))
 
 
 @dataclass(frozen=True)
@@ -93,6 +101,7 @@ class Checkpoint:
     topic_ids: dict[str, str | None] = field(default_factory=dict)
     fingerprints: dict[str, RecordFingerprint | None] = field(default_factory=dict)  # None: offset 0
     parts: list[str] = field(default_factory=list)  # warehouse-relative paths, sorted
+    horizons: dict | None = None  # StatHorizons.spec() of the state and tables; None: nothing built yet
     version: int = CHECKPOINT_VERSION
 
     @staticmethod
@@ -180,6 +189,9 @@ def _parse_checkpoint(path: Path, data: object) -> Checkpoint:
         isinstance(p, str) and p and not p.startswith("/") and ".." not in Path(p).parts for p in parts
     ):
         raise _unusable(path, "parts is not a list of warehouse-relative paths")
+    horizons = data.get("horizons")
+    if horizons is not None and not isinstance(horizons, dict):
+        raise _unusable(path, "horizons is not an object")
     return Checkpoint(
         batch_seq=data.get("batch_seq", 0),
         offsets=offsets,
@@ -192,7 +204,26 @@ def _parse_checkpoint(path: Path, data: object) -> Checkpoint:
         topic_ids=topic_ids,
         fingerprints={k: _fingerprint(path, k, v) for k, v in prints.items()},
         parts=parts,
+        horizons=horizons,
     )
+
+
+def check_horizons(directory: Path, checkpoint: Checkpoint, horizons: StatHorizons) -> None:
+    """Refuse to continue a job whose state and tables were built with other statistics horizons: its
+    history may be shorter than a new sliding window needs, and its tables lack the new columns."""
+    if checkpoint.horizons is not None and checkpoint.horizons != horizons.spec():
+        was = _horizons_text(checkpoint.horizons)
+        raise CheckpointError(
+            f"checkpoint {directory / CHECKPOINT_FILE} was built with statistics horizons {was}, the "
+            f"settings ask for {_horizons_text(horizons.spec())}; {RESET_HINT} (or set CTRFLOW_STAT_WINDOWS "
+            "/ CTRFLOW_STAT_DECAYED_WINDOWS back)"
+        )
+
+
+def _horizons_text(spec: dict) -> str:
+    sliding = ",".join(spec.get("sliding", {})) or "-"
+    decayed = ",".join(spec.get("decayed", {})) or "-"
+    return f"sliding {sliding}, decayed {decayed}"
 
 
 def load_checkpoint(directory: Path) -> Checkpoint:
@@ -217,7 +248,7 @@ def _corrupt_state(path: Path, exc: BaseException) -> CheckpointError:
     return CheckpointError(f"state file {path} is corrupt ({reason}); {RESET_HINT}")
 
 
-def check_state(directory: Path, checkpoint: Checkpoint) -> None:
+def check_state(directory: Path, checkpoint: Checkpoint, horizons: StatHorizons) -> None:
     """Every state file the checkpoint names is a readable Parquet file of its kind's schema, every
     page of it (one read of the state per run).
 
@@ -229,7 +260,7 @@ def check_state(directory: Path, checkpoint: Checkpoint) -> None:
     root = directory / checkpoint.state_dir
     if not root.is_dir():
         raise _unusable(directory / CHECKPOINT_FILE, f"its state directory {root} is missing")
-    for kind, schema in STATE_KINDS.items():
+    for kind, schema in state_kinds(horizons).items():
         for path in sorted((root / kind).glob("*.parquet")):
             try:
                 names = pq.read_schema(path).names
@@ -259,20 +290,22 @@ def state_dir_name(batch_seq: int) -> str:
 
 
 # The entity column each kind's files are sharded by when written.
-SHARDED_BY: dict[str, str] = {k: "item_id" if k.startswith("item_") else "user_id" for k in STATE_KINDS}
+SHARDED_BY: dict[str, str] = {k: "item_id" if k.startswith("item_") else "user_id" for k in STATE_KIND_NAMES}
 
 
 def state_file_name(shard: int, num_shards: int) -> str:
     return f"shard-{shard:04d}-of-{num_shards:04d}.parquet"
 
 
-def read_state(state_root: Path | None, kind: str, column: str, shard: int, num_shards: int) -> pa.Table:
-    """Rows of one state kind whose ``column`` falls in ``shard`` (empty when there is no state yet).
+def read_state(
+    state_root: Path | None, kind: str, schema: pa.Schema, column: str, shard: int, num_shards: int
+) -> pa.Table:
+    """Rows of one state kind (of ``schema``) whose ``column`` falls in ``shard`` (empty when there is
+    no state yet).
 
     A shard reads just its own file when the state was written by as many shards, by the same column;
     otherwise (another shard count, or held events read by item) it filters every file of the kind.
     """
-    schema = STATE_KINDS[kind]
     if state_root is None or not (state_root / kind).is_dir():
         return schema.empty_table()
     directory = state_root / kind
@@ -293,11 +326,13 @@ def _read_state_file(path: Path, schema: pa.Schema) -> pa.Table:
         raise _corrupt_state(path, exc) from exc
 
 
-def write_state(state_root: Path, kind: str, shard: int, num_shards: int, table: pa.Table) -> None:
+def write_state(
+    state_root: Path, kind: str, schema: pa.Schema, shard: int, num_shards: int, table: pa.Table
+) -> None:
     """Write one shard of one kind (temp file + rename: a half-written file is never read)."""
     directory = state_root / kind
     directory.mkdir(parents=True, exist_ok=True)
     name = state_file_name(shard, num_shards)
     tmp = directory / f".{name}.tmp"
-    pq.write_table(table.select(STATE_KINDS[kind].names).cast(STATE_KINDS[kind]), tmp)
+    pq.write_table(table.select(schema.names).cast(schema), tmp)
     os.replace(tmp, directory / name)

@@ -3,7 +3,7 @@
 For a query (entity e, time t), all from events strictly before t (point-in-time correct):
 
 - each sliding window w: impressions and clicks of e with time in ``[t - w, t)``, exact, from the history
-  of the last 7 days the job keeps;
+  the job keeps (as long as the longest sliding window);
 - each decayed window (time constant c): impressions and clicks weighted by ``exp(-(t - time) / c)``;
 - all time: every impression and click of e;
 
@@ -12,7 +12,8 @@ The long horizons do not need the old events: when history is pruned, the events
 into one *totals* row per entity (``fold_pruned``): the decayed sums as of a time ``as_of`` and the exact
 counts. A query adds the totals, decayed from ``as_of`` to t, to the sums over the history it still holds.
 Two batchings of one log fold at different times, so decayed values agree to float rounding, not bit for
-bit; counts are exact (and without a fold, as in any log shorter than 7 days, so are decayed values).
+bit; counts are exact (and without a fold, as in any log shorter than the longest sliding window, so are
+decayed values). Which horizons exist is the home's ``StatHorizons`` (``Settings.horizons``).
 """
 
 from __future__ import annotations
@@ -23,24 +24,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.beam.keys import KeySpace, distinct_keys, entity_codes
-from pipelines.tables import (
-    ALL_TIME,
-    CTR_PRIOR_CLICKS,
-    CTR_PRIOR_IMPRESSIONS,
-    DECAYED_WINDOWS,
-    STAT_WINDOWS,
-)
+from pipelines.tables import ALL_TIME, CTR_PRIOR_CLICKS, CTR_PRIOR_IMPRESSIONS, StatHorizons
 
-MAX_WINDOW_MS = max(STAT_WINDOWS.values()) * 1000
-# Decay weights are exp((time - reference) / constant): one fixed reference keeps an event's weight the
-# same in every batch. 2020-01-01 UTC: float64 holds the weights of events from ~1960 to ~2080.
-DECAY_REFERENCE_MS = 1_577_836_800_000
+# Decay weights are exp((time - reference) / constant) with the reference at the entity's oldest event
+# in the history, so the running sums stay in float64's range whatever the log's dates: the exponent is
+# at most the history's span in time constants. Past this many the sums could overflow.
+MAX_DECAY_EXPONENT = 700.0
 
 
-def totals_schema(entity: str) -> pa.Schema:
+def totals_schema(entity: str, horizons: StatHorizons) -> pa.Schema:
     """One row per entity: what its events before ``as_of`` (ms), no longer in the history, add up to."""
     fields = [pa.field(entity, pa.string()), pa.field("as_of", pa.int64())]
-    for w in DECAYED_WINDOWS:
+    for w, _ in horizons.decayed:
         fields += [pa.field(f"impressions_{w}", pa.float64()), pa.field(f"clicks_{w}", pa.float64())]
     fields += [pa.field(f"impressions_{ALL_TIME}", pa.int64()), pa.field(f"clicks_{ALL_TIME}", pa.int64())]
     return pa.schema(fields)
@@ -53,7 +48,7 @@ def _by_code(values: np.ndarray, codes: np.ndarray, n: int, fill: float = 0.0) -
 
 
 def fold_pruned(
-    history: pa.Table, totals: pa.Table, entity: str, boundary_ms: int
+    history: pa.Table, totals: pa.Table, entity: str, boundary_ms: int, horizons: StatHorizons
 ) -> tuple[pa.Table, pa.Table]:
     """(history at or after ``boundary_ms``, totals with the events before it folded in, as of it)."""
     times = history["event_time"].to_numpy()
@@ -76,7 +71,7 @@ def fold_pruned(
     d_times = times[old]
     columns: dict[str, object] = {entity: names.take(pa.array(first[codes]))}
     columns["as_of"] = np.where(touched, boundary_ms, as_of)[codes]
-    for w, constant in DECAYED_WINDOWS.items():
+    for w, constant in horizons.decayed:
         weight = np.exp(-(boundary_ms - d_times) / (constant * 1000.0))
         carry = np.exp(-(boundary_ms - as_of) / (constant * 1000.0))
         for stat, mask in (("impressions", ~click), ("clicks", click)):
@@ -87,7 +82,7 @@ def fold_pruned(
         before = _by_code(totals[f"{stat}_{ALL_TIME}"].to_numpy(), t_codes, n)
         added = np.bincount(d_codes, weights=mask, minlength=n).astype(np.int64)
         columns[f"{stat}_{ALL_TIME}"] = (before + added)[codes]
-    return kept, pa.table(columns, schema=totals_schema(entity))
+    return kept, pa.table(columns, schema=totals_schema(entity, horizons))
 
 
 def history_of(events: pa.Table, entity: str) -> pa.Table:
@@ -102,11 +97,11 @@ def history_of(events: pa.Table, entity: str) -> pa.Table:
 
 
 def prune_history(
-    history: pa.Table, totals: pa.Table, entity: str, watermark_ms: int
+    history: pa.Table, totals: pa.Table, entity: str, watermark_ms: int, horizons: StatHorizons
 ) -> tuple[pa.Table, pa.Table]:
     """Drop history no future query (at or after the watermark) needs for a sliding window, folding it
     into the entity's totals for the long horizons: (history kept, totals)."""
-    return fold_pruned(history, totals, entity, watermark_ms - MAX_WINDOW_MS)
+    return fold_pruned(history, totals, entity, watermark_ms - horizons.longest_sliding_s * 1000, horizons)
 
 
 def distinct_points(events: pa.Table, entity: str) -> pa.Table:
@@ -141,7 +136,7 @@ def drop_seen_points(events: pa.Table, seen: pa.Table, entity: str) -> pa.Table:
 
 
 def window_stats(
-    history: pa.Table, events: pa.Table, entity: str, totals: pa.Table | None = None
+    history: pa.Table, events: pa.Table, entity: str, horizons: StatHorizons, totals: pa.Table | None = None
 ) -> pa.Table:
     """Statistics of ``entity`` at each distinct (entity, event_time) of ``events``, from ``history``
     (which must hold every event of those entities since their ``totals`` row's ``as_of``, or ever).
@@ -149,12 +144,12 @@ def window_stats(
     One sort of the history answers every window: with the cumulative click count along the sorted
     keys, a window's impressions and clicks both come from the same two bisections.
     """
-    totals = totals if totals is not None else totals_schema(entity).empty_table()
+    totals = totals if totals is not None else totals_schema(entity, horizons).empty_table()
     h_codes, e_codes, t_codes = entity_codes(history[entity], events[entity], totals[entity])
     h_times = history["event_time"].to_numpy()
     e_times = events["event_time"].to_numpy()
     n_codes = int(max(h_codes.max(initial=-1), e_codes.max(initial=-1), t_codes.max(initial=-1))) + 1
-    space = KeySpace.covering([h_times, e_times], MAX_WINDOW_MS, n_codes)
+    space = KeySpace.covering([h_times, e_times], horizons.longest_sliding_s * 1000, n_codes)
     # Distinct query keys come out sorted, so the bisections below walk memory in order.
     q_keys, first = distinct_keys(space.key(e_codes, e_times))
     points = events.select([entity, "event_time"]).take(pa.array(first))
@@ -172,7 +167,7 @@ def window_stats(
         columns[f"clicks_{name}"] = clicks
         columns[f"ctr_{name}"] = (clicks + CTR_PRIOR_CLICKS) / (impressions + CTR_PRIOR_IMPRESSIONS)
 
-    for name, seconds in STAT_WINDOWS.items():
+    for name, seconds in horizons.sliding:
         since = np.searchsorted(h_keys, q_keys - seconds * 1000, side="left")
         clicks = clicks_before[upto] - clicks_before[since]
         put(name, (upto - since) - clicks, clicks)
@@ -186,10 +181,22 @@ def window_stats(
     start = np.searchsorted(h_keys, space.entity_start(q_codes), side="left")
     seen = upto > start  # queries with history of their entity before them
     entity_of = h_codes[order]  # sorted by key: each entity's events together, oldest first
-    for name, constant in DECAYED_WINDOWS.items():
+    sorted_times = h_times[order]
+    runs = np.flatnonzero(np.r_[True, entity_of[1:] != entity_of[:-1]]) if len(entity_of) else entity_of
+    oldest = np.zeros(n_codes, dtype=np.int64)
+    oldest[entity_of[runs]] = sorted_times[runs]
+    since_oldest = (sorted_times - oldest[entity_of]).astype(np.float64)
+    query_age = (q_times[seen] - oldest[q_codes[seen]]).astype(np.float64)
+    for name, constant in horizons.decayed:
         scale = constant * 1000.0
-        weight = np.exp((h_times[order] - DECAY_REFERENCE_MS) / scale)
-        to_query = np.exp(-(q_times[seen] - DECAY_REFERENCE_MS) / scale)
+        exponent = since_oldest / scale
+        if exponent.size and exponent.max() > MAX_DECAY_EXPONENT:
+            raise ValueError(
+                f"decayed horizon {name}: one entity's events in this batch span "
+                f"{exponent.max():.0f} time constants, more than float64 can sum; use a longer "
+                "constant, or feed the log through Kafka in smaller batches"
+            )
+        weight = np.exp(exponent)
         carry = np.exp(-(q_times - carried("as_of")) / scale)
         sums = []
         for stat, mask in (("impressions", is_click == 0), ("clicks", is_click == 1)):
@@ -197,7 +204,8 @@ def window_stats(
             # entity's events, so one log gives the same value however it was batched.
             running = pd.Series(weight * mask).groupby(entity_of, sort=False).cumsum().to_numpy()
             recent = np.zeros(len(q_codes))
-            recent[seen] = running[upto[seen] - 1] * to_query
+            with np.errstate(divide="ignore"):  # log(0) = -inf: no such event yet, a sum of 0
+                recent[seen] = np.exp(np.log(running[upto[seen] - 1]) - query_age / scale)
             sums.append(recent + carried(f"{stat}_{name}") * carry)
         put(name, *sums)
     clicks = clicks_before[upto] - clicks_before[start]

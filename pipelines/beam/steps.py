@@ -20,6 +20,7 @@ from pipelines.beam.parse import SOURCED_EVENT_SCHEMA
 from pipelines.beam.sequences import click_history_of, keep_last_clicks, last_n_sequences
 from pipelines.beam.stats import distinct_points, drop_seen_points, history_of, prune_history, window_stats
 from pipelines.events import CLICK, EVENT_SCHEMA, IMPRESSION
+from pipelines.tables import StatHorizons
 
 
 @dataclass
@@ -77,6 +78,7 @@ def user_shard_step(
     window_ms: int,
     sequence_length: int,
     dedup_window_ms: int,
+    horizons: StatHorizons,
 ) -> tuple[dict[str, pa.Table], UserShardState]:
     """Labelled samples, unattributed clicks, user stats and sequences for one user shard, and under
     "duplicates" the ready impressions (SOURCED_EVENT_SCHEMA) that repeat an earlier id."""
@@ -96,7 +98,7 @@ def user_shard_step(
     history = pa.concat_tables([state.user_history, history_of(ready, "user_id")])
     # One row per distinct (entity, event time), across batches too (see drop_seen_points).
     user_stats = window_stats(history, drop_seen_points(ready, state.user_history, "user_id"), "user_id",
-                              state.user_totals)
+                              horizons, state.user_totals)
     seen_impressions = state.user_history.filter(pc.invert(state.user_history["is_click"]))
 
     attributed = attribute(
@@ -117,7 +119,7 @@ def user_shard_step(
         seen = seen.filter(pc.greater_equal(seen["event_time"], prune_at - dedup_window_ms))
     totals = state.user_totals
     if prune_at is not None:
-        history, totals = prune_history(history, totals, "user_id", prune_at)
+        history, totals = prune_history(history, totals, "user_id", prune_at, horizons)
     next_state = UserShardState(
         held=held,
         user_history=history,
@@ -139,7 +141,7 @@ def user_shard_step(
 
 
 def item_shard_step(
-    state: ItemShardState, new: pa.Table, watermark_ms: int | None
+    state: ItemShardState, new: pa.Table, watermark_ms: int | None, horizons: StatHorizons
 ) -> tuple[dict[str, pa.Table], ItemShardState]:
     """Item stats and attributes for one item shard; returns the rows and the item state to keep (its
     ``held`` is not the step's: the user shards keep held events).
@@ -149,12 +151,12 @@ def item_shard_step(
     ready, _ = split_ready(state.held, new, watermark_ms, ITEM_EVENT_SCHEMA)
     history = pa.concat_tables([state.item_history, history_of(ready, "item_id")])
     item_stats = window_stats(history, drop_seen_points(ready, state.item_history, "item_id"), "item_id",
-                              state.item_totals)
+                              horizons, state.item_totals)
     prune_at = _prune_point(ready, watermark_ms)
     rows = {"item_stats": item_stats, "item_attributes": item_attributes(ready)}
     totals = state.item_totals
     if prune_at is not None:
-        history, totals = prune_history(history, totals, "item_id", prune_at)
+        history, totals = prune_history(history, totals, "item_id", prune_at, horizons)
     return rows, ItemShardState(state.held, history, totals)
 
 

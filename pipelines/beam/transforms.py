@@ -29,7 +29,14 @@ from pipelines.beam.parse import (
     parse_json_batch,
 )
 from pipelines.beam.shards import split_by_shard
-from pipelines.beam.sinks import SourceRange, part_file_name, range_tag, to_table_schema, write_table
+from pipelines.beam.sinks import (
+    SourceRange,
+    part_file_name,
+    range_tag,
+    to_table_schema,
+    warehouse_schemas,
+    write_table,
+)
 from pipelines.beam.staging import load_staged, stage_table
 from pipelines.beam.steps import (
     ITEM_EVENT_SCHEMA,
@@ -42,6 +49,7 @@ from pipelines.beam.steps import (
 from pipelines.events import DEADLETTER_SCHEMA, DeadLetter
 from pipelines.kafka import make_producer
 from pipelines.logfile import COLUMNAR_SCHEMA, log_format
+from pipelines.tables import StatHorizons
 
 ACCOUNTING = "ctrflow.accounting"
 OUTPUT = "ctrflow.output"
@@ -167,16 +175,20 @@ def shard_events(parsed: Parsed, num_shards: int, staging: str) -> Iterator[tupl
 class WarehouseWriter:
     """Writes one batch's rows into the warehouse: every file carries the batch's source ranges."""
 
-    def __init__(self, warehouse: str, ranges: list[SourceRange], file_name: str, created_base_ms: int):
+    def __init__(
+        self, warehouse: str, ranges: list[SourceRange], file_name: str, created_base_ms: int,
+        horizons: StatHorizons,
+    ):
         self.warehouse = Path(warehouse)
         self.ranges = ranges
         self.file_name = file_name
         self.created_base_ms = created_base_ms
+        self.schemas = warehouse_schemas(horizons)
 
     def write(self, name: str, rows: pa.Table, part: str, created: tuple[int, int] = (0, 1)) -> None:
         """Rows of table ``name`` into ``<batch file name>.<part>`` files; ``created`` = (offset, stride)
         interleaves this part's ``created`` values with the other parts' (see sinks.to_table_schema)."""
-        table = to_table_schema(name, rows, self.created_base_ms + created[0], created[1])
+        table = to_table_schema(name, self.schemas[name], rows, self.created_base_ms + created[0], created[1])
         Metrics.counter(OUTPUT, f"rows/{name}").inc(table.num_rows)
         write_table(self.warehouse, name, table, self.ranges, part_file_name(self.file_name, part))
 
@@ -199,6 +211,7 @@ class ShardFeatures(beam.DoFn):
         sequence_length: int,
         writer: WarehouseWriter,
         dedup_window_ms: int,
+        horizons: StatHorizons,
         dead_letter_topic: tuple[str, str] | None = None,
     ):
         self.state_in = Path(state_in) if state_in else None
@@ -208,15 +221,17 @@ class ShardFeatures(beam.DoFn):
         self.sequence_length = sequence_length
         self.writer = writer
         self.dedup_window_ms = dedup_window_ms
+        self.horizons = horizons
+        self.state_kinds = st.state_kinds(horizons)
         self.dead_letter_topic = dead_letter_topic
         self._producer = None
 
     def _load(self, kind: str, column: str, shard: int) -> pa.Table:
-        return st.read_state(self.state_in, kind, column, shard, self.num_shards)
+        return st.read_state(self.state_in, kind, self.state_kinds[kind], column, shard, self.num_shards)
 
     def _save(self, kind: str, shard: int, table: pa.Table) -> None:
         if self.state_out is not None:
-            st.write_state(self.state_out, kind, shard, self.num_shards, table)
+            st.write_state(self.state_out, kind, self.state_kinds[kind], shard, self.num_shards, table)
 
     def _dead_letter(self, duplicates: pa.Table, shard: int) -> None:
         letters = dead_letters_of(duplicates, DUPLICATE_REASON)
@@ -236,7 +251,8 @@ class ShardFeatures(beam.DoFn):
         if kind == USER:
             state = UserShardState(**{k: self._load(k, "user_id", shard) for k in USER_STATE_KINDS})
             rows, nxt = user_shard_step(
-                state, events, watermark_ms, self.window_ms, self.sequence_length, self.dedup_window_ms
+                state, events, watermark_ms, self.window_ms, self.sequence_length, self.dedup_window_ms,
+                self.horizons,
             )
             for k in USER_STATE_KINDS:
                 self._save(k, shard, getattr(nxt, k))
@@ -249,7 +265,7 @@ class ShardFeatures(beam.DoFn):
                 item_history=self._load("item_history", "item_id", shard),
                 item_totals=self._load("item_totals", "item_id", shard),
             )
-            rows, nxt = item_shard_step(state, events, watermark_ms)
+            rows, nxt = item_shard_step(state, events, watermark_ms, self.horizons)
             self._save("item_history", shard, nxt.item_history)
             self._save("item_totals", shard, nxt.item_totals)
         for name, table in rows.items():

@@ -54,3 +54,26 @@ def test_warehouse_registry_and_runs_may_live_outside_home(tmp_path: Path,
     assert placed.registry_dir == (tmp_path / "reg").resolve()
     assert placed.runs_dir == (tmp_path / "rep").resolve()
     assert placed.checkpoints_dir.parent == placed.home_dir  # the rest still follows home
+
+
+def test_statistics_horizons_are_parsed_ordered_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CTRFLOW_STAT_WINDOWS", "7d, 30m,2w")
+    monkeypatch.setenv("CTRFLOW_STAT_DECAYED_WINDOWS", "365d,30d")
+    horizons = get_settings().horizons
+    assert horizons.sliding == (("30m", 1800), ("7d", 604_800), ("2w", 1_209_600))  # by length
+    assert horizons.decayed == (("30d", 2_592_000), ("365d", 31_536_000))
+    assert horizons.suffixes == ("30m", "7d", "2w", "30d", "365d", "all")
+    assert horizons.longest_sliding_s == 1_209_600
+    assert get_settings(stat_decayed_windows="").horizons.decayed == ()  # all time stays
+    for bad, why in [
+        ({"stat_windows": "24"}, "not <count><unit>"),
+        ({"stat_windows": "1y"}, "not <count><unit>"),
+        ({"stat_windows": "91d"}, "90 days"),  # every sliding window's events are kept in state
+        ({"stat_windows": ""}, "at least one sliding window"),
+        ({"stat_windows": "24h,1d"}, "same length"),
+        ({"stat_decayed_windows": "12h"}, "from 1 day"),
+        ({"stat_windows": "7d", "stat_decayed_windows": "7d"}, "named twice"),
+        ({"stat_windows": ",".join(f"{k}h" for k in range(1, 10))}, "at most 8"),
+    ]:
+        with pytest.raises(ValidationError, match=why):
+            Settings(**bad)

@@ -22,11 +22,14 @@ from pipelines.settings import Settings
 
 T0_MS = int(datetime(2026, 3, 1, tzinfo=UTC).timestamp() * 1000)
 DAY_MS = 86_400_000
+# Feature rows start a day before the samples; their identity counts seconds from there (a count is >= 0).
+IDENTITY_ORIGIN_MS = T0_MS - DAY_MS
 
 
 def write_table(settings: Settings, name: str, table: pa.Table, part: str = "part-0") -> list[Path]:
     """Write a warehouse table as ``<warehouse>/<name>/date=YYYY-MM-DD/<part>.parquet`` files."""
-    table = table.select(tables.TABLES[name].names).cast(tables.TABLES[name])
+    schema = tables.table_schemas(settings.horizons)[name]
+    table = table.select(schema.names).cast(schema)
     dates = pc.strftime(table.column("event_time"), format="%Y-%m-%d")
     paths = []
     for date in pc.unique(dates).to_pylist():
@@ -85,15 +88,17 @@ def _feature_times(rng: np.random.Generator, n_rows: int, n_entities: int, days:
     return entity, event_ms
 
 
-def stats_table(rng: np.random.Generator, key: str, prefix: str, n_rows: int, n_entities: int, days: float,
-                tie_fraction: float = 0.05) -> pa.Table:
+def stats_table(
+    rng: np.random.Generator, key: str, prefix: str, n_rows: int, n_entities: int, days: float,
+    tie_fraction: float = 0.05, horizons: tables.StatHorizons = tables.DEFAULT_HORIZONS,
+) -> pa.Table:
     entity, event_ms = _feature_times(rng, n_rows, n_entities, days, tie_fraction)
     columns: dict[str, pa.Array] = {
         key: pa.array([f"{prefix}{k}" for k in entity]),
         "event_time": _ts(event_ms),
     }
-    schema = tables.USER_STATS if key == "user_id" else tables.ITEM_STATS
-    for window in tables.STAT_SUFFIXES:
+    schema = tables.stats_schema(key, horizons)
+    for window in horizons.suffixes:
         impressions = rng.integers(0, 500, n_rows)
         clicks = (impressions * rng.random(n_rows) * 0.3).astype("int64")
         count = schema.field(f"impressions_{window}").type
@@ -102,9 +107,11 @@ def stats_table(rng: np.random.Generator, key: str, prefix: str, n_rows: int, n_
         columns[f"ctr_{window}"] = pa.array(
             (clicks + tables.CTR_PRIOR_CLICKS) / (impressions + tables.CTR_PRIOR_IMPRESSIONS)
         )
-    # Row identity for leak tests: seconds since T0 at which the row is valid, and its creation order.
-    columns["impressions_1h"] = pa.array((event_ms - T0_MS) // 1000, pa.int64())
-    columns["clicks_1h"] = pa.array(np.arange(n_rows), pa.int64())
+    # Row identity for leak tests: seconds since IDENTITY_ORIGIN_MS at which the row is valid, and its
+    # creation order, in the shortest window's counts (impressions_1h, clicks_1h by default).
+    shortest = horizons.sliding[0][0]
+    columns[f"impressions_{shortest}"] = pa.array((event_ms - IDENTITY_ORIGIN_MS) // 1000, pa.int64())
+    columns[f"clicks_{shortest}"] = pa.array(np.arange(n_rows), pa.int64())
     columns["created"] = _ts(T0_MS + rng.permutation(n_rows))
     return pa.table(columns, schema=schema)
 
@@ -157,8 +164,10 @@ def write_synthetic_warehouse(settings: Settings, n_samples: int = 200, n_users:
     written = {
         "labelled_samples": labelled_samples(rng, n_samples, n_users, n_items, days),
         # n_users - 1 / n_items - 1: the last user and item never have a feature row.
-        "user_stats": stats_table(rng, "user_id", "u", rows, max(n_users - 1, 1), days),
-        "item_stats": stats_table(rng, "item_id", "i", rows, max(n_items - 1, 1), days),
+        "user_stats": stats_table(rng, "user_id", "u", rows, max(n_users - 1, 1), days,
+                                  horizons=settings.horizons),
+        "item_stats": stats_table(rng, "item_id", "i", rows, max(n_items - 1, 1), days,
+                                  horizons=settings.horizons),
         "user_sequences": sequences_table(rng, rows, max(n_users - 1, 1), days),
     }
     # Drawn after the others so the tables above stay what they were for the same seed.

@@ -29,7 +29,7 @@ from pipelines import tables
 from pipelines.settings import Settings
 from pipelines.tables import ENTITY_KEYS
 
-from .synthetic_warehouse import DAY_MS, T0_MS, write_synthetic_warehouse, write_table
+from .synthetic_warehouse import DAY_MS, IDENTITY_ORIGIN_MS, T0_MS, write_synthetic_warehouse, write_table
 
 T0 = datetime.fromtimestamp(T0_MS / 1000, UTC)
 
@@ -40,7 +40,8 @@ def _ts(ms: int) -> datetime:
 
 def _stale_user_rows() -> dict[str, pa.Table]:
     """User 'u-stale': stats 8 days before its sample (beyond the 7 d TTL), sequence 8 days (within 30 d)."""
-    stats = {name: [0] for name in tables.USER_STATS.names}
+    user_stats = tables.stats_schema("user_id", tables.DEFAULT_HORIZONS)
+    stats = {name: [0] for name in user_stats.names}
     stats.update(user_id=["u-stale"], event_time=[_ts(T0_MS - 8 * DAY_MS)], created=[_ts(T0_MS)])
     stats.update(impressions_7d=[42], clicks_7d=[4], ctr_7d=[0.2])
     sample = {name: [None] for name in tables.LABELLED_SAMPLES.names}
@@ -50,7 +51,7 @@ def _stale_user_rows() -> dict[str, pa.Table]:
                seq_category_ids=[[1, 2]], seq_event_times=[[T0_MS - 9 * DAY_MS, T0_MS - 8 * DAY_MS - 1]],
                seq_length=[2], created=[_ts(T0_MS)])
     return {
-        "user_stats": pa.table(stats).cast(tables.USER_STATS),
+        "user_stats": pa.table(stats).cast(user_stats),
         "labelled_samples": pa.table(sample).cast(tables.LABELLED_SAMPLES),
         "user_sequences": pa.table(seq, schema=tables.USER_SEQUENCES),
     }
@@ -80,7 +81,7 @@ def _reference(written: dict[str, pa.Table], samples: pa.Table, service: str) ->
             t = sample["event_time"]
             candidates = [r for r in by_entity[sample[key]] if t - ttl <= r["event_time"] <= t]
             best = max(candidates, key=lambda r: (r["event_time"], r["created"]), default=None)
-            for feature in view_features(view):
+            for feature in view_features(view, tables.DEFAULT_HORIZONS):
                 value = feature_default(feature) if best is None else best[feature]
                 expected[f"{view}__{feature}"].append(value)
     return expected
@@ -116,9 +117,9 @@ def test_no_feature_comes_from_the_future_and_ttl_is_honoured(warehouse) -> None
     settings, _ = warehouse
     joined = join_features(settings, read_samples(settings), "sequence_ctr", "asof").to_pylist()
     for row in joined:
-        # Synthetic stats encode their row's validity time (s since T0) in impressions_1h, and sequence
-        # times end before their row's time: nothing may lie after the sample.
-        t_s = (row["event_time"] - T0).total_seconds()
+        # Synthetic stats encode their row's validity time (s since IDENTITY_ORIGIN_MS) in impressions_1h,
+        # and sequence times end before their row's time: nothing may lie after the sample.
+        t_s = row["event_time"].timestamp() - IDENTITY_ORIGIN_MS / 1000
         if row["user_stats__ctr_24h"] != CTR_PRIOR or row["user_stats__impressions_1h"]:
             assert row["user_stats__impressions_1h"] <= t_s
             assert row["user_stats__impressions_1h"] >= t_s - 7 * 86_400

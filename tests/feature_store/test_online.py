@@ -13,6 +13,7 @@ from features.feature_repo.definitions import CTR_PRIOR
 from features.online import latest_per_entity, materialize_range, online_features, push_latest
 from features.store import FeatureStoreNotReady
 from pipelines.settings import Settings
+from pipelines.tables import DEFAULT_HORIZONS
 
 from .synthetic_warehouse import T0_MS, write_synthetic_warehouse
 
@@ -37,7 +38,7 @@ def test_latest_per_entity_breaks_event_time_ties_by_created() -> None:
                       "seq_item_ids": [[1], [2], [3]], "seq_category_ids": [[1], [2], [3]],
                       "seq_event_times": [[1], [2], [3]], "seq_length": pa.array([1, 1, 1], pa.int32()),
                       "created": pa.array([7, 3, 1], pa.int64()).cast(pa.timestamp("ms", tz="UTC"))})
-    latest = latest_per_entity("user_sequences", frame)
+    latest = latest_per_entity("user_sequences", frame, DEFAULT_HORIZONS)
     assert latest.column("user_id").to_pylist() == ["a", "b"]
     assert latest.column("seq_item_ids").to_pylist() == [[1], [3]]
 

@@ -23,7 +23,7 @@ runner = CliRunner()
 @pytest.fixture
 def warehouse(settings: Settings) -> Settings:
     write_synthetic_warehouse(settings, n_samples=50)
-    refresh_views(settings.warehouse_dir, settings.warehouse_db)
+    refresh_views(settings.warehouse_dir, settings.warehouse_db, settings.horizons)
     return settings
 
 

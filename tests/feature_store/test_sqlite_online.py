@@ -48,11 +48,11 @@ def _served_by_entity(settings: Settings) -> dict[str, dict]:
 def _assert_serves_newest(settings: Settings, tables: dict[str, pa.Table]) -> None:
     served = _served_by_entity(settings)
     for view, table in VIEW_TABLES.items():
-        latest = latest_per_entity(table, tables[table])
+        latest = latest_per_entity(table, tables[table], settings.horizons)
         key = ENTITY_KEYS[table]
         assert latest.num_rows > 0
         for row in latest.to_pylist():
-            for feature in view_features(view):
+            for feature in view_features(view, settings.horizons):
                 assert served[row[key]][f"{view}__{feature}"] == pytest.approx(row[feature]), (view, feature)
 
 
@@ -100,7 +100,7 @@ def test_batched_write_stores_exactly_what_feasts_sqlite_store_stores(tmp_path: 
     views = store.list_feature_views()
     stock.update(stock_config, [], views, [], [], partial=False)
     for view in views:
-        frame = latest_per_entity(VIEW_TABLES[view.name], tables[VIEW_TABLES[view.name]])
+        frame = latest_per_entity(VIEW_TABLES[view.name], tables[VIEW_TABLES[view.name]], settings.horizons)
         rows = store.provider._prep_rows_to_write_for_ingestion(view, frame.to_pandas())
         stock.online_write_batch(stock_config, view, rows, None)
         name = f"{store.project}_{view.name}"

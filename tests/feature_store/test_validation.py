@@ -99,6 +99,20 @@ def test_bad_training_data_fails_with_a_clear_message(built, corrupt, expected_f
     assert raised.value.report is report and "FAILED" in str(raised.value)
 
 
+def test_every_statistics_column_is_range_checked_whatever_its_horizon(built) -> None:
+    """The suite checks statistics by column pattern, so horizons a home configured are checked too."""
+    settings, table = built
+    n = table.num_rows
+    odd = table.append_column("item_stats__ctr_3d", pa.array([0.1] * (n - 1) + [1.5]))
+    odd = odd.append_column("user_stats__clicks_90d", pa.array([-0.5] + [2.0] * (n - 1)))
+    failures = _failed_types(validate_table(settings, "dataset", odd))
+    assert set(failures) >= {"expect_column_values_to_be_between:item_stats__ctr_3d",
+                             "expect_column_values_to_be_between:user_stats__clicks_90d"}, failures
+    assert "1 of 120 rows unexpected" in failures["expect_column_values_to_be_between:item_stats__ctr_3d"]
+    checked = [c for c in table.column_names if c.startswith(("user_stats__", "item_stats__"))]
+    assert len(checked) == 30 and validate_table(settings, "dataset", table).evaluated >= len(checked)
+
+
 def test_freshness_and_sequence_length_bounds(built) -> None:
     settings, table = built
     stale = validate_table(settings, "dataset", table, bounds=ValidationBounds(max_age_s=3600))

@@ -14,10 +14,11 @@ from typer.testing import CliRunner
 
 from orchestration.cli import app
 from pipelines.beam.job import JobConfig, run_file
-from pipelines.beam.sinks import ALL_TABLES, _empty_select
+from pipelines.beam.sinks import _empty_select, warehouse_schemas
 from pipelines.events import DEADLETTER_RAW_PREFIX_BYTES, MAX_RECORD_BYTES, encode_event
 from pipelines.logfile import LogSchemaError
 from pipelines.settings import Settings
+from pipelines.tables import LABELLED_SAMPLES
 from tests.features_job.helpers import read_table
 
 T0 = 1_767_571_214_000
@@ -93,12 +94,12 @@ def test_every_table_answers_a_query_even_when_empty(settings: Settings, tmp_pat
     path.write_bytes(b"".join(encode_event(e) + b"\n" for e in _events(4)))
     run_file(settings, path, config=CONFIG)
     with duckdb.connect(str(settings.warehouse_db), read_only=True) as con:
-        for name, schema in ALL_TABLES.items():
+        for name, schema in warehouse_schemas(settings.horizons).items():
             columns = [row[0] for row in con.sql(f'DESCRIBE "{name}"').fetchall()]
             assert columns[: len(schema)] == schema.names, name
         assert con.execute("SELECT count(*) FROM dead_letters").fetchone() == (0,)
         assert con.execute("SELECT count(*) FROM labelled_samples").fetchone() == (4,)
         real = con.execute('DESCRIBE "labelled_samples"').fetchall()
     with duckdb.connect() as con:  # an empty view has exactly the columns and types the files give
-        con.execute(f"CREATE VIEW empty AS {_empty_select(con, ALL_TABLES['labelled_samples'])}")
+        con.execute(f"CREATE VIEW empty AS {_empty_select(con, LABELLED_SAMPLES)}")
         assert con.execute("DESCRIBE empty").fetchall() == real

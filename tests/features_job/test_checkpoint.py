@@ -1,5 +1,6 @@
-"""The checkpoint is never silently misused: another log, an old format, a damaged file or state, and
-a missing warehouse part file are each refused with one line naming the way out (--reset)."""
+"""The checkpoint is never silently misused: another log, an old format, other statistics horizons, a
+damaged file or state, and a missing warehouse part file are each refused with one line naming the way out
+(--reset)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,15 @@ from typer.testing import CliRunner
 from features_job.helpers import read_table
 from orchestration.cli import app
 from pipelines.beam import state as st
-from pipelines.beam.job import JobConfig, LogMismatch, MissingParts, reset_checkpoint, run_kafka
+from pipelines.beam.job import (
+    HorizonsMismatch,
+    JobConfig,
+    LogMismatch,
+    MissingParts,
+    reset_checkpoint,
+    run_file,
+    run_kafka,
+)
 from pipelines.events import encode_event
 from pipelines.kafka import EmbeddedBroker, ensure_ctr_topics, make_producer
 from pipelines.replay import replay
@@ -22,8 +31,8 @@ from pipelines.simulator import SimulatorConfig, simulate
 runner = CliRunner()
 
 
-def _cli(settings: Settings, *args: str, debug: bool = False):
-    env = {"CTRFLOW_TOPIC_PREFIX": settings.topic_prefix, "CTRFLOW_TOPIC_PARTITIONS": "2"}
+def _cli(settings: Settings, *args: str, debug: bool = False, env: dict[str, str] | None = None):
+    env = {"CTRFLOW_TOPIC_PREFIX": settings.topic_prefix, "CTRFLOW_TOPIC_PARTITIONS": "2", **(env or {})}
     base = ["--home", str(settings.home), "--bootstrap", str(settings.kafka_bootstrap)]
     return runner.invoke(app, [*(["--debug"] if debug else []), *base, *args], env=env)
 
@@ -171,3 +180,33 @@ def test_a_deleted_part_file_is_found_by_verify_and_by_the_next_run(
     assert rebuilt.exit_code == 0, rebuilt.output
     again = json.loads(_cli(kafka_settings, "features", "verify", "--json").stdout)
     assert again["ok"] and again["parts"] == len(list(kafka_settings.warehouse_dir.rglob("*.parquet")))
+
+
+def test_other_statistics_horizons_are_refused_until_the_warehouse_is_rebuilt(
+    kafka_settings: Settings, small_log: Path
+) -> None:
+    """The job's state holds as much history as the longest sliding window and the tables the built
+    horizons' columns: a changed CTRFLOW_STAT_WINDOWS must not be mixed in, by streaming or by a file
+    build, until --reset rebuilds everything with the new ones."""
+    _tiny_job(kafka_settings)
+    changed = {"CTRFLOW_STAT_WINDOWS": "2h,3d", "CTRFLOW_STAT_DECAYED_WINDOWS": "90d"}
+    other = kafka_settings.model_copy(update={"stat_windows": "2h,3d", "stat_decayed_windows": "90d"})
+    build = ["features", "build", "--from-kafka", "--final", "--no-online"]
+
+    def cli(*args: str):
+        return _cli(kafka_settings, *args, env=changed)
+
+    was_and_asked = "sliding 1h,24h,7d, decayed 30d.*sliding 2h,3d, decayed 90d"
+    with pytest.raises(st.CheckpointError, match=was_and_asked):
+        run_kafka(other)
+    _one_line_error(cli(*build), "statistics horizons", "--reset")
+    _one_line_error(cli("features", "verify"), "statistics horizons")
+    with pytest.raises(HorizonsMismatch, match="1h,24h,7d,30d,all.*2h,3d,90d,all"):
+        run_file(other, small_log)  # a file build into the same warehouse is refused the same way
+
+    rebuilt = cli(*build, "--reset")
+    assert rebuilt.exit_code == 0, rebuilt.output
+    columns = read_table(kafka_settings.home, "user_stats").column_names
+    assert [c for c in columns if c.startswith("ctr_")] == ["ctr_2h", "ctr_3d", "ctr_90d", "ctr_all"]
+    with pytest.raises(st.CheckpointError, match="sliding 2h,3d"):  # and now the old ones are refused
+        run_kafka(kafka_settings)

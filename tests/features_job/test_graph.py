@@ -25,7 +25,7 @@ SHARD_STEPS = ["ByShard", "AllShards", "FlattenShards", "GroupShards", "ShardFea
 def _graph(tmp_path: Path, plan: BatchPlan, bootstrap: str | None) -> beam_runner_api_pb2.Pipeline:
     options = pipeline_options()
     p = beam.Pipeline(runner=runner_for(options), options=options)
-    writer = WarehouseWriter(str(tmp_path / "warehouse"), plan.ranges, "batch", 0)
+    writer = WarehouseWriter(str(tmp_path / "warehouse"), plan.ranges, "batch", 0, Settings().horizons)
     _ = p | "FeatureJob" >> FeatureJob(
         Settings(),
         plan,

@@ -19,7 +19,7 @@ from pipelines.beam.attribution import RECENT_RETENTION_MS
 from pipelines.beam.job import JobConfig, run_file
 from pipelines.beam.stats import history_of, prune_history, totals_schema, window_stats
 from pipelines.settings import Settings
-from pipelines.tables import ALL_TIME, CTR_PRIOR_CLICKS, CTR_PRIOR_IMPRESSIONS, DECAYED_WINDOWS, STAT_WINDOWS
+from pipelines.tables import ALL_TIME, CTR_PRIOR_CLICKS, CTR_PRIOR_IMPRESSIONS, StatHorizons
 
 WINDOW_S = 1800
 SEQ_LEN = 5
@@ -35,6 +35,20 @@ def built(small_log: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pa
     return home, settings
 
 
+# Horizons a user configured: other sliding lengths (the longest sets how much history is kept) and two
+# decayed constants, one shorter than a sliding window.
+CUSTOM = {"stat_windows": "45m,2d", "stat_decayed_windows": "1d,90d"}
+
+
+@pytest.fixture(scope="module")
+def built_custom(small_log: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Settings]:
+    home = tmp_path_factory.mktemp("pit-custom") / "home"
+    settings = Settings(home=home, attribution_window_s=WINDOW_S, sequence_length=SEQ_LEN, **CUSTOM)
+    report = run_file(settings, small_log, config=JobConfig(num_shards=2, piece_size=900))
+    assert report.balanced
+    return home, settings
+
+
 def _con(home: Path, log: Path) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
     con.execute(f"CREATE TEMP VIEW log AS SELECT * FROM read_parquet('{log}')")
@@ -42,11 +56,18 @@ def _con(home: Path, log: Path) -> duckdb.DuckDBPyConnection:
 
 
 @pytest.mark.parametrize("entity, table", [("user_id", "user_stats"), ("item_id", "item_stats")])
-def test_window_stats_equal_independent_duckdb(built, small_log: Path, entity: str, table: str) -> None:
-    home, _ = built
+@pytest.mark.parametrize("home_of", ["built", "built_custom"])
+def test_window_stats_equal_independent_duckdb(
+    request: pytest.FixtureRequest, home_of: str, small_log: Path, entity: str, table: str
+) -> None:
+    home, settings = request.getfixturevalue(home_of)
+    horizons = settings.horizons
     con = _con(home, small_log)
+    columns = [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()]
+    stats = [c.split("_", 1)[1] for c in columns if c.startswith("ctr_")]
+    assert stats == list(horizons.suffixes)  # the table carries exactly the configured horizons, in order
     checks = []
-    for w, seconds in STAT_WINDOWS.items():
+    for w, seconds in horizons.sliding:
         ms = seconds * 1000
         checks.append(
             f"""
@@ -64,11 +85,11 @@ def test_window_stats_equal_independent_duckdb(built, small_log: Path, entity: s
         before = (f"FROM log l WHERE l.{entity} = s.{entity} AND l.type = '{kind}' "
                   "AND l.event_time < epoch_ms(s.event_time)")
         checks.append(f"(SELECT count(*) {before}) <> s.{stat}_{ALL_TIME}")
-        for w, seconds in DECAYED_WINDOWS.items():
+        for w, seconds in horizons.decayed:
             weight = f"exp(-(epoch_ms(s.event_time) - l.event_time) / {seconds * 1000.0})"
             decayed = f"(SELECT coalesce(sum({weight}), 0) {before})"
             checks.append(f"abs({decayed} - s.{stat}_{w}) > 1e-9 * (1 + s.{stat}_{w})")
-    for w in (*DECAYED_WINDOWS, ALL_TIME):
+    for w in (*(n for n, _ in horizons.decayed), ALL_TIME):
         smoothed = f"(s.clicks_{w} + {CTR_PRIOR_CLICKS}) / (s.impressions_{w} + {CTR_PRIOR_IMPRESSIONS})"
         checks.append(f"abs(s.ctr_{w} - {smoothed}) > 1e-12")
     wrong = con.execute(f"SELECT count(*) FROM {table} s WHERE {' OR '.join(checks)}").fetchall()[0][0]
@@ -77,8 +98,9 @@ def test_window_stats_equal_independent_duckdb(built, small_log: Path, entity: s
         f"SELECT count(*) FROM (SELECT DISTINCT {entity}, event_time FROM log)"
     ).fetchall()
     rows = con.execute(f"SELECT count(*), count(DISTINCT ({entity}, event_time)) FROM {table}").fetchall()[0]
+    longest = horizons.sliding[-1][0]
     non_zero = con.execute(
-        f"SELECT count(*) FROM {table} WHERE impressions_7d > 0 AND clicks_7d > 0"
+        f"SELECT count(*) FROM {table} WHERE impressions_{longest} > 0 AND clicks_{longest} > 0"
     ).fetchall()
     con.close()
     assert wrong == 0
@@ -86,10 +108,13 @@ def test_window_stats_equal_independent_duckdb(built, small_log: Path, entity: s
     assert non_zero[0][0] > 0  # the comparison is not between empty windows only
 
 
-def test_long_horizons_fold_pruned_history_without_losing_it() -> None:
-    """Over 40 days in 8 batches the history is pruned to 7 days and folded into the totals again and
-    again; the 30-day decayed counts and all-time counts still equal a brute-force sum over every event
-    (decayed: to float rounding; counts: exactly), and the state stays one totals row per entity."""
+@pytest.mark.parametrize("horizons", [StatHorizons(), StatHorizons.parse("1h,3d", "10d,60d")],
+                         ids=["default", "custom"])
+def test_long_horizons_fold_pruned_history_without_losing_it(horizons: StatHorizons) -> None:
+    """Over 40 days in 8 batches the history is pruned to the longest sliding window and folded into
+    the totals again and again; every decayed count and the all-time counts still equal a brute-force
+    sum over every event (decayed: to float rounding; counts: exactly), and the state stays one totals
+    row per entity."""
     rng = np.random.default_rng(3)
     n, day = 4000, 86_400_000
     times = np.sort(rng.integers(0, 40 * day, n)) + 1_767_225_600_000
@@ -102,18 +127,19 @@ def test_long_horizons_fold_pruned_history_without_losing_it() -> None:
                            "type": np.where(clicks[chunk], "click", "impression")})
         new = history_of(events, "item_id")
         history = new if history is None else pa.concat_tables([history, new])
-        totals = totals if totals is not None else totals_schema("item_id").empty_table()
-        got.append(window_stats(history, events, "item_id", totals))
-        history, totals = prune_history(history, totals, "item_id", int(times[chunk].max()))
-    assert totals.num_rows == 12 and pc.min(history["event_time"]).as_py() >= times.max() - 7 * day
+        totals = totals if totals is not None else totals_schema("item_id", horizons).empty_table()
+        got.append(window_stats(history, events, "item_id", horizons, totals))
+        history, totals = prune_history(history, totals, "item_id", int(times[chunk].max()), horizons)
+    kept_from = times.max() - horizons.longest_sliding_s * 1000
+    assert totals.num_rows == 12 and pc.min(history["event_time"]).as_py() >= kept_from
     stats = pa.concat_tables(got)
-    (constant,) = DECAYED_WINDOWS.values()
     for row in stats.to_pylist():
         earlier = (entities == row["item_id"]) & (times < row["event_time"])
         for stat, mask in (("impressions", ~clicks), ("clicks", clicks)):
             assert row[f"{stat}_{ALL_TIME}"] == int((earlier & mask).sum())
-            want = np.exp(-(row["event_time"] - times[earlier & mask]) / (constant * 1000.0)).sum()
-            assert row[f"{stat}_30d"] == pytest.approx(want, rel=1e-9, abs=1e-9)
+            for name, constant in horizons.decayed:
+                want = np.exp(-(row["event_time"] - times[earlier & mask]) / (constant * 1000.0)).sum()
+                assert row[f"{stat}_{name}"] == pytest.approx(want, rel=1e-9, abs=1e-9)
 
 
 def test_sequences_use_only_earlier_clicks_and_equal_independent(built, small_log: Path) -> None:

@@ -111,3 +111,9 @@ def test_a_demo_on_a_fresh_embedded_broker_starts_its_feature_state_over(
     commit_checkpoint(directory, Checkpoint(offsets={f"{settings.topic('impressions')}|0": 10}))
     kept = settings.model_copy(update={"kafka_bootstrap": "127.0.0.1:1"})
     assert start_over_on_a_fresh_broker(kept) == 0 and (directory / "checkpoint.json").exists()
+
+
+def test_a_misspelt_statistics_horizon_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CTRFLOW_STAT_WINDOWS", "1h,24hours")
+    line = _one_line(runner.invoke(app, ["--home", str(tmp_path / "h"), "features", "verify"]))
+    assert "24hours" in line and "<count><unit>" in line

@@ -21,7 +21,7 @@ def test_direct_reads_equal_feast_for_known_and_unknown_entities(world: World) -
         # At the newest feature time no pushed row is stale, so the fetcher's TTL rule changes nothing
         # and both must agree on every value, defaults of unknown entities included.
         ours = fetcher.fetch(DEFAULT_SERVICE, user, items, world.as_of_ms)
-        assert set(ours) == set(serving_feature_names(DEFAULT_SERVICE))
+        assert set(ours) == set(serving_feature_names(DEFAULT_SERVICE, settings.horizons))
         for name, values in ours.items():
             assert values == pytest.approx(feast[name]) if "ctr" in name else values == feast[name], name
 

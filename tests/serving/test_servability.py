@@ -6,9 +6,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from features.online import push_latest
+from pipelines.settings import Settings
 from serving_stub.servability import MAX_ABS_DIFF, check_servability
+from training.artifacts import read_config
+from training.inputs import InputSchema
 
-from .world import World, corrupt_copy
+from .world import World, build_world, corrupt_copy
 
 SMALL = {"sample_users": 4, "candidates": 40, "timing_runs": 20}
 
@@ -22,6 +25,21 @@ def test_a_consistent_version_passes_with_its_numbers(world: World) -> None:
     assert 0 < numbers["p50_ms"] <= numbers["p99_ms"] and numbers["timing_runs"] == 20
     budget = world.settings.serving_p99_budget_ms
     assert blessing.thresholds == {"max_abs_diff": MAX_ABS_DIFF, "p99_ms": budget}
+
+
+def test_configured_statistics_horizons_reach_serving_unchanged(tmp_path) -> None:
+    """A home with other horizons: the model's inputs are those columns, and the serving path (online
+    store, request encoder) scores exactly what the point-in-time join and the training encoder do."""
+    settings = Settings(home=tmp_path / "home", topic_prefix="hz", stat_windows="2h,3d",
+                        stat_decayed_windows="60d", serving_p99_budget_ms=60_000.0)
+    custom = build_world(settings, seed=5)
+    dense = InputSchema.from_dict(read_config(settings, custom.version).input_schema).dense
+    for view in ("user_stats", "item_stats"):
+        assert {f"{view}__{stat}_{w}" for w in ("2h", "3d", "60d", "all")
+                for stat in ("impressions", "clicks", "ctr")} <= set(dense)
+        assert not [c for c in dense if c.startswith(view) and c.endswith(("_1h", "_24h", "_7d", "_30d"))]
+    blessing = check_servability(settings, custom.version, **SMALL)
+    assert blessing.passed and blessing.numbers["max_abs_diff"] < MAX_ABS_DIFF, blessing.reasons
 
 
 def test_over_the_latency_budget_fails(world: World) -> None:

@@ -79,7 +79,8 @@ def score(client: httpx.Client, world: World, user: str = "u2", **extra: object)
 def training_path_scores(world: World, version: str, user: str) -> np.ndarray:
     """The same request as training rows: the dataset builder's PIT join, the training encoder, the model
     scoring each row on its own; the candidate's category as its newest item_attributes row says."""
-    categories = latest_per_entity("item_attributes", world.tables["item_attributes"]).to_pydict()
+    categories = latest_per_entity("item_attributes", world.tables["item_attributes"],
+                                   world.settings.horizons).to_pydict()
     category = dict(zip(categories["item_id"], categories["category"], strict=True))
     n = len(ITEMS)
     when = pa.array([world.as_of_ms] * n, pa.int64()).cast(tables.TS)
@@ -101,7 +102,7 @@ def test_served_scores_equal_the_training_path_on_the_same_features(client: http
     # Every statistics horizon is a model input here, the long ones (decayed, all time) included.
     dense = InputSchema.from_dict(read_config(world.settings, world.version).input_schema).dense
     for view in ("user_stats", "item_stats"):
-        assert {f"{view}__{stat}_{w}" for w in tables.STAT_SUFFIXES
+        assert {f"{view}__{stat}_{w}" for w in world.settings.horizons.suffixes
                 for stat in ("impressions", "clicks", "ctr")} <= set(dense)
     for user in ("u2", "u7", "never-seen-user"):
         response = score(client, world, user)
@@ -237,7 +238,7 @@ def test_prediction_log_has_one_record_per_scored_request_and_joins_clicks(
     # Clicks arrive later as labelled impressions of the same requests (what the feature job writes).
     clicked = [("plog-1", "u1", "i2"), ("plog-3", "u3", "never-seen-item")]
     write_table(settings, "labelled_samples", _labelled(world, clicked), part="clicks-of-served")
-    refresh_views(settings.warehouse_dir, settings.warehouse_db)
+    refresh_views(settings.warehouse_dir, settings.warehouse_db, settings.horizons)
     with duckdb.connect(str(settings.warehouse_db), read_only=True) as con:
         served = con.sql("SELECT request_id, item_id, model_version, score, rank_in_request FROM served "
                          "WHERE request_id LIKE 'plog-%' ORDER BY request_id, rank_in_request").fetchall()

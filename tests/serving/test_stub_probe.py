@@ -27,7 +27,7 @@ def _replace_tail(table: pa.Table, column: str, values: list) -> pa.Table:
 
 def test_newest_request_is_its_user_and_candidates_in_display_order(tmp_path) -> None:
     settings = Settings(home=tmp_path / "home")
-    refresh_views(settings.warehouse_dir, settings.warehouse_db, ["labelled_samples"])
+    refresh_views(settings.warehouse_dir, settings.warehouse_db, settings.horizons, ["labelled_samples"])
     with pytest.raises(RuntimeError, match="no labelled samples"):
         newest_request(settings)
 
@@ -37,7 +37,7 @@ def test_newest_request_is_its_user_and_candidates_in_display_order(tmp_path) ->
                            ("item_id", ["i3", "i5", "i4"]), ("position", [1, 0, 2])):
         table = _replace_tail(table, column, values)
     write_table(settings, "labelled_samples", table)
-    refresh_views(settings.warehouse_dir, settings.warehouse_db, ["labelled_samples"])
+    refresh_views(settings.warehouse_dir, settings.warehouse_db, settings.horizons, ["labelled_samples"])
     assert newest_request(settings) == ("u9", ["i5", "i3", "i4"])
 
 
@@ -45,7 +45,7 @@ def test_probe_scores_the_newest_request_with_the_champion(world: World, broker:
     promote(world.settings, world.version, world.model)
     # Its own topics: the server tests count the records of the shared world's prediction log.
     settings = world.settings.model_copy(update={"topic_prefix": "srv-probe"})
-    refresh_views(settings.warehouse_dir, settings.warehouse_db, ["labelled_samples"])
+    refresh_views(settings.warehouse_dir, settings.warehouse_db, settings.horizons, ["labelled_samples"])
     probe = score_newest_request(settings, broker.bootstrap)
 
     assert (probe.user_id, probe.items) == newest_request(settings)

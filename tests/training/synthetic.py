@@ -19,15 +19,7 @@ from features.manifest import SEQUENCE_COLUMNS, SEQUENCE_VIEW, DatasetManifest, 
 from features.services import DEFAULT_SERVICE
 from pipelines.events import EVENT_SCHEMA, SIDE_FIELDS, stable_int_id
 from pipelines.settings import Settings
-from pipelines.tables import (
-    ALL_TIME,
-    CTR_PRIOR_CLICKS,
-    CTR_PRIOR_IMPRESSIONS,
-    DECAYED_WINDOWS,
-    STAT_SUFFIXES,
-    STAT_WINDOWS,
-    TS,
-)
+from pipelines.tables import ALL_TIME, CTR_PRIOR_CLICKS, CTR_PRIOR_IMPRESSIONS, DEFAULT_HORIZONS, TS
 
 SEQ_ITEMS = SEQUENCE_COLUMNS["item_ids"]
 SEQ_CATS = SEQUENCE_COLUMNS["category_ids"]
@@ -38,7 +30,7 @@ SEQ_LEN_COL = f"{SEQUENCE_VIEW}__seq_length"
 def _dense_columns() -> list[str]:
     cols = []
     for view in ("user_stats", "item_stats"):
-        for w in STAT_SUFFIXES:
+        for w in DEFAULT_HORIZONS.suffixes:
             cols += [f"{view}__impressions_{w}", f"{view}__clicks_{w}", f"{view}__ctr_{w}"]
     return cols
 
@@ -117,13 +109,13 @@ def make_table(
         rows[SEQ_LEN_COL].append(len(seq))
         for view, key, events in (("user_stats", u, user_events), ("item_stats", i, item_events)):
             windows = {w: [c for et, c in events[key] if t - secs * 1000 <= et < t]
-                       for w, secs in STAT_WINDOWS.items()}
+                       for w, secs in DEFAULT_HORIZONS.sliding}
             windows[ALL_TIME] = [c for et, c in events[key] if et < t]
             counts = {w: (len(past) - sum(past), sum(past)) for w, past in windows.items()}
-            for w, secs in DECAYED_WINDOWS.items():
+            for w, secs in DEFAULT_HORIZONS.decayed:
                 weights = [(np.exp(-(t - et) / (secs * 1000)), c) for et, c in events[key] if et < t]
                 counts[w] = (sum(x for x, c in weights if not c), sum(x for x, c in weights if c))
-            for w in STAT_SUFFIXES:
+            for w in DEFAULT_HORIZONS.suffixes:
                 imps, clicks = counts[w]
                 rows[f"{view}__impressions_{w}"].append(imps)
                 rows[f"{view}__clicks_{w}"].append(clicks)
@@ -139,7 +131,7 @@ def make_table(
         SEQ_ITEMS: pa.list_(pa.int64()), SEQ_CATS: pa.list_(pa.int64()), SEQ_TIMES: pa.list_(pa.int64()),
     }
     for col in DENSE:
-        decayed = any(col.endswith(f"_{w}") for w in DECAYED_WINDOWS)
+        decayed = any(col.endswith(f"_{w}") for w, _ in DEFAULT_HORIZONS.decayed)
         types[col] = pa.float64() if "__ctr_" in col or decayed else pa.int64()
     types.update({side: EVENT_SCHEMA.field(side).type for side in SIDE_FIELDS})
     return pa.table({k: pa.array(v, type=types.get(k, pa.string())) for k, v in rows.items()})
