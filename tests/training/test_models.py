@@ -14,6 +14,7 @@ from training.config import GRADES, BaselineConfig, StudentConfig, TeacherConfig
 from training.inputs import Batch, InputSchema, context_groups, encode
 from training.models import FeatureEmbedding, Student, Teacher, build_model
 from training.models.layers import sequence_mask
+from training.models.sequence import ID_WIDE_SCALE
 from training.models.uab import UAB
 from training.optim import SplitOptimizer
 from training.trainer import predict_logits
@@ -296,7 +297,8 @@ def test_context_groups_are_exactly_the_rows_with_one_user_context(data):
     assert context_groups(changed, schema).unique().numel() == 5
 
 
-@pytest.mark.parametrize("family,config", [("student", TINY_STUDENT), ("teacher", TINY_TEACHER)])
+@pytest.mark.parametrize("family,config", [("student", TINY_STUDENT), ("teacher", TINY_TEACHER),
+                                           ("student", {**TINY_STUDENT, "wide_ids": True})])
 def test_grouped_training_pass_equals_rows_pass(data, family, config):
     """One encoding per user context (candidates scattered into passes, a 20-row request cut into chunks)
     gives every row the logits and the parameters the gradients of encoding each row on its own."""
@@ -333,3 +335,25 @@ def test_prediction_encodes_each_context_once_with_the_row_scores(data):
     # chunks of 7 rows: requests are cut at chunk edges, each piece one pass
     grouped = predict_logits(model, rows, torch.device("cpu"), batch_size=7, calibrated=False)
     assert abs(grouped - per_row).max() < 1e-5 and per_row.std() > 0
+
+
+def test_wide_ids_add_a_logistic_regression_term_in_every_layout(data):
+    """wide_ids: the student's logit gains ID_WIDE_SCALE x the sum of one weight per hashed id, the same
+    in the one-pass, one-by-one and row layouts (the term follows each candidate)."""
+    schema, batch = data
+    torch.manual_seed(0)
+    model = build_model("student", {**TINY_STUDENT, "wide_ids": True}, schema).eval()
+    table = model.inputs.id_wide.table.weight
+    with torch.no_grad():
+        table.normal_(std=0.05)
+    request = one_user_request(batch, schema, m=12, seq_from=row_with_sequence(batch, L, L))
+    with torch.no_grad():
+        together = model.score_candidates(request)
+        alone = torch.cat([model.score_candidates(request.slice(i, i + 1)) for i in range(len(request))])
+        rows = model(request)
+        term = ID_WIDE_SCALE * model.inputs.id_wide.categorical(request.categorical).sum((1, 2))
+        table.zero_()
+        without = model.score_candidates(request)
+    assert (together - alone).abs().max() < 1e-5 and (together - rows).abs().max() < 1e-5
+    scale = float(model.calibration.scale)  # identity before calibration is fitted
+    assert term.std() > 0 and ((together - without) - scale * term).abs().max() < 1e-5

@@ -23,6 +23,7 @@ from training.models.layers import RelativeBias, RMSNorm, additive_mask, sequenc
 # Grouped mode lays out at most this many candidates per pass: a bigger group is cut into chunks (each
 # re-encodes the context), so one huge request does not pad every other group in the batch to its size.
 MAX_GROUP_CANDIDATES = 16
+ID_WIDE_SCALE = 10.0
 
 
 @dataclass
@@ -35,6 +36,7 @@ class Tokens:
     dense: torch.Tensor  # [B', m, D] per-candidate dense features (the wide path reads them)
     seq_len: int
     slots: tuple[torch.Tensor, torch.Tensor] | None = None  # grouped mode: each row's (pass, candidate)
+    id_wide: torch.Tensor | None = None  # [B', m] the per-id linear term, when the model has one
 
     def per_row(self, logits: torch.Tensor) -> torch.Tensor:
         """[B', m] candidate logits -> one per input row, in the batch's row order."""
@@ -91,9 +93,14 @@ class SequenceInput(nn.Module):
         time_buckets: int,
         local_window: int | None = None,
         dilation: int | None = None,
+        wide_ids: bool = False,
     ) -> None:
         super().__init__()
         d_e = embedding.d_embed
+        # Wide & deep: one weight per hashed id of every slot, summed into the logit (logistic regression
+        # inside the network), stored divided by ID_WIDE_SCALE as LogisticRegression does and for the
+        # same reason: Adam's per-step move then reaches the linear optimum within one pass.
+        self.id_wide = FeatureEmbedding(schema, 1, init_std=0.0) if wide_ids else None
         self.embedding = embedding
         self.seq_len, self.time_buckets = seq_len, time_buckets
         self.local_window, self.dilation = local_window, dilation
@@ -123,17 +130,21 @@ class SequenceInput(nn.Module):
         user = fields[:, self.user_slot]
         head = torch.cat([fields[:, self.candidate_slots].flatten(1), user, batch.dense], 1)
         cand, cand_time, dense = self.embedding.candidate(batch), batch.cand_time, batch.dense
+        wide = (ID_WIDE_SCALE * self.id_wide.categorical(batch.categorical).sum((1, 2))
+                if self.id_wide is not None else torch.zeros_like(cand_time, dtype=dense.dtype))
         layout = None
         if one_user:
             context, user = batch.slice(0, 1), user[:1]
-            cand, cand_time, head, dense = cand[None], cand_time[None], head[None], dense[None]
+            cand, cand_time, head, dense, wide = (t[None] for t in (cand, cand_time, head, dense, wide))
         elif batch.group is not None:
             layout = GroupLayout.of(batch.group)
             context, user = batch.index(layout.first), user[layout.first]
-            cand, cand_time, head, dense = (layout.scatter(t) for t in (cand, cand_time, head, dense))
+            cand, cand_time, head, dense, wide = (
+                layout.scatter(t) for t in (cand, cand_time, head, dense, wide)
+            )
         else:
             context = batch
-            cand, cand_time, head, dense = cand[:, None], cand_time[:, None], head[:, None], dense[:, None]
+            cand, cand_time, head, dense, wide = (t[:, None] for t in (cand, cand_time, head, dense, wide))
         beh, valid = self.embedding.behaviour(context, L)
         times = fit_length(context.seq_times, L)
         profile_dense = context.dense[:, self.profile_index]
@@ -155,7 +166,8 @@ class SequenceInput(nn.Module):
         if self.profile_dense is not None:
             profile.append(self.profile_dense(profile_dense)[:, None])
         slots = None if layout is None else (layout.group, layout.slot)
-        return Tokens(x, mask, weight, torch.cat(profile, 1), head, dense, L, slots)
+        return Tokens(x, mask, weight, torch.cat(profile, 1), head, dense, L, slots,
+                      wide if self.id_wide is not None else None)
 
 
 class SequenceModel(CTRModel):
@@ -172,7 +184,8 @@ class SequenceModel(CTRModel):
         """Final states -> [B', m] logits, read at the candidate positions (plus the wide path)."""
         states = self.final_norm(x[:, tokens.seq_len:])
         deep = self.head(torch.cat([states, tokens.head_features.to(states.dtype)], -1)).squeeze(-1)
-        return deep + self.wide(tokens.dense.to(deep.dtype))
+        out = deep + self.wide(tokens.dense.to(deep.dtype))
+        return out if tokens.id_wide is None else out + tokens.id_wide.to(deep.dtype)
 
     def encode_depths(self, tokens: Tokens, depths: int) -> tuple[list[torch.Tensor], torch.Tensor]:
         raise NotImplementedError  # pragma: no cover - abstract
