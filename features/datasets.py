@@ -59,6 +59,7 @@ from features.manifest import DatasetManifest, ManifestColumns
 from features.normalize import normalize_features
 from features.store import feature_store
 from pipelines import tables
+from pipelines.beam.sinks import check_warehouse_horizons
 from pipelines.settings import Settings
 from pipelines.tables import StatHorizons
 
@@ -143,6 +144,7 @@ def join_features(settings: Settings, samples: pa.Table, service: str = DEFAULT_
         raise DatasetError(f"unknown feature service {service!r}; expected one of {sorted(SERVICE_VIEWS)}")
     if engine not in ENGINES:
         raise DatasetError(f"unknown engine {engine!r}; expected one of {list(ENGINES)}")
+    check_warehouse_horizons(settings.warehouse_dir, settings.horizons)  # else a binder error, or nulls
     entities = _entities(samples)
     features = (asof_features if engine == "asof" else feast_features)(settings, entities, service)
     # Every sample exactly once, in order: a join that lost or duplicated rows must not pass silently.

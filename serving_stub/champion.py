@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from features.feature_repo.definitions import serving_feature_names
 from pipelines.settings import Settings
 from pipelines.tables import StatHorizons
 from serving_stub.scoring import (
@@ -104,6 +105,7 @@ def load_serving_model(settings: Settings, version: str, name: str | None = None
         raise ModelRefused(f"cannot load {version}/{name or 'serve'}: {type(exc).__name__}: {exc}",
                            "artifact") from exc
     name = name or config.serve
+    _check_features(settings, version, name, schema)
     served = ServingModel(
         version=version, name=name, family=config.models[name].family, model=model, schema=schema,
         feature_service=service_of(schema), gate=read_gate_record(settings, version),
@@ -117,6 +119,20 @@ def load_serving_model(settings: Settings, version: str, name: str | None = None
         raise ModelRefused(f"smoke scoring of {version}/{name} failed: {type(exc).__name__}: {exc}",
                            "smoke") from exc
     return served
+
+
+def _check_features(settings: Settings, version: str, name: str, schema: InputSchema) -> None:
+    """Refuse a model that reads feature columns this home does not serve, e.g. statistics over other
+    horizons than ``CTRFLOW_STAT_WINDOWS`` / ``_DECAYED_WINDOWS`` name: every request would lack them."""
+    served = set(serving_feature_names(service_of(schema), settings.horizons))
+    wanted = [*schema.dense, schema.seq_item_ids, schema.seq_category_ids, schema.seq_event_times]
+    missing = [c for c in wanted if "__" in c and c not in served]
+    if missing:
+        raise ModelRefused(
+            f"{version}/{name} refused: it reads {len(missing)} feature(s) this home does not serve "
+            f"(e.g. {', '.join(missing[:3])}); the statistics horizons here are "
+            f"{','.join(settings.horizons.suffixes)}: set CTRFLOW_STAT_WINDOWS / "
+            "CTRFLOW_STAT_DECAYED_WINDOWS to those it was trained with", "artifact")
 
 
 @dataclass

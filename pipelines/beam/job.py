@@ -30,7 +30,6 @@ from pathlib import Path
 import apache_beam as beam
 import duckdb
 import pyarrow as pa
-import pyarrow.parquet as pq
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -49,6 +48,7 @@ from pipelines.beam.sinks import (
     SourceRange,
     batch_file_name,
     batch_parts,
+    check_warehouse_horizons,
     read_batch_files,
     refresh_views,
     remove_batch_files,
@@ -62,7 +62,6 @@ from pipelines.kafka import ensure_ctr_topics, kafka_bootstrap
 from pipelines.locks import resource_lock
 from pipelines.logfile import log_format, open_parquet
 from pipelines.settings import Settings
-from pipelines.tables import STAT_TABLES
 
 _LOG = logging.getLogger(__name__)
 OnlineSink = Callable[[str, pa.Table], object]
@@ -428,32 +427,6 @@ def verify_warehouse(settings: Settings) -> VerifyReport:
     return VerifyReport(path, checkpoint.batch_seq, len(checkpoint.parts), missing)
 
 
-class HorizonsMismatch(ValueError):
-    """The warehouse's statistics tables hold other horizons' columns than the settings ask for."""
-
-
-def check_warehouse_horizons(settings: Settings) -> None:
-    """Refuse to add statistics rows of one set of horizons to tables written with another: the tables
-    would mix two schemas. One footer per statistics table is read (every file of a table is written
-    with the same horizons, or this check stopped the run that would have mixed them)."""
-    schemas = warehouse_schemas(settings.horizons)
-    for table in STAT_TABLES:
-        first = next(iter(sorted((settings.warehouse_dir / table).rglob("*.parquet"))), None)
-        if first is None:
-            continue
-        try:
-            names = pq.read_schema(first).names
-        except (OSError, pa.ArrowException):
-            continue  # a damaged file is verify's and the reader's to report
-        if names != schemas[table].names:
-            found = [n.removeprefix("ctr_") for n in names if n.startswith("ctr_")]
-            raise HorizonsMismatch(
-                f"{settings.warehouse_dir / table} holds statistics over {','.join(found)}, the settings ask "
-                f"for {','.join(settings.horizons.suffixes)}; {st.RESET_HINT}, or build into an empty "
-                "warehouse (or set CTRFLOW_STAT_WINDOWS / CTRFLOW_STAT_DECAYED_WINDOWS back)"
-            )
-
-
 def _write_json(path: Path, value: object) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -574,7 +547,7 @@ def run_kafka(
         verified = verify_warehouse(settings)
         if not verified.ok:
             raise MissingParts(verified.message())
-        check_warehouse_horizons(settings)
+        check_warehouse_horizons(settings.warehouse_dir, settings.horizons)
         remove_parts(settings.warehouse_dir, _uncommitted_parts(settings, directory, set(checkpoint.parts)))
         with kafka_bootstrap(settings) as bootstrap:
             ensure_ctr_topics(bootstrap, settings)
@@ -630,7 +603,7 @@ def run_file(
     config = config or JobConfig()
     path = path.resolve()
     slices, n = file_slices(path, config.piece_size)
-    check_warehouse_horizons(settings)
+    check_warehouse_horizons(settings.warehouse_dir, settings.horizons)
     plan = BatchPlan(slices, [SourceRange(str(path), -1, 0, n)], [], final=True)
     started = time.perf_counter()
     batch, _ = _run_batch(settings, plan, st.Checkpoint(), None, config, None, online_sink)

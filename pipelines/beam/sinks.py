@@ -27,9 +27,11 @@ import pyarrow.parquet as pq
 
 from pipelines.beam.attribution import ASIDE_SCHEMA
 from pipelines.events import DEADLETTER_SCHEMA
-from pipelines.tables import FEATURE_TABLES, SERVED, TS, StatHorizons, table_schemas
+from pipelines.tables import FEATURE_TABLES, SERVED, STAT_TABLES, TS, StatHorizons, table_schemas
 
 MS_PER_DAY = 86_400_000
+# The way out of a warehouse (or checkpoint) this release cannot continue: rebuild it from the log.
+RESET_HINT = "rebuild with `ctrflow features build --from-kafka --reset`"
 RANGES_METADATA_KEY = b"ctrflow.source_ranges"
 MAX_READABLE_NAME = 180
 
@@ -50,6 +52,32 @@ ALL_TABLES: tuple[str, ...] = (*FEATURE_TABLES, *EXTRA_TABLES)
 def warehouse_schemas(horizons: StatHorizons) -> dict[str, pa.Schema]:
     """Every warehouse table's schema (the statistics tables' follow the home's horizons)."""
     return {**table_schemas(horizons), **EXTRA_TABLES}
+
+
+class HorizonsMismatch(ValueError):
+    """The warehouse's statistics tables hold other horizons' columns than the settings ask for."""
+
+
+def check_warehouse_horizons(warehouse: Path, horizons: StatHorizons) -> None:
+    """Refuse to write statistics of one set of horizons into tables written with another (they would mix
+    two schemas), or to read them as if they held another's columns. One footer per statistics table is
+    read: every file of a table has the same horizons, or this check stopped the run that mixed them."""
+    schemas = warehouse_schemas(horizons)
+    for table in STAT_TABLES:
+        first = next(iter(sorted((warehouse / table).rglob("*.parquet"))), None)
+        if first is None:
+            continue
+        try:
+            names = pq.read_schema(first).names
+        except (OSError, pa.ArrowException):
+            continue  # a damaged file is verify's and the reader's to report
+        if names != schemas[table].names:
+            found = [n.removeprefix("ctr_") for n in names if n.startswith("ctr_")]
+            raise HorizonsMismatch(
+                f"{warehouse / table} holds statistics over {','.join(found)}, the settings ask for "
+                f"{','.join(horizons.suffixes)}: set CTRFLOW_STAT_WINDOWS / CTRFLOW_STAT_DECAYED_WINDOWS to "
+                f"the warehouse's, or {RESET_HINT} (or build into an empty warehouse)"
+            )
 
 
 # Row order inside a file (and the tie-break behind `created`): time, then the entity.

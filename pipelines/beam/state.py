@@ -32,6 +32,7 @@ from pipelines.beam.attribution import CLICK_SCHEMA, FIRST_SEEN_SCHEMA, RECENT_S
 from pipelines.beam.parse import SOURCED_EVENT_SCHEMA
 from pipelines.beam.sequences import CLICK_HISTORY_SCHEMA
 from pipelines.beam.shards import rows_of_shard
+from pipelines.beam.sinks import RESET_HINT
 from pipelines.beam.stats import totals_schema
 from pipelines.events import EVENT_SCHEMA
 from pipelines.tables import StatHorizons
@@ -41,7 +42,6 @@ CHECKPOINT_FILE = "checkpoint.json"
 # 3: per-entity totals (the long-horizon statistics) in the state, and their columns in the stats tables.
 # 4: the statistics horizons (configurable since), so that a change is refused instead of mixing them.
 CHECKPOINT_VERSION = 4
-RESET_HINT = "rebuild with `ctrflow features build --from-kafka --reset`"
 _STATE_DIR = re.compile(r"state-\d{8}")
 
 

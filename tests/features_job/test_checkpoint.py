@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from features.datasets import build_dataset
 from features_job.helpers import read_table
 from orchestration.cli import app
 from pipelines.beam import state as st
 from pipelines.beam.job import (
-    HorizonsMismatch,
     JobConfig,
     LogMismatch,
     MissingParts,
@@ -22,6 +22,7 @@ from pipelines.beam.job import (
     run_file,
     run_kafka,
 )
+from pipelines.beam.sinks import HorizonsMismatch
 from pipelines.events import encode_event
 from pipelines.kafka import EmbeddedBroker, ensure_ctr_topics, make_producer
 from pipelines.replay import replay
@@ -210,3 +211,5 @@ def test_other_statistics_horizons_are_refused_until_the_warehouse_is_rebuilt(
     assert [c for c in columns if c.startswith("ctr_")] == ["ctr_2h", "ctr_3d", "ctr_90d", "ctr_all"]
     with pytest.raises(st.CheckpointError, match="sliding 2h,3d"):  # and now the old ones are refused
         run_kafka(kafka_settings)
+    with pytest.raises(HorizonsMismatch, match="set CTRFLOW_STAT_WINDOWS"):  # also by training-set builds
+        build_dataset(kafka_settings)

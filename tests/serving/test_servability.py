@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pytest
 
 from features.online import push_latest
 from pipelines.settings import Settings
+from serving_stub.champion import ModelRefused, load_serving_model
 from serving_stub.servability import MAX_ABS_DIFF, check_servability
 from training.artifacts import read_config
 from training.inputs import InputSchema
@@ -40,6 +42,11 @@ def test_configured_statistics_horizons_reach_serving_unchanged(tmp_path) -> Non
         assert not [c for c in dense if c.startswith(view) and c.endswith(("_1h", "_24h", "_7d", "_30d"))]
     blessing = check_servability(settings, custom.version, **SMALL)
     assert blessing.passed and blessing.numbers["max_abs_diff"] < MAX_ABS_DIFF, blessing.reasons
+    # A server started without the home's horizons would miss those columns in every request: refused.
+    default = settings.model_copy(update={"stat_windows": "1h,24h,7d", "stat_decayed_windows": "30d"})
+    refused = r"does not serve \(e\.g\. user_stats__impressions_2h.*here are 1h,24h,7d,30d,all"
+    with pytest.raises(ModelRefused, match=refused):
+        load_serving_model(default, custom.version)
 
 
 def test_over_the_latency_budget_fails(world: World) -> None:
