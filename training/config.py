@@ -111,7 +111,7 @@ class StudentConfig(_JsonConfig):
     time_buckets: int = 128
     head_hidden: tuple[int, ...] = (128, 64)
     dropout: float = 0.0
-    wide_ids: bool = True  # a linear term over every hashed id (wide & deep; docs/models.md)
+    wide_ids: bool = False  # a linear term over every hashed id (wide & deep)
 
     def __post_init__(self) -> None:
         _check_heads(self.d_model, self.n_heads)

@@ -298,7 +298,7 @@ def test_context_groups_are_exactly_the_rows_with_one_user_context(data):
 
 
 @pytest.mark.parametrize("family,config", [("student", TINY_STUDENT), ("teacher", TINY_TEACHER),
-                                           ("student", {**TINY_STUDENT, "wide_ids": False})])
+                                           ("student", {**TINY_STUDENT, "wide_ids": True})])
 def test_grouped_training_pass_equals_rows_pass(data, family, config):
     """One encoding per user context (candidates scattered into passes, a 20-row request cut into chunks)
     gives every row the logits and the parameters the gradients of encoding each row on its own."""
@@ -357,18 +357,3 @@ def test_wide_ids_add_a_logistic_regression_term_in_every_layout(data):
     assert (together - alone).abs().max() < 1e-5 and (together - rows).abs().max() < 1e-5
     scale = float(model.calibration.scale)  # identity before calibration is fitted
     assert term.std() > 0 and ((together - without) - scale * term).abs().max() < 1e-5
-
-
-def test_a_student_saved_before_wide_ids_loads_with_zero_id_weights(data):
-    """Versions written before the option have no id table: they load with it at zero, which is exactly
-    how they scored."""
-    schema, batch = data
-    torch.manual_seed(0)
-    old = build_model("student", {**TINY_STUDENT, "wide_ids": False}, schema).eval()
-    state = old.state_dict()
-    new = build_model("student", TINY_STUDENT, schema).eval()  # wide_ids is the default now
-    assert "inputs.id_wide.table.weight" in new.state_dict() and "inputs.id_wide.table.weight" not in state
-    new.load_state_dict(state)
-    assert float(new.inputs.id_wide.table.weight.detach().abs().max()) == 0.0
-    with torch.no_grad():
-        assert torch.equal(new(batch), old(batch))

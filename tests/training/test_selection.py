@@ -172,7 +172,7 @@ def test_old_checkpoints_without_wide_or_calibration_load_unchanged(data) -> Non
     torch.manual_seed(1)
     model = build_model("dnn", BASELINE, schema).eval()
     old_state = {k: v for k, v in model.state_dict().items() if k not in OPTIONAL_STATE}
-    assert len(old_state) == len(model.state_dict()) - 5  # calibration (2) and the wide path (3)
+    assert len(old_state) == len(model.state_dict()) - len(OPTIONAL_STATE)
     torch.manual_seed(2)
     fresh = build_model("dnn", BASELINE, schema).eval()
     fresh.load_state_dict(old_state)

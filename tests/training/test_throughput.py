@@ -52,11 +52,9 @@ def test_split_optimizer_puts_id_tables_in_the_lazy_part_once_even_when_shared()
     teacher = build_model("teacher", TeacherConfig.grade("G0", seq_len=4).to_dict(), schema)
     student = build_model("student", CPU_STUDENT | {"seq_len": 4}, schema, embedding=teacher.inputs.embedding)
     opt = SplitOptimizer([teacher, student], lr=1e-3)
-    # The shared table once, and the student's own per-id weights (wide_ids).
-    sparse = [teacher.inputs.embedding.table.weight, student.inputs.id_wide.table.weight]
-    assert [id(p) for p in opt.sparse] == [id(p) for p in sparse]
+    assert opt.sparse == [teacher.inputs.embedding.table.weight]
     all_params = {id(p) for m in (teacher, student) for p in m.parameters()}
-    assert len(opt.dense) + len(sparse) == len(all_params)
+    assert len(opt.dense) + 1 == len(all_params)
 
 
 def test_auto_sizes_by_device_and_explicit_values_kept() -> None:

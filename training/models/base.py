@@ -124,9 +124,9 @@ class WideLinear(nn.Module):
 
 
 # State added after versions were first saved: a checkpoint without them loads with their defaults
-# (identity calibration, a silent wide path, zero id weights), which is exactly how those models scored.
+# (identity calibration, a silent wide path), which is exactly how those models scored.
 OPTIONAL_STATE: tuple[str, ...] = ("calibration.scale", "calibration.bias", "wide.weight", "wide.bias",
-                                   "wide.fitted", "inputs.id_wide.table.weight")
+                                   "wide.fitted")
 PREFIT_ROWS = 20_000  # rows the wide path is fitted on before a fresh model trains (evenly spaced)
 
 
