@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cache
 
 import pyarrow as pa
 
@@ -81,10 +82,11 @@ class StatHorizons:
             if len(set(seconds)) < len(seconds):
                 raise ValueError(f"statistics horizons: two {kind} of the same length")
 
-    @classmethod
-    def parse(cls, sliding: str, decayed: str) -> StatHorizons:
+    @staticmethod
+    @cache  # Settings.horizons is read on every served request
+    def parse(sliding: str, decayed: str) -> StatHorizons:
         """From the settings' spellings, e.g. ``("1h,24h,7d", "30d")``; ``decayed`` may be empty."""
-        return cls(
+        return StatHorizons(
             sliding=parse_horizons(sliding, what="sliding windows", max_seconds=MAX_SLIDING_S),
             decayed=parse_horizons(decayed, what="decayed horizons", max_seconds=MAX_DECAYED_S,
                                    min_seconds=MIN_DECAYED_S),
@@ -206,8 +208,10 @@ FEATURE_TABLES: tuple[str, ...] = (
 )  # fmt: skip
 
 
+@cache  # feature types are looked up per column of every served request
 def table_schemas(horizons: StatHorizons) -> dict[str, pa.Schema]:
-    """Every feature table's schema; the statistics tables' columns follow ``horizons``."""
+    """Every feature table's schema; the statistics tables' columns follow ``horizons``. Shared: do not
+    modify the returned dict."""
     return {
         "labelled_samples": LABELLED_SAMPLES,
         "user_stats": stats_schema("user_id", horizons),

@@ -182,21 +182,20 @@ def window_stats(
     seen = upto > start  # queries with history of their entity before them
     entity_of = h_codes[order]  # sorted by key: each entity's events together, oldest first
     sorted_times = h_times[order]
-    runs = np.flatnonzero(np.r_[True, entity_of[1:] != entity_of[:-1]]) if len(entity_of) else entity_of
-    oldest = np.zeros(n_codes, dtype=np.int64)
-    oldest[entity_of[runs]] = sorted_times[runs]
-    since_oldest = (sorted_times - oldest[entity_of]).astype(np.float64)
-    query_age = (q_times[seen] - oldest[q_codes[seen]]).astype(np.float64)
+    # Each event's and each query's entity's oldest event: where the entity's run of keys starts.
+    oldest_of_event = sorted_times[np.searchsorted(h_keys, space.entity_start(entity_of), side="left")]
+    since_oldest = (sorted_times - oldest_of_event).astype(np.float64)
+    query_age = (q_times[seen] - sorted_times[start[seen]]).astype(np.float64)
+    span_ms = float(since_oldest.max(initial=0.0))
     for name, constant in horizons.decayed:
         scale = constant * 1000.0
-        exponent = since_oldest / scale
-        if exponent.size and exponent.max() > MAX_DECAY_EXPONENT:
+        if span_ms / scale > MAX_DECAY_EXPONENT:
             raise ValueError(
-                f"decayed horizon {name}: one entity's events in this batch span "
-                f"{exponent.max():.0f} time constants, more than float64 can sum; use a longer "
-                "constant, or feed the log through Kafka in smaller batches"
+                f"decayed horizon {name}: one entity's events in this batch span {span_ms / scale:.0f} "
+                "time constants, more than float64 can sum; use a longer constant, or feed the log "
+                "through Kafka in smaller batches"
             )
-        weight = np.exp(exponent)
+        weight = np.exp(since_oldest / scale)
         carry = np.exp(-(q_times - carried("as_of")) / scale)
         sums = []
         for stat, mask in (("impressions", is_click == 0), ("clicks", is_click == 1)):

@@ -232,3 +232,16 @@ def test_item_attributes_hold_each_items_category_from_its_first_impression(buil
     ).fetchall()
     assert want and all(n == 1 for *_, n in want)
     assert got == [(item, t, category) for item, t, category, _ in want]
+
+
+def test_a_decayed_horizon_too_short_for_the_batch_is_an_error_not_an_overflow() -> None:
+    """An entity whose events in one batch span more than float64 can sum (here 800 days under a 1-day
+    constant) is refused with the horizon's name; a longer constant takes the same batch."""
+    day = 86_400_000
+    times = np.array([0, 400 * day, 800 * day]) + 852_076_800_000  # 1997: dates do not matter any more
+    events = pa.table({"item_id": ["a"] * 3, "event_time": times, "type": ["impression"] * 3})
+    history = history_of(events, "item_id")
+    with pytest.raises(ValueError, match="decayed horizon 1d: .* 800 time constants"):
+        window_stats(history, events, "item_id", StatHorizons.parse("1h", "1d"))
+    stats = window_stats(history, events, "item_id", StatHorizons.parse("1h", "30d")).to_pylist()
+    assert stats[2]["impressions_30d"] == pytest.approx(np.exp(-800 / 30) + np.exp(-400 / 30), rel=1e-12)

@@ -13,8 +13,8 @@ from synthetic import make_dataset
 from training.config import GRADES, BaselineConfig, StudentConfig, TeacherConfig
 from training.inputs import Batch, InputSchema, context_groups, encode
 from training.models import FeatureEmbedding, Student, Teacher, build_model
+from training.models.base import LINEAR_STEP_SCALE
 from training.models.layers import sequence_mask
-from training.models.sequence import ID_WIDE_SCALE
 from training.models.uab import UAB
 from training.optim import SplitOptimizer
 from training.trainer import predict_logits
@@ -338,12 +338,12 @@ def test_prediction_encodes_each_context_once_with_the_row_scores(data):
 
 
 def test_wide_ids_add_a_logistic_regression_term_in_every_layout(data):
-    """wide_ids: the student's logit gains ID_WIDE_SCALE x the sum of one weight per hashed id, the same
+    """wide_ids: the student's logit gains LINEAR_STEP_SCALE x the sum of one weight per hashed id, the same
     in the one-pass, one-by-one and row layouts (the term follows each candidate)."""
     schema, batch = data
     torch.manual_seed(0)
     model = build_model("student", {**TINY_STUDENT, "wide_ids": True}, schema).eval()
-    table = model.inputs.id_wide.table.weight
+    table = model.id_wide.table.weight
     with torch.no_grad():
         table.normal_(std=0.05)
     request = one_user_request(batch, schema, m=12, seq_from=row_with_sequence(batch, L, L))
@@ -351,7 +351,7 @@ def test_wide_ids_add_a_logistic_regression_term_in_every_layout(data):
         together = model.score_candidates(request)
         alone = torch.cat([model.score_candidates(request.slice(i, i + 1)) for i in range(len(request))])
         rows = model(request)
-        term = ID_WIDE_SCALE * model.inputs.id_wide.categorical(request.categorical).sum((1, 2))
+        term = LINEAR_STEP_SCALE * model.id_wide.categorical(request.categorical).sum((1, 2))
         table.zero_()
         without = model.score_candidates(request)
     assert (together - alone).abs().max() < 1e-5 and (together - rows).abs().max() < 1e-5

@@ -78,6 +78,13 @@ class PlattCalibration(nn.Module):
         self.bias.fill_(b)
 
 
+# Linear id weights (LR's, and the student's ``wide_ids``) are stored divided by this and multiplied back
+# in the logit: Adam moves a parameter by about ``lr`` per step whatever its gradient, so the scale
+# multiplies the effective step on the logit. The cohort's ``lr`` suits deep models (1e-3); a linear term
+# needs larger steps to reach its optimum in one pass, and this buys them without a separate optimiser.
+LINEAR_STEP_SCALE = 10.0
+
+
 class WideLinear(nn.Module):
     """The wide short path: a linear term over the click-rate dense features added to the logit.
 

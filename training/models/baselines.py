@@ -14,7 +14,7 @@ from torch import nn
 
 from training.config import BaselineConfig
 from training.inputs import Batch, InputSchema
-from training.models.base import CTRModel, WideLinear, mlp_head
+from training.models.base import LINEAR_STEP_SCALE, CTRModel, WideLinear, mlp_head
 from training.models.embedding import FeatureEmbedding
 
 
@@ -53,15 +53,13 @@ class LogisticRegression(_Baseline):
 
     Two things make it an honest floor inside the cohort's single joint pass. The bias starts at the log-odds
     of the training label mean (``prepare``), so the first steps are not spent walking from p = 0.5 down to
-    a few-percent base rate. And the weights are stored divided by ``STEP_SCALE``: Adam moves a parameter by
-    about ``lr`` per step whatever its gradient's size, so the stored scale multiplies the effective step on
-    the logit. The cohort's ``lr`` suits deep models (1e-3); a linear model needs larger steps to reach its
-    optimum in one pass, and this buys them without a separate optimizer.
+    a few-percent base rate. And the weights are stored divided by ``STEP_SCALE`` (``LINEAR_STEP_SCALE``,
+    which says why), so the cohort's deep-model ``lr`` still takes a linear model to its optimum in one pass.
     """
 
     family = "lr"
     uses_embedding = False  # its own 1-d weights; a shared table would sit unused in its state
-    STEP_SCALE = 10.0
+    STEP_SCALE = LINEAR_STEP_SCALE
 
     def __init__(self, config: BaselineConfig, schema: InputSchema, embedding: FeatureEmbedding) -> None:
         super().__init__(config, schema, embedding)

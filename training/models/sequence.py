@@ -16,14 +16,13 @@ import torch
 from torch import nn
 
 from training.inputs import Batch, InputSchema, first_rows
-from training.models.base import CTRModel, ModelOutput, WideLinear, mlp_head
+from training.models.base import LINEAR_STEP_SCALE, CTRModel, ModelOutput, WideLinear, mlp_head
 from training.models.embedding import FeatureEmbedding, fit_length
 from training.models.layers import RelativeBias, RMSNorm, additive_mask, sequence_mask, time_bucket
 
 # Grouped mode lays out at most this many candidates per pass: a bigger group is cut into chunks (each
 # re-encodes the context), so one huge request does not pad every other group in the batch to its size.
 MAX_GROUP_CANDIDATES = 16
-ID_WIDE_SCALE = 10.0
 
 
 @dataclass
@@ -36,7 +35,6 @@ class Tokens:
     dense: torch.Tensor  # [B', m, D] per-candidate dense features (the wide path reads them)
     seq_len: int
     slots: tuple[torch.Tensor, torch.Tensor] | None = None  # grouped mode: each row's (pass, candidate)
-    id_wide: torch.Tensor | None = None  # [B', m] the per-id linear term, when the model has one
 
     def per_row(self, logits: torch.Tensor) -> torch.Tensor:
         """[B', m] candidate logits -> one per input row, in the batch's row order."""
@@ -93,14 +91,9 @@ class SequenceInput(nn.Module):
         time_buckets: int,
         local_window: int | None = None,
         dilation: int | None = None,
-        wide_ids: bool = False,
     ) -> None:
         super().__init__()
         d_e = embedding.d_embed
-        # Wide & deep: one weight per hashed id of every slot, summed into the logit (logistic regression
-        # inside the network), stored divided by ID_WIDE_SCALE as LogisticRegression does and for the
-        # same reason: Adam's per-step move then reaches the linear optimum within one pass.
-        self.id_wide = FeatureEmbedding(schema, 1, init_std=0.0) if wide_ids else None
         self.embedding = embedding
         self.seq_len, self.time_buckets = seq_len, time_buckets
         self.local_window, self.dilation = local_window, dilation
@@ -130,21 +123,17 @@ class SequenceInput(nn.Module):
         user = fields[:, self.user_slot]
         head = torch.cat([fields[:, self.candidate_slots].flatten(1), user, batch.dense], 1)
         cand, cand_time, dense = self.embedding.candidate(batch), batch.cand_time, batch.dense
-        wide = (ID_WIDE_SCALE * self.id_wide.categorical(batch.categorical).sum((1, 2))
-                if self.id_wide is not None else torch.zeros_like(cand_time, dtype=dense.dtype))
         layout = None
         if one_user:
             context, user = batch.slice(0, 1), user[:1]
-            cand, cand_time, head, dense, wide = (t[None] for t in (cand, cand_time, head, dense, wide))
+            cand, cand_time, head, dense = cand[None], cand_time[None], head[None], dense[None]
         elif batch.group is not None:
             layout = GroupLayout.of(batch.group)
             context, user = batch.index(layout.first), user[layout.first]
-            cand, cand_time, head, dense, wide = (
-                layout.scatter(t) for t in (cand, cand_time, head, dense, wide)
-            )
+            cand, cand_time, head, dense = (layout.scatter(t) for t in (cand, cand_time, head, dense))
         else:
             context = batch
-            cand, cand_time, head, dense, wide = (t[:, None] for t in (cand, cand_time, head, dense, wide))
+            cand, cand_time, head, dense = cand[:, None], cand_time[:, None], head[:, None], dense[:, None]
         beh, valid = self.embedding.behaviour(context, L)
         times = fit_length(context.seq_times, L)
         profile_dense = context.dense[:, self.profile_index]
@@ -166,8 +155,7 @@ class SequenceInput(nn.Module):
         if self.profile_dense is not None:
             profile.append(self.profile_dense(profile_dense)[:, None])
         slots = None if layout is None else (layout.group, layout.slot)
-        return Tokens(x, mask, weight, torch.cat(profile, 1), head, dense, L, slots,
-                      wide if self.id_wide is not None else None)
+        return Tokens(x, mask, weight, torch.cat(profile, 1), head, dense, L, slots)
 
 
 class SequenceModel(CTRModel):
@@ -175,17 +163,28 @@ class SequenceModel(CTRModel):
 
     inputs: SequenceInput
 
-    def _init_head(self, d_model: int, hidden: tuple[int, ...], dropout: float) -> None:
+    def _init_head(
+        self, d_model: int, hidden: tuple[int, ...], dropout: float, wide_ids: bool = False
+    ) -> None:
         self.final_norm = RMSNorm(d_model)
         self.head = mlp_head(d_model + self.inputs.head_features_dim, hidden, dropout)
         self.wide = WideLinear(self.schema)
+        # Wide & deep's other half: one weight per hashed id of every slot, LR inside the network. It is
+        # per row, so it is added to each row's logit after any layout (no scatter into passes).
+        self.id_wide = FeatureEmbedding(self.schema, 1, init_std=0.0) if wide_ids else None
+
+    def _with_ids(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Per-row logits plus the id term (``wide_ids``), in the batch's row order."""
+        if self.id_wide is None:
+            return logits
+        term = LINEAR_STEP_SCALE * self.id_wide.categorical(batch.categorical).sum((1, 2))
+        return logits + term.to(logits.dtype)
 
     def candidate_logits(self, x: torch.Tensor, tokens: Tokens) -> torch.Tensor:
         """Final states -> [B', m] logits, read at the candidate positions (plus the wide path)."""
         states = self.final_norm(x[:, tokens.seq_len:])
         deep = self.head(torch.cat([states, tokens.head_features.to(states.dtype)], -1)).squeeze(-1)
-        out = deep + self.wide(tokens.dense.to(deep.dtype))
-        return out if tokens.id_wide is None else out + tokens.id_wide.to(deep.dtype)
+        return deep + self.wide(tokens.dense.to(deep.dtype))
 
     def encode_depths(self, tokens: Tokens, depths: int) -> tuple[list[torch.Tensor], torch.Tensor]:
         raise NotImplementedError  # pragma: no cover - abstract
@@ -193,12 +192,12 @@ class SequenceModel(CTRModel):
     def logits(self, batch: Batch) -> torch.Tensor:
         tokens = self.inputs(batch)
         logits, _ = self.encode_depths(tokens, 1)
-        return tokens.per_row(logits[-1])
+        return self._with_ids(tokens.per_row(logits[-1]), batch)
 
     def forward_train(self, batch: Batch) -> ModelOutput:
         tokens = self.inputs(batch)
         logits, aux = self.encode_depths(tokens, self.train_depths)
-        return ModelOutput([tokens.per_row(z) for z in logits], aux)
+        return ModelOutput([self._with_ids(tokens.per_row(z), batch) for z in logits], aux)
 
     @property
     def train_depths(self) -> int:
@@ -217,4 +216,4 @@ class SequenceModel(CTRModel):
     def score_request(self, batch: Batch) -> torch.Tensor:
         """``score_candidates`` without the one-user check (no data-dependent branch: torch.export-able)."""
         logits, _ = self.encode_depths(self.inputs(batch, one_user=True), 1)
-        return self.calibration(logits[-1].reshape(-1))
+        return self.calibration(self._with_ids(logits[-1].reshape(-1), batch))

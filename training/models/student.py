@@ -21,12 +21,12 @@ class Student(SequenceModel):
         super().__init__(config, schema)
         c = config
         self.inputs = SequenceInput(
-            schema, embedding, c.d_model, c.seq_len, c.time_buckets, c.local_window, c.dilation, c.wide_ids
+            schema, embedding, c.d_model, c.seq_len, c.time_buckets, c.local_window, c.dilation
         )
         self.blocks = nn.ModuleList(
             UAB(c.d_model, c.n_heads, c.ffn_mult, dropout=c.dropout) for _ in range(c.n_layers)
         )
-        self._init_head(c.d_model, c.head_hidden, c.dropout)
+        self._init_head(c.d_model, c.head_hidden, c.dropout, c.wide_ids)
 
     @property
     def train_depths(self) -> int:
