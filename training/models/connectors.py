@@ -54,13 +54,26 @@ class Connector(nn.Module):
             self.key_norm = RMSNorm(dim)
 
     def _depth_mix(self, sources: list[torch.Tensor]) -> torch.Tensor:
-        values = torch.stack(sources)  # [S, B, N, D]
-        scores = torch.einsum("d,sbnd->sbn", self.query.to(values.dtype), self.key_norm(values))
-        scores = scores / math.sqrt(values.shape[-1])
-        weights = scores.softmax(0) if self.kind == "deres_softmax" else F.silu(scores)
-        return torch.einsum("sbn,sbnd->bnd", weights, values)
+        """sum_s w_s * v_s with w = SiLU (or softmax over s) of query . RMSNorm_key(v_s) / sqrt(D).
 
-    def step(self, stream: Stream, block: Block) -> None:
+        The key norm is folded into the score: query . (gamma * v / (rms(v) + eps)) equals
+        (v . (query * gamma)) / (rms(v) + eps), so no normalised copy of the sources (and no stacked
+        [S, B, N, D] tensor) is built; on CPU those passes over memory cost more than the arithmetic.
+        """
+        d = sources[0].shape[-1]
+        qg = (self.query * self.key_norm.weight).to(sources[0].dtype) / math.sqrt(d)
+        eps = self.key_norm.eps
+        scores = torch.stack([(v @ qg) / (torch.linalg.vector_norm(v, dim=-1) / math.sqrt(d) + eps)
+                              for v in sources])  # [S, B, N]
+        weights = scores.softmax(0) if self.kind == "deres_softmax" else F.silu(scores)
+        mix = sources[0] * weights[0].unsqueeze(-1)
+        for v, w in zip(sources[1:], weights[1:], strict=True):
+            mix = torch.addcmul(mix, v, w.unsqueeze(-1))
+        return mix
+
+    def step(self, stream: Stream, block: Block, final: bool = False) -> None:
+        """Run ``block`` on the stream. ``final``: the stack ends here and the block may return only some
+        tokens (the candidates the head reads), so the DeRes summaries are not updated."""
         if self.kind == "residual":
             stream.x, aux = block(stream.x)
             stream.aux.append(aux)
@@ -69,6 +82,10 @@ class Connector(nn.Module):
         gate = torch.sigmoid(self.gate_bias).to(stream.x.dtype)
         u = gate * stream.x + (1 - gate) * self._depth_mix(sources)
         out, aux = block(u)
+        if final:
+            stream.x = out
+            stream.aux.append(aux)
+            return
         delta = out - u
         stream.x = out
         stream.partial = delta if stream.partial is None else stream.partial + delta

@@ -1,9 +1,11 @@
 """Attention primitives shared by the teacher and the student: RMSNorm, SwiGLU (dense and mixture of
-experts), relative position/time bias (RAB), the LightSUAN masks and masked multi-head attention."""
+experts), relative position/time bias (RAB), the LightSUAN masks, masked multi-head attention and the
+cross-attention to the user profile."""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,8 +22,36 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xf = x.float()
+        if torch.is_grad_enabled() and (xf.requires_grad or self.weight.requires_grad):
+            return _RMSNormFunction.apply(xf, self.weight, self.eps).to(x.dtype)
         out = xf / (xf.pow(2).mean(-1, keepdim=True).sqrt() + self.eps)
         return (out * self.weight).to(x.dtype)
+
+
+class _RMSNormFunction(torch.autograd.Function):
+    """RMSNorm with its gradient written out: autograd's graph of the six elementwise ops makes about
+    twice the passes over the activations, which on CPU cost more than the block's matmuls.
+
+    With s = rms(x), r = 1 / (s + eps), n = x r and g' = g * gamma:
+    dx = r g' - x * r^2 / (D s) * sum(g' x), dgamma = sum over rows of g n.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        s = x.pow(2).mean(-1, keepdim=True).sqrt_()
+        r = (s + eps).reciprocal_()
+        n = x * r
+        ctx.save_for_backward(x, n, weight, r, s)
+        return n * weight
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        x, n, weight, r, s = ctx.saved_tensors
+        g = grad * weight
+        c = (g * x).sum(-1, keepdim=True) * r * r / (x.shape[-1] * s.clamp(min=1e-30))
+        dx = (g * r).sub_(x * c)
+        dweight = (grad * n).reshape(-1, x.shape[-1]).sum(0)
+        return dx, dweight, None
 
 
 class SwiGLU(nn.Module):
@@ -134,7 +164,10 @@ def additive_mask(allow: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
 
 
 class Attention(nn.Module):
-    """Multi-head attention (no biases, as SUAN) through F.scaled_dot_product_attention."""
+    """Multi-head attention without biases (as SUAN), written out rather than through
+    F.scaled_dot_product_attention: with a float mask that carries gradients (the relative bias) SDPA
+    takes its math path anyway, plus a check of the whole mask on every call. No row is ever fully
+    masked here (every token may attend to itself), so the plain softmax is safe."""
 
     def __init__(self, dim: int, n_heads: int) -> None:
         super().__init__()
@@ -150,8 +183,34 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         q, k, v = self._heads(self.q(x)), self._heads(self.k(kv)), self._heads(self.v(kv))
-        if k.shape[0] != q.shape[0]:  # one user's profile shared by all rows
-            k, v = k.expand(q.shape[0], -1, -1, -1), v.expand(q.shape[0], -1, -1, -1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask.to(q.dtype))
+        scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.transpose(-1, -2)  # scale the smaller tensor
+        if mask is not None:
+            scores = scores.add_(mask.to(scores.dtype))  # in place: matmul's backward never reads it
+        out = scores.softmax(-1) @ v
         b, h, n, dh = out.shape
         return self.o(out.transpose(1, 2).reshape(b, n, h * dh))
+
+
+class ProfileAttention(Attention):
+    """Cross-attention from every token to the user profile's few keys (one or two per row).
+
+    The same function and parameters as ``Attention``, reassociated: the query and output projections are
+    folded into the P keys and values of each row once, so a token costs 2 * heads * P * D multiply-adds
+    instead of two D x D projections. Profile rows: one per token row, or one shared by all (a request).
+    """
+
+    def forward(self, x: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is not None:
+            raise ValueError("profile attention takes no mask")
+        b, n, d = x.shape
+        h, p = self.n_heads, kv.shape[1]
+        k = self.k(kv).view(kv.shape[0], p, h, d // h)
+        v = self.v(kv).view(kv.shape[0], p, h, d // h)
+        # keys seen from the token side: score(x, key p of head h) = x . (W_q,h^T k_hp) / sqrt(d_h)
+        keys = torch.einsum("bphe,hed->bhpd", k, self.q.weight.view(h, d // h, d)) / math.sqrt(d // h)
+        # values after the output projection: o(concat_h sum_p w_hp v_hp) = sum_hp w_hp (W_o,h v_hp)
+        values = torch.einsum("bphe,dhe->bhpd", v, self.o.weight.view(d, h, d // h))
+        keys = keys.reshape(kv.shape[0], h * p, d).expand(b, -1, -1)
+        values = values.reshape(kv.shape[0], h * p, d).expand(b, -1, -1)
+        weights = torch.bmm(x, keys.transpose(1, 2)).view(b, n, h, p).softmax(-1)
+        return torch.bmm(weights.view(b, n, h * p), values)

@@ -180,9 +180,9 @@ class SequenceModel(CTRModel):
         term = LINEAR_STEP_SCALE * self.id_wide.categorical(batch.categorical).sum((1, 2))
         return logits + term.to(logits.dtype)
 
-    def candidate_logits(self, x: torch.Tensor, tokens: Tokens) -> torch.Tensor:
-        """Final states -> [B', m] logits, read at the candidate positions (plus the wide path)."""
-        states = self.final_norm(x[:, tokens.seq_len:])
+    def candidate_logits(self, candidates: torch.Tensor, tokens: Tokens) -> torch.Tensor:
+        """The candidates' final states [B', m, D] -> [B', m] logits (plus the wide path)."""
+        states = self.final_norm(candidates)
         deep = self.head(torch.cat([states, tokens.head_features.to(states.dtype)], -1)).squeeze(-1)
         return deep + self.wide(tokens.dense.to(deep.dtype))
 

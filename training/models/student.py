@@ -33,13 +33,14 @@ class Student(SequenceModel):
         return self.config.loops + 1
 
     def encode_depths(self, tokens: Tokens, depths: int) -> tuple[list[torch.Tensor], torch.Tensor]:
-        x, aux = tokens.x, []
-        for block in self.blocks:
-            x, a = block(x, tokens.profile, tokens.mask, tokens.behaviour_weight)
+        # Loop training re-runs the last block; a loss reads the candidates after each of its passes.
+        passes = [*self.blocks, *[self.blocks[-1]] * (depths - 1)]
+        x, aux, logits = tokens.x, [], []
+        for i, block in enumerate(passes):
+            final = i == len(passes) - 1  # nothing reads the behaviour states after the final pass
+            x, a = block(x, tokens.profile, tokens.mask, tokens.behaviour_weight,
+                         keep_from=tokens.seq_len if final else None)
             aux.append(a)
-        logits = [self.candidate_logits(x, tokens)]
-        for _ in range(depths - 1):
-            x, a = self.blocks[-1](x, tokens.profile, tokens.mask, tokens.behaviour_weight)
-            aux.append(a)
-            logits.append(self.candidate_logits(x, tokens))
+            if i >= len(self.blocks) - 1:
+                logits.append(self.candidate_logits(x if final else x[:, tokens.seq_len:], tokens))
         return logits, torch.stack(aux).mean()

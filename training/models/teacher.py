@@ -47,9 +47,14 @@ class Teacher(SequenceModel):
         return self.config.loops + 1
 
     @staticmethod
-    def _run(stream: Stream, blocks: nn.ModuleList, conns: nn.ModuleList, tokens: Tokens) -> None:
-        for block, conn in zip(blocks, conns, strict=True):
-            conn.step(stream, lambda u, b=block: b(u, tokens.profile, tokens.mask, tokens.behaviour_weight))
+    def _run(stream: Stream, blocks: nn.ModuleList, conns: nn.ModuleList, tokens: Tokens,
+             to_head: bool = False) -> None:
+        """``to_head``: the head reads this stack's output, so its last block keeps only the candidates."""
+        for i, (block, conn) in enumerate(zip(blocks, conns, strict=True)):
+            keep = tokens.seq_len if to_head and i == len(blocks) - 1 else None
+            conn.step(stream, lambda u, b=block, k=keep: b(u, tokens.profile, tokens.mask,
+                                                           tokens.behaviour_weight, keep_from=k),
+                      final=keep is not None)
         stream.close_block()
 
     def encode_depths(self, tokens: Tokens, depths: int) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -60,7 +65,9 @@ class Teacher(SequenceModel):
             stream.x = stream.x + self.loop_embedding[k].to(stream.x.dtype)
             self._run(stream, self.shared, self.shared_conn, tokens)
             exit_stream = stream.branch()
-            self._run(exit_stream, self.exit, self.exit_conn, tokens)
-            logits.append(self.candidate_logits(exit_stream.x, tokens))
+            self._run(exit_stream, self.exit, self.exit_conn, tokens, to_head=True)
+            cut = len(self.exit) > 0  # else the shared stack's output, uncut (the next loop reads it)
+            logits.append(self.candidate_logits(exit_stream.x if cut else exit_stream.x[:, tokens.seq_len:],
+                                                tokens))
         aux = torch.stack(stream.aux).mean() if stream.aux else tokens.x.new_zeros(())
         return logits, aux

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.models.layers import Attention, MoESwiGLU, RMSNorm, SwiGLU
+from training.models.layers import Attention, MoESwiGLU, ProfileAttention, RMSNorm, SwiGLU
 
 
 class DualAlign(nn.Module):
@@ -52,7 +52,7 @@ class UAB(nn.Module):
         self.faithful = faithful
         self.norm1, self.norm2, self.norm3 = RMSNorm(dim), RMSNorm(dim), RMSNorm(dim)
         self.self_attn = Attention(dim, n_heads)
-        self.cross_attn = Attention(dim, n_heads)
+        self.cross_attn = ProfileAttention(dim, n_heads)
         self.align = DualAlign(dim)
         self.ffn: nn.Module = (
             MoESwiGLU(dim, moe[0], moe[1], ffn_mult, dropout) if moe else SwiGLU(dim, ffn_mult, dropout)
@@ -65,18 +65,26 @@ class UAB(nn.Module):
         profile: torch.Tensor,
         mask: torch.Tensor,
         behaviour_weight: torch.Tensor,
+        keep_from: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [B, N, D], profile [B or 1, P, D], float mask [B, 1, N, N], behaviour_weight [B, N, 1]."""
+        """x [B, N, D], profile [B or 1, P, D], float mask [B, 1, N, N], behaviour_weight [B, N, 1].
+
+        ``keep_from``: only the tokens from this index on are read after this block (the last block
+        before the head reads the candidates), so the output is cut to them before the feed-forward.
+        Every token still runs attention, because the dual-alignment gate averages over the behaviour
+        tokens; the feed-forward, 60% of a block's matmuls, then runs on the kept tokens only. The kept
+        tokens' states are exactly those of the uncut block.
+        """
         if self.faithful:
             x = self.norm1(x)
             x = self.norm2(self.drop(self.self_attn(x, x, mask)) + x)
             fused = self.align(x, self.cross_attn(x, profile), behaviour_weight)
-            x = self.norm3(fused + x)
+            x = self.norm3(fused + x)[:, keep_from:]
             ffn, aux = self.ffn(x)
             return ffn + x, aux
         h = self.norm1(x)
         x = x + self.drop(self.self_attn(h, h, mask))
         h = self.norm2(x)
-        x = x + self.drop(self.align(h, self.cross_attn(h, profile), behaviour_weight))
+        x = (x + self.drop(self.align(h, self.cross_attn(h, profile), behaviour_weight)))[:, keep_from:]
         ffn, aux = self.ffn(self.norm3(x))
         return x + ffn, aux
