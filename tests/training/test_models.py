@@ -15,6 +15,7 @@ from training.inputs import Batch, InputSchema, context_groups, encode
 from training.models import FeatureEmbedding, Student, Teacher, build_model
 from training.models.base import LINEAR_STEP_SCALE
 from training.models.layers import sequence_mask
+from training.models.sequence import SequenceModel
 from training.models.uab import UAB
 from training.optim import SplitOptimizer
 from training.trainer import predict_logits
@@ -357,3 +358,37 @@ def test_wide_ids_add_a_logistic_regression_term_in_every_layout(data):
     assert (together - alone).abs().max() < 1e-5 and (together - rows).abs().max() < 1e-5
     scale = float(model.calibration.scale)  # identity before calibration is fitted
     assert term.std() > 0 and ((together - without) - scale * term).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("family,config", [
+    ("student", TINY_STUDENT),
+    ("student", TINY_STUDENT | {"loops": 2}),
+    ("teacher", TINY_TEACHER),
+    ("teacher", TINY_TEACHER | {"n_exit": 2, "connector": "deres"}),
+    ("teacher", TINY_TEACHER | {"n_exit": 0}),
+    ("teacher", TINY_TEACHER | {"connector": "residual", "faithful": True}),
+])
+def test_cutting_the_last_block_to_the_candidates_changes_no_logit(data, family, config, monkeypatch):
+    """Each depth's logits with the cut equal those of a model whose blocks all keep every token and
+    whose head reads the candidates at the end (what the models did before the cut), so the cut sits
+    only where no later block reads the behaviour states."""
+    schema, batch = data
+    grouped = dataclasses.replace(batch, group=context_groups(batch, schema))
+    torch.manual_seed(0)
+    model = build_model(family, config, schema).train()
+    cut = [model.forward_train(rows).logits for rows in (batch, grouped)]
+    forward, head = UAB.forward, SequenceModel.candidate_logits
+
+    def uncut(self, x, profile, mask, weight, keep_from=None):
+        return forward(self, x, profile, mask, weight)
+
+    def head_on_all_tokens(self, x, tokens):
+        return head(self, x[:, tokens.seq_len:] if x.shape[1] > tokens.head_features.shape[1] else x, tokens)
+
+    monkeypatch.setattr(UAB, "forward", uncut)
+    monkeypatch.setattr(SequenceModel, "candidate_logits", head_on_all_tokens)
+    for rows, logits in zip((batch, grouped), cut, strict=True):
+        reference = model.forward_train(rows).logits
+        assert len(logits) == len(reference) == model.train_depths
+        for a, b in zip(logits, reference, strict=True):
+            assert torch.allclose(a, b, atol=1e-6)
