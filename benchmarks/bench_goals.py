@@ -185,6 +185,15 @@ def _mean(values: list[float]) -> float:
     return statistics.mean(values)
 
 
+def _oracle_pcoc(test: pa.Table, label: str) -> float:
+    """The true click probabilities' PCOC on the test rows (simulator only): how far the window's realised
+    clicks fall from their expectation by chance, the floor for any model's calibration there."""
+    if "p_click" not in test.column_names:
+        return float("nan")
+    labels = np.asarray(test.column(label).to_numpy(), dtype=float)
+    return float(np.asarray(test.column("p_click").to_numpy(), dtype=float).mean() / labels.mean())
+
+
 def render_source(rows: Rows, result: dict[str, Any]) -> list[str]:
     group, models = result["group"], result["models"]
     refs: tuple[ReferenceScore, ...] = result["references"]
@@ -203,8 +212,10 @@ def render_source(rows: Rows, result: dict[str, Any]) -> list[str]:
         auc_cell = "" if group == "auc" else f" {ref.metrics['auc']:.4f} |"
         lines.append(f"| {ref.label} | {ref.metrics.get(group, float('nan')):.4f} |{auc_cell} – | – |")
     oracle = [r["oracle"] for r in models["student alone"]]
+    oracle_pcoc = _oracle_pcoc(rows.test, rows.manifest.columns.label)
     if all(o == o for o in oracle):
-        lines.append(f"| oracle (true p_click) | – |{'' if group == 'auc' else f' {_fmt(oracle)} |'} – | – |")
+        lines.append(f"| oracle (true p_click) | – |{'' if group == 'auc' else f' {_fmt(oracle)} |'} "
+                     f"{oracle_pcoc:.4f} | – |")
     distilled = [r["group"] for r in models["distilled student (served, chosen by validation)"]]
     alone = [r["group"] for r in models["student alone"]]
     best = next(r for r in refs if r.role == "dense")
@@ -227,7 +238,8 @@ def render_source(rows: Rows, result: dict[str, Any]) -> list[str]:
               f"{_fmt(distilled)} vs {_fmt(alone)} ({_mean(distilled) - _mean(alone):+.4f}) | "
               f"{verdict(_mean(distilled) > _mean(alone))} |",
               f"| calibrated PCOC in [{PCOC_BOUNDS[0]}, {PCOC_BOUNDS[1]}] on the test window | "
-              f"{', '.join(f'{p:.3f}' for p in pcocs)} | "
+              f"{', '.join(f'{p:.3f}' for p in pcocs)}"
+              + (f" (the oracle's own: {oracle_pcoc:.3f})" if oracle_pcoc == oracle_pcoc else "") + " | "
               f"{verdict(all(PCOC_BOUNDS[0] <= p <= PCOC_BOUNDS[1] for p in pcocs))} |", ""]
     return lines
 
