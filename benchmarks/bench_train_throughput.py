@@ -52,7 +52,7 @@ from training.config import AUTO_BATCH_SIZE, CPU_STUDENT, BaselineConfig, Teache
 from training.inputs import Batch, InputSchema, context_groups
 from training.models import build_model
 from training.optim import SplitOptimizer
-from training.trainer import keep_freed_memory
+from training.trainer import freed_memory_kept
 
 RESULTS = Path(__file__).parent / "results" / "train_throughput.md"
 DEEPCTR_VERSION = "0.3.0"
@@ -224,7 +224,7 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, rounds: int, he
         "shared with other work, so compare rates from the same run",
         f"Date: {date}",
         f"Reference: deepctr-torch {deepctr_torch.__version__} (separate install, `--no-deps`)",
-        "Allocator: " + ("freed memory kept in the heap (`training.trainer.keep_freed_memory`, as "
+        "Allocator: " + ("freed memory kept in the heap (`training.trainer.freed_memory_kept`, as "
                          "`ctrflow train` on CPU), for both sides" if heap_kept else "glibc defaults"),
         f"Rounds: {rounds} (round-robin, one step per model per round; each model at most "
         f"{args.max_steps} steps or {args.budget_s:.0f} s)",
@@ -268,7 +268,6 @@ def main() -> int:
     if args.quick:
         args.max_steps, args.budget_s = 3, 2.0
     torch.set_num_threads(args.threads)
-    heap_kept = keep_freed_memory()  # what `ctrflow train` does on CPU; both sides share this process
     schema = contract_schema(BASELINE.seq_len)
     generator = torch.Generator().manual_seed(0)
     batch = request_batch(schema, args.batch, generator)
@@ -290,7 +289,8 @@ def main() -> int:
                for name, fam, cfg, rows, steps in ours]
     theirs, x = deepctr_models(schema, batch)
     runners += [deepctr_runner(name, model, x, batch.label, args.max_steps) for name, model in theirs.items()]
-    rounds = run_rounds(runners, args.budget_s)
+    with freed_memory_kept() as heap_kept:  # as `ctrflow train` on CPU; both sides share this process
+        rounds = run_rounds(runners, args.budget_s)
     rows = [summarise(r) for r in runners]
     text = render(rows, args, rounds, heap_kept)
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ import contextlib
 import copy
 import ctypes
 import dataclasses
+import functools
 import math
 import random
 import sys
@@ -200,30 +201,53 @@ def resolve_sizes(config: TrainConfig, device: torch.device | None = None) -> tu
     return resolved, SizeChoice(device.type, grade, student, batch, estimate, "; ".join(why))
 
 
-def keep_freed_memory() -> bool:
-    """Keep freed blocks in this process's heap (glibc ``mallopt``) so CPU training stops faulting in fresh
-    pages on every step.
+@contextlib.contextmanager
+def freed_memory_kept(enabled: bool = True) -> Iterator[bool]:
+    """While inside, freed blocks stay in this process's heap (glibc ``mallopt``), so CPU training stops
+    faulting in fresh pages on every step.
 
     PyTorch's CPU tensors come from malloc, and glibc serves every block above its mmap threshold (a few
     MB, e.g. one [1024, 21, 96] activation) with a fresh ``mmap`` and unmaps it on free. Each step then
     faults in every page of every large activation again: on the 2-core reference machine that was 15-20%
-    of a student step. With mmap off and no trimming, freed blocks are reused, at the cost of the process
-    keeping its peak heap. Process-wide and idempotent; returns False where glibc is not there.
+    of a student step. Inside, mmap is off and the heap is never trimmed, so freed blocks are reused. On
+    leaving, glibc's defaults are back and the free heap goes back to the system (``malloc_trim``), so a
+    long-lived process (a flow worker, ``ctrflow demo`` serving after training) does not keep training's
+    peak. Re-entrant; yields False (and changes nothing) where glibc is not there or ``enabled`` is false.
     """
-    global _HEAP_KEPT
-    if _HEAP_KEPT is None:
-        _HEAP_KEPT = False
-        if sys.platform.startswith("linux"):
-            try:
-                libc = ctypes.CDLL("libc.so.6")
-                # M_MMAP_MAX = -4 (0: never mmap), M_TRIM_THRESHOLD = -1 (never give the top back)
-                _HEAP_KEPT = bool(libc.mallopt(-4, 0)) and bool(libc.mallopt(-1, 2**31 - 1))
-            except (OSError, AttributeError):  # musl or another libc: leave the allocator alone
-                _HEAP_KEPT = False
-    return _HEAP_KEPT
+    global _HEAP_DEPTH
+    libc = _glibc() if enabled else None
+    if libc is None:
+        yield False
+        return
+    if _HEAP_DEPTH == 0:
+        libc.mallopt(_M_MMAP_MAX, 0)
+        libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+    _HEAP_DEPTH += 1
+    try:
+        yield True
+    finally:
+        _HEAP_DEPTH -= 1
+        if _HEAP_DEPTH == 0:
+            libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+            libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
+            libc.malloc_trim(0)
 
 
-_HEAP_KEPT: bool | None = None
+@functools.cache
+def _glibc() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:  # musl or another libc: leave the allocator alone
+        return None
+
+
+# glibc's mallopt parameters and their defaults (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_DEFAULT_TRIM_THRESHOLD, _DEFAULT_MMAP_MAX = 128 * 1024, 65536
+_HEAP_DEPTH = 0
 
 
 def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
@@ -599,12 +623,20 @@ def train_window(
     With ``workers`` (a torchrun launch, training.distributed) each process steps on its share of every
     global batch of ``config.batch_size`` rows under DistributedDataParallel; only the main worker shows
     progress. A last batch with fewer rows than workers is skipped (every worker needs a row).
+
+    On CPU the whole window trains inside ``freed_memory_kept``.
     """
+    with freed_memory_kept(device.type == "cpu"):
+        return _train_window(cohort, data, config, device, progress, validation, workers)
+
+
+def _train_window(
+    cohort: Cohort, data: Batch, config: TrainConfig, device: torch.device, progress: bool,
+    validation: Batch | None, workers: Workers | None,
+) -> TrainHistory:
     config = resolve_sizes(config, device)[0]
     if config.threads:
         torch.set_num_threads(config.threads)
-    if device.type == "cpu":
-        keep_freed_memory()
     progress = progress and (workers is None or workers.main)
     dtype = autocast_dtype(device, config.precision)
     generator = torch.Generator().manual_seed(config.seed)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from training.models.connectors import Connector
 from training.models.layers import Attention, ProfileAttention, RMSNorm, _RMSNormFunction
 from training.models.uab import UAB
-from training.trainer import keep_freed_memory
+from training.trainer import freed_memory_kept
 
 
 def _block_inputs(b: int = 5, n: int = 9, d: int = 16, p: int = 2) -> tuple[torch.Tensor, ...]:
@@ -112,18 +112,23 @@ def test_deres_depth_mix_is_the_key_normed_attention_over_sources(kind: str) -> 
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_kept_heap_reuses_freed_pages_instead_of_faulting_them_in() -> None:
-    assert keep_freed_memory() and keep_freed_memory()  # glibc here; a second call changes nothing
-
+def test_kept_heap_reuses_freed_pages_and_leaving_restores_the_defaults() -> None:
     def faults_for_one_tensor() -> int:
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         t = torch.ones(16 * 2**20)  # 64 MiB, every page written
         del t
         return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
-    # A freed block is reused whenever it fits; the heap only grows (fresh pages) when fragmentation
-    # leaves no hole big enough, so some of several repeats fault in nothing. glibc's default unmaps
-    # the block on every free and faults all its pages in again on every repeat.
-    faults = [faults_for_one_tensor() for _ in range(8)]
     pages = 16 * 2**20 * 4 // resource.getpagesize()
-    assert min(faults) < pages // 10, faults
+    with freed_memory_kept() as kept, freed_memory_kept() as nested:
+        assert kept and nested  # glibc here; re-entrant
+        # A freed block is reused whenever it fits; the heap only grows (fresh pages) when fragmentation
+        # leaves no hole big enough, so some of several repeats fault in nothing.
+        inside = [faults_for_one_tensor() for _ in range(8)]
+    assert min(inside) < pages // 10, inside
+    # Outside, glibc maps such a block afresh and unmaps it on free: every repeat faults it all in again.
+    outside = [faults_for_one_tensor() for _ in range(3)]
+    assert min(outside) > pages * 9 // 10, outside
+    with freed_memory_kept(enabled=False) as kept:
+        assert not kept
+        assert min(faults_for_one_tensor() for _ in range(3)) > pages * 9 // 10
