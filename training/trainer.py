@@ -210,7 +210,8 @@ def freed_memory_kept(enabled: bool = True) -> Iterator[bool]:
     MB, e.g. one [1024, 21, 96] activation) with a fresh ``mmap`` and unmaps it on free. Each step then
     faults in every page of every large activation again: on the 2-core reference machine that was 15-20%
     of a student step. Inside, mmap is off and the heap is never trimmed, so freed blocks are reused. On
-    leaving, glibc's defaults are back and the free heap goes back to the system (``malloc_trim``), so a
+    leaving, glibc's default limits are back (its self-adjusting mmap threshold stays off: any mallopt
+    call turns it off) and the free heap goes back to the system (``malloc_trim``), so a
     long-lived process (a flow worker, ``ctrflow demo`` serving after training) does not keep training's
     peak. Re-entrant; yields False (and changes nothing) where glibc is not there or ``enabled`` is false.
     """
