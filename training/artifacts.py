@@ -44,6 +44,16 @@ def model_role(family: str) -> str:
     return family if family in ("teacher", "student") else "baseline"
 
 
+# Model config fields added after versions were first saved, with the value that rebuilds such a version
+# as it was trained. A saved config holds every field of its release, so a missing one means an older
+# release, and a warm start from that version sees a config change (and cold-starts) instead of weights
+# that do not fit.
+ADDED_CONFIG_FIELDS: dict[str, dict[str, Any]] = {
+    "teacher": {"target_match": False},
+    "student": {"target_match": False},
+}
+
+
 @dataclass(frozen=True)
 class ModelRecord:
     """What a version stores about one model of the cohort (besides its weights)."""
@@ -55,6 +65,13 @@ class ModelRecord:
     @property
     def role(self) -> str:
         return model_role(self.family)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelRecord:
+        family, config = data["family"], dict(data["config"])
+        if config:  # an empty config asks for the family's defaults
+            config = ADDED_CONFIG_FIELDS.get(family, {}) | config
+        return cls(family, config, dict(data.get("metrics") or {}))
 
 
 @dataclass(frozen=True)
@@ -143,7 +160,7 @@ class VersionConfig:
                 version=str(data["version"]), created=str(data["created"]), parent=data.get("parent"),
                 feature_service=data.get("feature_service"), input_schema=dict(data["input_schema"]),
                 train_config=dict(data.get("train_config") or {}), serve=data.get("serve"),
-                models={n: ModelRecord(**r) for n, r in data["models"].items()},
+                models={n: ModelRecord.from_dict(r) for n, r in data["models"].items()},
                 train=train, holdout=holdout, cold_start_reason=data.get("cold_start_reason"),
                 cold_start=dict(data.get("cold_start") or {}), sizes=dict(data.get("sizes") or {}),
                 format=FORMAT_VERSION,

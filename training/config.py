@@ -62,6 +62,7 @@ class TeacherConfig(_JsonConfig):
     time_buckets: int = 128
     head_hidden: tuple[int, ...] = (128, 64)
     dropout: float = 0.0
+    target_match: bool = True  # head reads how many behaviours share the candidate's item / category
     grade_name: str = ""  # the preset this config came from, if any
 
     def __post_init__(self) -> None:
@@ -112,6 +113,7 @@ class StudentConfig(_JsonConfig):
     head_hidden: tuple[int, ...] = (128, 64)
     dropout: float = 0.0
     wide_ids: bool = False  # a linear term over every hashed id (wide & deep)
+    target_match: bool = True  # head reads how many behaviours share the candidate's item / category
 
     def __post_init__(self) -> None:
         _check_heads(self.d_model, self.n_heads)

@@ -15,7 +15,7 @@ from training.inputs import Batch, InputSchema, context_groups, encode
 from training.models import FeatureEmbedding, Student, Teacher, build_model
 from training.models.base import LINEAR_STEP_SCALE
 from training.models.layers import sequence_mask
-from training.models.sequence import SequenceModel
+from training.models.sequence import SequenceModel, match_counts
 from training.models.uab import UAB
 from training.optim import SplitOptimizer
 from training.trainer import predict_logits
@@ -392,3 +392,42 @@ def test_cutting_the_last_block_to_the_candidates_changes_no_logit(data, family,
         assert len(logits) == len(reference) == model.train_depths
         for a, b in zip(logits, reference, strict=True):
             assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_match_counts_are_the_behaviours_sharing_the_candidates_item_and_category(data):
+    """log1p of the count of real behaviours (padding and missing ids excluded) with the candidate's item
+    id and, apart, its category id, as a plain loop counts them; the student's head reads exactly that."""
+    schema, batch = data
+    rows = batch.slice(0, 64)
+    # Make matches certain: every candidate takes the item and category of its own newest behaviour.
+    has = rows.seq_mask[:, -1]
+    rows = dataclasses.replace(rows, cand_item=torch.where(has, rows.seq_items[:, -1], rows.cand_item),
+                               cand_category=torch.where(has, rows.seq_categories[:, -1], rows.cand_category))
+    rows.cand_category[:4] = 0  # a missing category matches nothing, even a missing one in the sequence
+    rows.seq_categories[:4, -1] = 0
+    def counts(b: Batch) -> torch.Tensor:
+        return match_counts(torch.stack([b.cand_item, b.cand_category], -1)[:, None], b, L)[:, 0]
+
+    got = counts(rows)
+    for i in range(len(rows)):
+        real = rows.seq_mask[i, -L:]
+        pairs = [(rows.cand_item, rows.seq_items), (rows.cand_category, rows.seq_categories)]
+        for j, (cand, seq) in enumerate(pairs):
+            want = 0 if cand[i] == 0 else int(((seq[i, -L:] == cand[i]) & real).sum())
+            assert got[i, j] == pytest.approx(math.log1p(want)), (i, j)
+    assert (got[has, 0] > 0).all() and (got[4:][has[4:], 1] > 0).all() and (got[:4, 1] == 0).all()
+    # The head reads the counts: changing only a candidate's match count changes its score.
+    torch.manual_seed(0)
+    model = build_model("student", TINY_STUDENT, schema).eval()
+    assert model.inputs.target_match and model.inputs.head_features_dim == build_model(
+        "student", {**TINY_STUDENT, "target_match": False}, schema).inputs.head_features_dim + 2
+    i = int(torch.nonzero(has[4:])[0]) + 4
+    one = rows.slice(i, i + 1)
+    cand = one.cand_category[0]
+    elsewhere = batch.seq_categories[(batch.seq_categories != cand) & (batch.seq_categories != 0)][0]
+    unmatched = one.seq_categories.clone()
+    unmatched[unmatched == cand] = elsewhere  # the same sequence, but nothing in it shares the category
+    changed = dataclasses.replace(one, seq_categories=unmatched)
+    assert counts(changed)[0, 1] == 0
+    with torch.no_grad():
+        assert model(one) != model(changed)

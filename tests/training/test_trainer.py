@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from synthetic import make_dataset
@@ -160,6 +162,31 @@ def test_a_changed_model_config_cold_starts_that_model_and_records_why(settings,
     saved = artifacts.read_config(settings, second.version)
     assert saved.parent == first.version and saved.cold_start_reason is None
     assert set(saved.cold_start) == {"student_0"} and second.warm_started == ["teacher"]
+
+
+def test_a_version_saved_before_target_match_loads_as_it_was_and_a_warm_start_cold_starts(
+    settings, data
+) -> None:
+    """config.json written by a release without the ``target_match`` field (simulated by removing it):
+    the version rebuilds without the match inputs, so its weights fit and it scores as it did; a cohort
+    of today's configs sees a config change and cold-starts those models with the reason."""
+    table, manifest = data
+    old = {**tiny_train_config()["student"], "target_match": False}
+    config = _config(students=1, teacher_grade=None, student=old)
+    first = run_cycle(settings, table.slice(0, 200), manifest, config, progress=False, report=False)
+    before, _ = artifacts.load_model(settings, first.version, "student_0")
+    path = settings.registry_dir / first.version / "config.json"
+    stored = json.loads(path.read_text())
+    del stored["models"]["student_0"]["config"]["target_match"]
+    path.write_text(json.dumps(stored))
+    after, _ = artifacts.load_model(settings, first.version, "student_0")
+    assert not after.inputs.target_match
+    batch = encode(table.slice(200, 300), schema_for(manifest, config))
+    with torch.no_grad():
+        torch.testing.assert_close(after(batch), before(batch), rtol=0, atol=0)
+    today = _config(students=1, teacher_grade=None)
+    warm = warm_start(build_cohort(today, schema_for(manifest, today)), settings, first.version)
+    assert "target_match: False -> True" in warm.cold["student_0"] and "student_0" not in warm.loaded
 
 
 def test_same_seed_same_result(settings, data) -> None:

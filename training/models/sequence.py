@@ -91,6 +91,7 @@ class SequenceInput(nn.Module):
         time_buckets: int,
         local_window: int | None = None,
         dilation: int | None = None,
+        target_match: bool = False,
     ) -> None:
         super().__init__()
         d_e = embedding.d_embed
@@ -108,7 +109,8 @@ class SequenceInput(nn.Module):
         self.candidate_slots = list(schema.candidate_slots)
         self.user_slot = schema.slot(schema.user)
         self.rab = RelativeBias(seq_len, time_buckets)
-        self.head_features_dim = (len(self.candidate_slots) + 1) * d_e + len(schema.dense)
+        self.target_match = target_match
+        self.head_features_dim = (len(self.candidate_slots) + 1) * d_e + len(schema.dense) + 2 * target_match
 
     def forward(self, batch: Batch, one_user: bool = False) -> Tokens:
         """Three layouts, the same scores:
@@ -123,18 +125,22 @@ class SequenceInput(nn.Module):
         user = fields[:, self.user_slot]
         head = torch.cat([fields[:, self.candidate_slots].flatten(1), user, batch.dense], 1)
         cand, cand_time, dense = self.embedding.candidate(batch), batch.cand_time, batch.dense
+        ids = torch.stack([batch.cand_item, batch.cand_category], -1)
+        per_candidate = (cand, cand_time, head, dense, ids)
         layout = None
         if one_user:
             context, user = batch.slice(0, 1), user[:1]
-            cand, cand_time, head, dense = cand[None], cand_time[None], head[None], dense[None]
+            cand, cand_time, head, dense, ids = (t[None] for t in per_candidate)
         elif batch.group is not None:
             layout = GroupLayout.of(batch.group)
             context, user = batch.index(layout.first), user[layout.first]
-            cand, cand_time, head, dense = (layout.scatter(t) for t in (cand, cand_time, head, dense))
+            cand, cand_time, head, dense, ids = (layout.scatter(t) for t in per_candidate)
         else:
             context = batch
-            cand, cand_time, head, dense = cand[:, None], cand_time[:, None], head[:, None], dense[:, None]
+            cand, cand_time, head, dense, ids = (t[:, None] for t in per_candidate)
         beh, valid = self.embedding.behaviour(context, L)
+        if self.target_match:
+            head = torch.cat([head, match_counts(ids, context, L).to(head.dtype)], -1)
         times = fit_length(context.seq_times, L)
         profile_dense = context.dense[:, self.profile_index]
         m = cand.shape[1]
@@ -156,6 +162,20 @@ class SequenceInput(nn.Module):
             profile.append(self.profile_dense(profile_dense)[:, None])
         slots = None if layout is None else (layout.group, layout.slot)
         return Tokens(x, mask, weight, torch.cat(profile, 1), head, dense, L, slots)
+
+
+def match_counts(ids: torch.Tensor, context: Batch, length: int) -> torch.Tensor:
+    """log1p of how many of the newest ``length`` behaviours share each candidate's item and its category.
+
+    ids [B', m, 2] (item, category) against the context's behaviours -> [B', m, 2]. The exact-id form
+    of a search over the sequence by the candidate's category (SIM's hard search): attention has to
+    learn this equality from embeddings, and softmax weights hide how many behaviours match. A missing
+    id (0) matches nothing.
+    """
+    valid = fit_length(context.seq_mask, length)[:, None, :]  # [B', 1, L]
+    seq = torch.stack([fit_length(context.seq_items, length), fit_length(context.seq_categories, length)], -1)
+    same = (ids[:, :, None, :] == seq[:, None, :, :]) & valid[..., None] & (ids[:, :, None, :] != 0)
+    return torch.log1p(same.sum(2).float())
 
 
 class SequenceModel(CTRModel):

@@ -21,7 +21,8 @@ class Student(SequenceModel):
         super().__init__(config, schema)
         c = config
         self.inputs = SequenceInput(
-            schema, embedding, c.d_model, c.seq_len, c.time_buckets, c.local_window, c.dilation
+            schema, embedding, c.d_model, c.seq_len, c.time_buckets, c.local_window, c.dilation,
+            c.target_match,
         )
         self.blocks = nn.ModuleList(
             UAB(c.d_model, c.n_heads, c.ffn_mult, dropout=c.dropout) for _ in range(c.n_layers)

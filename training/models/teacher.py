@@ -24,7 +24,9 @@ class Teacher(SequenceModel):
     def __init__(self, config: TeacherConfig, schema: InputSchema, embedding: FeatureEmbedding) -> None:
         super().__init__(config, schema)
         c = config
-        self.inputs = SequenceInput(schema, embedding, c.d_model, c.seq_len, c.time_buckets)
+        self.inputs = SequenceInput(
+            schema, embedding, c.d_model, c.seq_len, c.time_buckets, target_match=c.target_match
+        )
 
         def stack(n: int, moe: bool) -> nn.ModuleList:
             experts = (c.n_experts, c.top_k) if moe else None
