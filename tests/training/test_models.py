@@ -416,18 +416,18 @@ def test_match_counts_are_the_behaviours_sharing_the_candidates_item_and_categor
             want = 0 if cand[i] == 0 else int(((seq[i, -L:] == cand[i]) & real).sum())
             assert got[i, j] == pytest.approx(math.log1p(want)), (i, j)
     assert (got[has, 0] > 0).all() and (got[4:][has[4:], 1] > 0).all() and (got[:4, 1] == 0).all()
-    # The head reads the counts: changing only a candidate's match count changes its score.
+    # The head's input carries each row's counts in all three layouts (rows, one pass per context, one
+    # user's candidates), so a misplaced scatter would show here; the layout tests check the scores.
     torch.manual_seed(0)
     model = build_model("student", TINY_STUDENT, schema).eval()
     assert model.inputs.target_match and model.inputs.head_features_dim == build_model(
         "student", {**TINY_STUDENT, "target_match": False}, schema).inputs.head_features_dim + 2
-    i = int(torch.nonzero(has[4:])[0]) + 4
-    one = rows.slice(i, i + 1)
-    cand = one.cand_category[0]
-    elsewhere = batch.seq_categories[(batch.seq_categories != cand) & (batch.seq_categories != 0)][0]
-    unmatched = one.seq_categories.clone()
-    unmatched[unmatched == cand] = elsewhere  # the same sequence, but nothing in it shares the category
-    changed = dataclasses.replace(one, seq_categories=unmatched)
-    assert counts(changed)[0, 1] == 0
     with torch.no_grad():
-        assert model(one) != model(changed)
+        by_rows = model.inputs(rows)
+        torch.testing.assert_close(by_rows.head_features[:, 0, -2:], got, rtol=0, atol=0)
+        grouped = model.inputs(dataclasses.replace(rows, group=context_groups(rows, schema)))
+        torch.testing.assert_close(grouped.head_features[grouped.slots][:, -2:], got, rtol=0, atol=0)
+        request = one_user_request(rows, schema, m=12, seq_from=int(torch.nonzero(has)[0]))
+        one = model.inputs(request, one_user=True)
+        torch.testing.assert_close(one.head_features[0, :, -2:], counts(request), rtol=0, atol=0)
+    assert counts(request)[:, 1].std() > 0  # the request's candidates differ in their counts
