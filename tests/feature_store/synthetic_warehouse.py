@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines import tables
-from pipelines.events import SIDE_FIELDS
+from pipelines.events import SIDE_FIELDS, stable_int_id
 from pipelines.settings import Settings
 
 T0_MS = int(datetime(2026, 3, 1, tzinfo=UTC).timestamp() * 1000)
@@ -50,7 +50,7 @@ def labelled_samples(rng: np.random.Generator, n: int, n_users: int, n_items: in
     event_ms = np.sort(T0_MS + rng.integers(0, int(days * DAY_MS), n))
     label = (rng.random(n) < label_rate).astype("int8")
     click_ms = event_ms + rng.integers(1000, 600_000, n)
-    categories = np.array(["news", "sport", "tech", "food", None], dtype=object)
+    categories = np.array([*CATEGORIES, None], dtype=object)
     devices = np.array(["mobile", "desktop", "tablet"], dtype=object)
     return pa.table(
         {
@@ -116,14 +116,23 @@ def stats_table(
     return pa.table(columns, schema=schema)
 
 
-def sequences_table(rng: np.random.Generator, n_rows: int, n_users: int, days: float, max_len: int = 20,
-                    tie_fraction: float = 0.05) -> pa.Table:
+CATEGORIES = ("news", "sport", "tech", "food")
+
+
+def sequences_table(rng: np.random.Generator, n_rows: int, n_users: int, days: float, n_items: int,
+                    max_len: int = 20, tie_fraction: float = 0.05) -> pa.Table:
     entity, event_ms = _feature_times(rng, n_rows, n_users, days, tie_fraction)
     lengths = rng.integers(0, max_len + 1, n_rows)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype("int32")
     total = int(offsets[-1])
-    items = pa.ListArray.from_arrays(pa.array(offsets), pa.array(rng.integers(0, 2**62, total), pa.int64()))
-    cats = pa.ListArray.from_arrays(pa.array(offsets), pa.array(rng.integers(0, 1000, total), pa.int64()))
+    # Behaviours are the warehouse's own items and categories, as the sequence job writes them
+    # (events.stable_int_id of the id string), so a candidate can match its user's history.
+    item_ids = np.array([stable_int_id(f"i{k}") for k in range(n_items)], np.int64)
+    cat_ids = np.array([stable_int_id(c) for c in CATEGORIES], np.int64)
+    items = pa.ListArray.from_arrays(
+        pa.array(offsets), pa.array(item_ids[rng.integers(0, 2**62, total) % n_items], pa.int64()))
+    cats = pa.ListArray.from_arrays(
+        pa.array(offsets), pa.array(cat_ids[rng.integers(0, 1000, total) % len(CATEGORIES)], pa.int64()))
     # Sequence times end at the row's own event_time (a row's identity, like impressions_1h above).
     times = np.repeat(event_ms, lengths) - rng.integers(1, 3_600_000, total)
     times_arr = pa.ListArray.from_arrays(pa.array(offsets), pa.array(times, pa.int64()))
@@ -168,7 +177,7 @@ def write_synthetic_warehouse(settings: Settings, n_samples: int = 200, n_users:
                                   horizons=settings.horizons),
         "item_stats": stats_table(rng, "item_id", "i", rows, max(n_items - 1, 1), days,
                                   horizons=settings.horizons),
-        "user_sequences": sequences_table(rng, rows, max(n_users - 1, 1), days),
+        "user_sequences": sequences_table(rng, rows, max(n_users - 1, 1), days, n_items),
     }
     # Drawn after the others so the tables above stay what they were for the same seed.
     written["item_attributes"] = attributes_table(rng, rows, max(n_items - 1, 1), days)

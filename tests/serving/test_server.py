@@ -28,7 +28,8 @@ from pipelines.settings import Settings
 from serving_stub.server import ServerThread
 from tests.feature_store.synthetic_warehouse import write_table
 from training.artifacts import load_model, read_config
-from training.inputs import InputSchema, encode
+from training.inputs import Batch, InputSchema, encode
+from training.models.sequence import match_counts
 
 from .world import World, corrupt_copy, poisoned, promote, shifted, variant
 
@@ -78,7 +79,15 @@ def score(client: httpx.Client, world: World, user: str = "u2", **extra: object)
 
 def training_path_scores(world: World, version: str, user: str) -> np.ndarray:
     """The same request as training rows: the dataset builder's PIT join, the training encoder, the model
-    scoring each row on its own; the candidate's category as its newest item_attributes row says."""
+    scoring each row on its own."""
+    model, batch = training_path_rows(world, version, user)
+    with torch.no_grad():
+        return torch.sigmoid(model(batch)).numpy()
+
+
+def training_path_rows(world: World, version: str, user: str) -> tuple[torch.nn.Module, Batch]:
+    """The served model and the request encoded as training rows; the candidate's category as its newest
+    item_attributes row says."""
     categories = latest_per_entity("item_attributes", world.tables["item_attributes"],
                                    world.settings.horizons).to_pydict()
     category = dict(zip(categories["item_id"], categories["category"], strict=True))
@@ -93,8 +102,7 @@ def training_path_scores(world: World, version: str, user: str) -> np.ndarray:
     }))
     rows = join_features(world.settings, samples)
     model, config = load_model(world.settings, version, world.model)
-    with torch.no_grad():
-        return torch.sigmoid(model(encode(rows, InputSchema.from_dict(config.input_schema)))).numpy()
+    return model, encode(rows, InputSchema.from_dict(config.input_schema))
 
 
 def test_served_scores_equal_the_training_path_on_the_same_features(client: httpx.Client,
@@ -104,7 +112,16 @@ def test_served_scores_equal_the_training_path_on_the_same_features(client: http
     for view in ("user_stats", "item_stats"):
         assert {f"{view}__{stat}_{w}" for w in world.settings.horizons.suffixes
                 for stat in ("impressions", "clicks", "ctr")} <= set(dense)
-    for user in ("u2", "u7", "never-seen-user"):
+    # The target-match counts are inputs too: some candidates share an item, and some a category, with
+    # the user's behaviours, so a serving path that got them wrong would change these scores.
+    users = ("u2", "u7", "never-seen-user")
+    counts = []
+    for user in users:
+        model, batch = training_path_rows(world, world.version, user)
+        ids = torch.stack([batch.cand_item, batch.cand_category], -1)[:, None, :]
+        counts.append(match_counts(ids, batch, model.inputs.seq_len)[:, 0])
+    assert model.inputs.target_match and (torch.cat(counts) > 0).any(0).all(), counts
+    for user in users:
         response = score(client, world, user)
         assert response.status_code == 200, response.text
         body = response.json()
