@@ -23,7 +23,9 @@ from orchestration.cli import app
 
 REPO = Path(__file__).resolve().parents[2]
 SERVER_START_S = 30.0
-TWO_RUNS_S = 55.0
+# A bound on liveness, not a timing claim: the loop ends at the second completed run (seconds when idle);
+# 55 s was exceeded once with a benchmark sharing the 2 cores.
+TWO_RUNS_S = 120.0
 
 
 def _free_port() -> int:
