@@ -20,6 +20,7 @@ from pipelines import tables
 from pipelines.events import SIDE_FIELDS, stable_int_id
 from pipelines.settings import Settings
 
+CATEGORIES = ("news", "sport", "tech", "food")  # item categories; behaviours use the same
 T0_MS = int(datetime(2026, 3, 1, tzinfo=UTC).timestamp() * 1000)
 DAY_MS = 86_400_000
 # Feature rows start a day before the samples; their identity counts seconds from there (a count is >= 0).
@@ -114,9 +115,6 @@ def stats_table(
     columns[f"clicks_{shortest}"] = pa.array(np.arange(n_rows), pa.int64())
     columns["created"] = _ts(T0_MS + rng.permutation(n_rows))
     return pa.table(columns, schema=schema)
-
-
-CATEGORIES = ("news", "sport", "tech", "food")
 
 
 def sequences_table(rng: np.random.Generator, n_rows: int, n_users: int, days: float, n_items: int,

@@ -114,21 +114,19 @@ def test_served_scores_equal_the_training_path_on_the_same_features(client: http
                 for stat in ("impressions", "clicks", "ctr")} <= set(dense)
     # The target-match counts are inputs too: some candidates share an item, and some a category, with
     # the user's behaviours, so a serving path that got them wrong would change these scores.
-    users = ("u2", "u7", "never-seen-user")
-    counts = []
-    for user in users:
-        model, batch = training_path_rows(world, world.version, user)
-        ids = torch.stack([batch.cand_item, batch.cand_category], -1)[:, None, :]
-        counts.append(match_counts(ids, batch, model.inputs.seq_len)[:, 0])
-    assert model.inputs.target_match and (torch.cat(counts) > 0).any(0).all(), counts
-    for user in users:
+    rows = {user: training_path_rows(world, world.version, user) for user in ("u2", "u7", "never-seen-user")}
+    counts = torch.cat([match_counts(torch.stack([b.cand_item, b.cand_category], -1)[:, None, :], b,
+                                     m.inputs.seq_len)[:, 0] for m, b in rows.values()])
+    assert all(m.inputs.target_match for m, _ in rows.values()) and (counts > 0).any(0).all(), counts
+    for user, (model, batch) in rows.items():
+        with torch.no_grad():
+            expected = torch.sigmoid(model(batch)).numpy()
         response = score(client, world, user)
         assert response.status_code == 200, response.text
         body = response.json()
         assert body["model_version"] == world.version
         assert len(body["scores"]) == len(ITEMS)
-        np.testing.assert_allclose(body["scores"], training_path_scores(world, world.version, user),
-                                   atol=1e-5, rtol=0)
+        np.testing.assert_allclose(body["scores"], expected, atol=1e-5, rtol=0)
     assert client.get("/readyz").json() == {"ready": True, "model_version": world.version}
 
 
