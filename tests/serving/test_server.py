@@ -77,16 +77,9 @@ def score(client: httpx.Client, world: World, user: str = "u2", **extra: object)
     return client.post("/v1/score", json={"user_id": user, "items": ITEMS, "context": context, **extra})
 
 
-def training_path_scores(world: World, version: str, user: str) -> np.ndarray:
-    """The same request as training rows: the dataset builder's PIT join, the training encoder, the model
-    scoring each row on its own."""
-    model, batch = training_path_rows(world, version, user)
-    with torch.no_grad():
-        return torch.sigmoid(model(batch)).numpy()
-
-
 def training_path_rows(world: World, version: str, user: str) -> tuple[torch.nn.Module, Batch]:
-    """The served model and the request encoded as training rows; the candidate's category as its newest
+    """The same request as training rows (the dataset builder's PIT join, the training encoder) and the
+    served model, which scores each row on its own; the candidate's category as its newest
     item_attributes row says."""
     categories = latest_per_entity("item_attributes", world.tables["item_attributes"],
                                    world.settings.horizons).to_pydict()
