@@ -78,11 +78,14 @@ def _cli(home: Path, *args: str) -> None:
     subprocess.run([str(ctrflow), "--home", str(home), *args], check=True, stdout=subprocess.DEVNULL)
 
 
-def real_rows(name: str, home: Path) -> Rows:
-    """convert → features build --from-file → dataset build, as a user would run them."""
+def real_rows(name: str, home: Path, start: str | None = None) -> Rows:
+    """convert → features build --from-file → dataset build, as a user would run them; ``start`` moves
+    the window's start (the Taobao slice)."""
     from features.datasets import load_dataset
 
     relative, window = REAL[name]
+    if start and window:
+        window = ["--start", start, *window[2:]]
     source = DATA / relative
     if not source.exists():
         raise SystemExit(f"{source} is missing: the real samples are read from the shared data folder")
@@ -281,6 +284,8 @@ def main() -> int:
     parser.add_argument("--scales", default="50000,200000")
     parser.add_argument("--set", action="append", default=[], type=_override, metavar="FIELD=VALUE",
                         help="a TrainConfig field for every run, e.g. --set temperature=1 (JSON values)")
+    parser.add_argument("--taobao-start", metavar="ISO_TIME",
+                        help="start of the Taobao window (default 2017-11-26T02:45:00Z; it ends at 02:56)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     OVERRIDES.update(dict(args.set))
@@ -296,7 +301,7 @@ def main() -> int:
             for source in args.sources.split(","):
                 home = tmp / source
                 rows = (simulator_rows(home, args.impressions) if source == "simulator"
-                        else real_rows(source, home))
+                        else real_rows(source, home, args.taobao_start))
                 print(f"{source}: train {rows.train.num_rows}, test {rows.test.num_rows}", flush=True)
                 body += render_source(rows, run_source(rows, args.seeds, args.epochs, home))
     header = [
