@@ -25,7 +25,7 @@ def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 class _Baseline(CTRModel):
     uses_embedding = True
-    wide_path = False  # deep-only models get the wide short path (LR and DeepFM have a linear part)
+    wide_path = False  # the deep models get the wide short path (LR is nothing but a linear part)
 
     def __init__(self, config: BaselineConfig, schema: InputSchema, embedding: FeatureEmbedding) -> None:
         super().__init__(config, schema)
@@ -97,9 +97,16 @@ class DNN(_Baseline):
 
 
 class DeepFM(_Baseline):
-    """First order (own 1-d table) + FM pairwise interactions over the fields + a deep MLP."""
+    """First order (own 1-d table) + FM pairwise interactions over the fields + a deep MLP.
+
+    Its first-order part is linear but starts at zero, like the rest of it, so it gets the wide path as
+    well: without that prefit a fresh DeepFM starts at p = 0.5, and on a small window (the 6.5k-row Avazu
+    sample: ~12 steps in 2 epochs) it never reached the base rate or the click-rate ranking (0.63 AUC
+    against DNN's 0.70).
+    """
 
     family = "deepfm"
+    wide_path = True
 
     def __init__(self, config: BaselineConfig, schema: InputSchema, embedding: FeatureEmbedding) -> None:
         super().__init__(config, schema, embedding)
@@ -112,7 +119,7 @@ class DeepFM(_Baseline):
         linear = self.first_order.categorical(batch.categorical).sum((1, 2))
         linear = linear + self.dense(batch.dense).squeeze(-1)
         fm = 0.5 * (fields.sum(1).pow(2) - fields.pow(2).sum(1)).sum(-1)
-        return linear + fm + self.mlp(self.flat(fields, batch)).squeeze(-1)
+        return linear + fm + self.mlp(self.flat(fields, batch)).squeeze(-1) + self.wide(batch.dense)
 
 
 class DCNv2(_Baseline):
