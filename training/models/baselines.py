@@ -99,10 +99,10 @@ class DNN(_Baseline):
 class DeepFM(_Baseline):
     """First order (own 1-d table) + FM pairwise interactions over the fields + a deep MLP.
 
-    Its first-order part is linear but starts at zero, like the rest of it, so it gets the wide path as
-    well: without that prefit a fresh DeepFM starts at p = 0.5, and on a small window (the 6.5k-row Avazu
-    sample: ~12 steps in 2 epochs) it never reached the base rate or the click-rate ranking (0.63 AUC
-    against DNN's 0.70).
+    It has a linear part of its own, but nothing starts that at the base rate, so it gets the wide path's
+    prefit as well: without it a fresh DeepFM starts near p = 0.5, and on a small window (the 6.5k-row
+    Avazu sample: ~12 steps in 2 epochs) it never reached the base rate or the click-rate ranking (0.63
+    AUC against DNN's 0.70).
     """
 
     family = "deepfm"
