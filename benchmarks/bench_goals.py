@@ -287,7 +287,8 @@ def main() -> int:
     parser.add_argument("--set", action="append", default=[], type=_override, metavar="FIELD=VALUE",
                         help="a TrainConfig field for every run, e.g. --set temperature=1 (JSON values)")
     parser.add_argument("--taobao-start", metavar="ISO_TIME",
-                        help="start of the Taobao window (default 2017-11-26T02:15:00Z; it ends at 02:56)")
+                        help=f"start of the Taobao window (default {REAL['taobao'][1][1]}; it ends at "
+                        f"{REAL['taobao'][1][3]})")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     OVERRIDES.update(dict(args.set))

@@ -25,7 +25,7 @@ def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 class _Baseline(CTRModel):
     uses_embedding = True
-    wide_path = False  # the deep models get the wide short path (LR is nothing but a linear part)
+    wide_path = True  # every deep model gets the wide short path; LR is nothing but a linear part
 
     def __init__(self, config: BaselineConfig, schema: InputSchema, embedding: FeatureEmbedding) -> None:
         super().__init__(config, schema)
@@ -58,6 +58,7 @@ class LogisticRegression(_Baseline):
     """
 
     family = "lr"
+    wide_path = False
     uses_embedding = False  # its own 1-d weights; a shared table would sit unused in its state
     STEP_SCALE = LINEAR_STEP_SCALE
 
@@ -85,7 +86,6 @@ class LogisticRegression(_Baseline):
 
 class DNN(_Baseline):
     family = "dnn"
-    wide_path = True
 
     def __init__(self, config: BaselineConfig, schema: InputSchema, embedding: FeatureEmbedding) -> None:
         super().__init__(config, schema, embedding)
@@ -106,7 +106,6 @@ class DeepFM(_Baseline):
     """
 
     family = "deepfm"
-    wide_path = True
 
     def __init__(self, config: BaselineConfig, schema: InputSchema, embedding: FeatureEmbedding) -> None:
         super().__init__(config, schema, embedding)
@@ -126,7 +125,6 @@ class DCNv2(_Baseline):
     """Full-rank cross network x_{l+1} = x0 * (W x_l + b) + x_l, stacked before the deep MLP."""
 
     family = "dcnv2"
-    wide_path = True
 
     def __init__(self, config: BaselineConfig, schema: InputSchema, embedding: FeatureEmbedding) -> None:
         super().__init__(config, schema, embedding)
@@ -149,7 +147,6 @@ class DIN(_Baseline):
     (unnormalised weights, as DIN), replacing the mean-pooled behaviour field."""
 
     family = "din"
-    wide_path = True
 
     def __init__(self, config: BaselineConfig, schema: InputSchema, embedding: FeatureEmbedding) -> None:
         super().__init__(config, schema, embedding)
