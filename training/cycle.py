@@ -6,8 +6,8 @@ the rest; build the cohort (warm-started from a parent version if its schema and
 match, else cold-started with the reason recorded); train with validation-based early stopping; fit each
 model's calibration on the validation slice; evaluate every model on the holdout beside the reference
 scores (``training.references``: single columns used as the score), measure its cost, save the version and
-write the run report. The served student is the one with the best validation AUC: the holdout never
-chooses anything.
+write the run report. The served student is the one with the best validation score (per-request gAUC
+where requests hold several candidates, else AUC): the holdout never chooses anything.
 
 The rows a version trained on (validation included) and was held out on are recorded in its
 config (``DataSlice``), so the promotion gate and ``ctrflow evaluate`` score it on exactly its holdout,
@@ -33,6 +33,7 @@ from training import artifacts, registry
 from training.artifacts import ArtifactError, DataSlice, ModelRecord, VersionConfig
 from training.distributed import Workers
 from training.inputs import InputSchema, encode, fit_input_schema, schema_change, with_context_groups
+from training.metrics import METRIC_TITLES
 from training.references import ReferenceScore, reference_metrics, references_summary
 from training.report import write_report
 from training.trainer import (
@@ -259,9 +260,9 @@ def build_cycle_sets(settings: Settings, at: datetime | None = None, service: st
     return CycleSets(at=at, train=train, holdout=holdout)
 
 
-def _best_student(val_auc: dict[str, float], students: list[str]) -> str | None:
-    """The student with the best validation AUC (never the holdout's); the first one without any."""
-    scored = [(val_auc[n], n) for n in students if n in val_auc and val_auc[n] == val_auc[n]]
+def _best_student(val_score: dict[str, float], students: list[str]) -> str | None:
+    """The student with the best validation score (never the holdout's); the first one without any."""
+    scored = [(val_score[n], n) for n in students if n in val_score and val_score[n] == val_score[n]]
     return max(scored)[1] if scored else (students[0] if students else None)
 
 
@@ -350,6 +351,8 @@ def run_cycle(
         best = history.best.get(name)
         if best is not None:
             metrics |= {"val_auc": best["auc"], "val_logloss": best["logloss"], "best_step": best["step"]}
+            if "request_gauc" in best:
+                metrics["val_request_gauc"] = best["request_gauc"]
         results[name] = {
             "family": cohort.families[name],
             "metrics": metrics,
@@ -366,7 +369,7 @@ def run_cycle(
         }
     metrics = {n: r["metrics"] for n, r in results.items()}
     references = reference_metrics(holdout_table, schema)
-    serve = _best_student({n: b["auc"] for n, b in history.best.items()}, cohort.students)
+    serve = _best_student({n: b[history.select_by] for n, b in history.best.items()}, cohort.students)
 
     version = None
     if save:
@@ -402,9 +405,10 @@ def run_cycle(
             f"stepped on {history.local_samples} of the {history.samples} rows, its share of every batch of "
             f"{config.batch_size}" if workers else "workers: 1 (one process)",
             f"parent version: {parent or 'none (from scratch)'}; warm-started: {', '.join(loaded) or '-'}",
-            "kept checkpoints (validation AUC): " + (", ".join(
-                f"{n} step {b['step']} ({b['auc']:.4f})" for n, b in history.best.items()) or "last step"),
-            f"served student (best validation AUC): {serve or '-'}",
+            f"kept checkpoints (validation {METRIC_TITLES[history.select_by]}): " + (", ".join(
+                f"{n} step {b['step']} ({b[history.select_by]:.4f})" for n, b in history.best.items())
+                or "last step"),
+            f"served student (best validation {METRIC_TITLES[history.select_by]}): {serve or '-'}",
         ]
         if cold:
             notes.append("cold start: " + "; ".join(f"{n}: {r}" for n, r in cold.items()))

@@ -73,6 +73,19 @@ def gauc(labels: np.ndarray, scores: np.ndarray, users: np.ndarray) -> float:
     return float(np.sum(per_user * n[both]) / np.sum(n[both]))
 
 
+# Groups holding both a click and a non-click below which a grouped AUC is too noisy to rank or choose by.
+MIN_MIXED_GROUPS = 30
+METRIC_TITLES = {"request_gauc": "request gAUC", "gauc": "user gAUC", "auc": "AUC"}
+
+
+def mixed_groups(labels: np.ndarray, groups: np.ndarray) -> int:
+    """How many groups (requests, users) hold both a click and a non-click: the groups a gAUC averages."""
+    _, index = np.unique(np.asarray(groups), return_inverse=True)
+    clicks = np.bincount(index, weights=np.asarray(labels, dtype=np.float64))
+    sizes = np.bincount(index)
+    return int(((clicks > 0) & (clicks < sizes)).sum())
+
+
 def logloss(labels: np.ndarray, probs: np.ndarray) -> float:
     y = np.asarray(labels, dtype=np.float64)
     p = np.clip(np.asarray(probs, dtype=np.float64), _EPS, 1 - _EPS)

@@ -8,7 +8,8 @@ over the new window; evaluation is progressive (on data after the window).
 Choice is by validation, never by epoch count: the last ``val_fraction`` (by time) of the training part is
 a validation slice, disjoint from the test holdout. Every model is evaluated on it before training and
 every ``eval_every_steps``; each keeps its best checkpoint, stops after ``patience`` evaluations without
-improvement, and gets a Platt calibration fitted on the same slice.
+improvement, and gets a Platt calibration fitted on the same slice. "Best" is by per-request gAUC where
+the slice's requests hold several candidates, else by AUC (``_Selector``).
 """
 
 from __future__ import annotations
@@ -49,7 +50,17 @@ from training.config import (
 )
 from training.distributed import Workers
 from training.inputs import Batch, InputSchema, with_context_groups
-from training.metrics import auc, ece, evaluate_predictions, logloss, pcoc, reliability_curve
+from training.metrics import (
+    MIN_MIXED_GROUPS,
+    auc,
+    ece,
+    evaluate_predictions,
+    gauc,
+    logloss,
+    mixed_groups,
+    pcoc,
+    reliability_curve,
+)
 from training.models.sequence import GroupLayout, SequenceModel
 from training.optim import SplitOptimizer
 
@@ -86,7 +97,7 @@ class TrainConfig:
     eval_batch_size: int = 2048
     val_fraction: float = 0.1  # latest share of the training part held out for model choice (0: none)
     eval_every_steps: int = 0  # validation period in steps; 0: four times per epoch (and at the end)
-    patience: int = 3  # evaluations without a better validation AUC before a model stops; 0: never stops
+    patience: int = 3  # evaluations without a better validation score before a model stops; 0: never stops
     calibrate: bool = True  # fit Platt scaling per model on the validation slice
     min_id_count: int = 2  # user/item ids seen fewer times in the training window share the OOV row
     id_dropout: float = 0.05  # training only: a candidate's user/item id is replaced by OOV this often
@@ -396,9 +407,11 @@ def warm_start(cohort: Cohort, settings, version: str) -> WarmStart:
 class TrainHistory:
     losses: dict[str, list[float]] = field(default_factory=dict)  # per model, one value per step
     bce: dict[str, list[float]] = field(default_factory=dict)  # per model, the label BCE alone, per step
-    # per model, one {step, auc, logloss} per validation (step 0 = before training)
+    # per model, one {step, auc, logloss[, request_gauc]} per validation (step 0 = before training)
     val_curve: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     best: dict[str, dict[str, float]] = field(default_factory=dict)  # per model: the kept point
+    # The validation metric checkpoints and the served student are chosen by (see ``_Selector``).
+    select_by: str = "auc"
     stopped: dict[str, int] = field(default_factory=dict)  # model -> step at which patience ran out
     steps: int = 0
     samples: int = 0  # rows of the global batches stepped on
@@ -511,13 +524,22 @@ def _eval_period(config: TrainConfig, steps_per_epoch: int) -> int:
 
 
 class _Selector:
-    """Validation bookkeeping of one cohort: curves, each model's best checkpoint, patience."""
+    """Validation bookkeeping of one cohort: curves, each model's best checkpoint, patience.
+
+    Models are chosen by the metric the holdout is judged by: per-request gAUC where the validation
+    slice's requests hold several candidates (enough of them with both a click and a non-click), else
+    AUC. Ranking the candidates of one request is what serving does, and AUC also rewards what is constant
+    within a request (user, hour), so the two can pick different checkpoints.
+    """
 
     def __init__(self, cohort: Cohort, validation: Batch, config: TrainConfig, device: torch.device,
                  history: TrainHistory) -> None:
         self.cohort, self.validation, self.config, self.device = cohort, validation, config, device
         self.history = history
         self.labels = validation.label.numpy()
+        self.requests = validation.request.numpy() if validation.request is not None else None
+        if self.requests is not None and mixed_groups(self.labels, self.requests) >= MIN_MIXED_GROUPS:
+            history.select_by = "request_gauc"
         self.states: dict[str, dict[str, torch.Tensor]] = {}
         self.waited = {name: 0 for name in cohort.models}
         self.last_step = -1
@@ -528,14 +550,17 @@ class _Selector:
 
     def evaluate(self) -> None:
         step = self.last_step = self.history.steps
+        key = self.history.select_by
         for name in self.active:
             model = self.cohort.models[name]
             probs = predict(model, self.validation, self.device, self.config.eval_batch_size,
                             self.config.precision, calibrated=False)
             point = {"step": step, "auc": auc(self.labels, probs), "logloss": logloss(self.labels, probs)}
+            if key == "request_gauc":
+                point["request_gauc"] = gauc(self.labels, probs, self.requests)
             self.history.val_curve[name].append(point)
             best = self.history.best.get(name)
-            if math.isfinite(point["auc"]) and (best is None or point["auc"] > best["auc"]):
+            if math.isfinite(point[key]) and (best is None or point[key] > best[key]):
                 self.history.best[name] = point
                 self.states[name] = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 self.waited[name] = 0

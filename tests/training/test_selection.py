@@ -15,7 +15,7 @@ from training import artifacts
 from training.artifacts import DataSlice, ModelRecord
 from training.cycle import run_cycle, schema_for
 from training.inputs import InputSchema, encode, fit_input_schema
-from training.metrics import auc, pcoc
+from training.metrics import auc, gauc, pcoc
 from training.models import build_model
 from training.models.base import OPTIONAL_STATE
 from training.models.sequence import MAX_GROUP_CANDIDATES
@@ -201,6 +201,29 @@ def test_early_stopping_keeps_the_best_checkpoint(data) -> None:
         assert curve[-1]["auc"] < best["auc"] and best["step"] < history.steps
         kept = auc(val.label.numpy(), predict(model, val, CPU, calibrated=False))
         assert kept == pytest.approx(best["auc"], abs=1e-12), name
+
+
+def test_checkpoints_are_chosen_by_request_gauc_where_requests_hold_several_candidates(data) -> None:
+    table, manifest = data
+    config = _config(teacher_grade=None, students=1, baselines=("dnn",), epochs=3, lr=1e-2,
+                     eval_every_steps=2, patience=0, id_dropout=0.0)
+    schema = schema_for(manifest, config)
+    train, val = encode(table.slice(0, 300), schema), encode(table.slice(300), schema)
+    # One impression per request: no request ranks anything, so the choice falls back to AUC.
+    single = train_window(build_cohort(config, schema), train, config, CPU, progress=False, validation=val)
+    assert single.select_by == "auc" and all("request_gauc" not in p for p in single.val_curve["dnn"])
+
+    requests = torch.arange(len(val)) // 3  # three candidates per request
+    grouped = dataclasses.replace(val, request=requests)
+    cohort = build_cohort(config, schema)
+    history = train_window(cohort, train, config, CPU, progress=False, validation=grouped)
+    assert history.select_by == "request_gauc"
+    labels = val.label.numpy()
+    for name, model in cohort.models.items():
+        curve, best = history.val_curve[name], history.best[name]
+        assert best == max(curve, key=lambda p: p["request_gauc"]), name
+        kept = predict(model, grouped, CPU, calibrated=False)
+        assert gauc(labels, kept, requests.numpy()) == pytest.approx(best["request_gauc"], abs=1e-12), name
 
 
 def test_calibration_moves_pcoc_toward_one_and_keeps_the_ranking(data) -> None:
