@@ -12,6 +12,12 @@ negatives) and per-user gAUC where a request is one impression (Avazu). The goal
 the distilled student above the best single feature and above every baseline; the distilled student above
 the same student alone (mean of the seeds, spread shown); calibrated PCOC within [0.95, 1.05].
 
+``--probe-exposure`` is a what-if, not a goal run: it adds user x candidate-category exposure columns
+(the user's earlier impressions and clicks in the candidate's category, and that category's share of the
+user's earlier impressions) to the rows as dense features. They are computed here from the training
+set's own rows, not by the pipeline, so no served model can read them; the run measures what such a
+feature view would be worth before anyone builds it.
+
 ``--part scaling`` instead trains a few models on growing simulated logs and shows test AUC against the
 oracle (the simulator's true click probability), so the gap is seen to shrink with data.
 
@@ -22,6 +28,7 @@ oracle (the simulator's true click probability), so the gap is seen to shrink wi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -107,6 +114,43 @@ def simulator_rows(home: Path, impressions: int, days: int = 5) -> Rows:
                            users=max(3_000, impressions // 20), items=max(2_000, impressions // 40))
     return Rows("simulator", split.train, split.test, split.manifest,
                 f"{split.source}; train days {split.train_days}, test day {split.test_day}")
+
+
+EXPOSURE_COLUMNS = ("user_category__impressions_all", "user_category__clicks_all", "user_category__share_all")
+
+
+def with_exposure(rows: Rows) -> Rows:
+    """``rows`` plus EXPOSURE_COLUMNS, point-in-time: only impressions strictly before each row's time count
+    (a request's candidates share a time, so they never count each other), over train and test in order."""
+    import pandas as pd
+
+    both = pa.concat_tables([rows.train, rows.test])
+    cols = rows.manifest.columns
+    frame = pd.DataFrame({
+        "user": group_ids(both.column(cols.user)), "category": group_ids(both.column(cols.category)),
+        "time": both.column(cols.time).to_numpy(), "label": both.column(cols.label).to_numpy(),
+        "row": np.arange(both.num_rows),
+    }).sort_values(["user", "category", "time", "row"])
+    pair = frame.groupby(["user", "category"], sort=False)
+    frame["impressions"] = pair["time"].rank(method="min") - 1
+    # Clicks of earlier rows only: the exclusive running sum, taken at the first row of each time.
+    frame["clicks"] = pair["label"].cumsum() - frame["label"]
+    frame["clicks"] = frame.groupby(["user", "category", "time"], sort=False)["clicks"].transform("min")
+    frame["user_impressions"] = frame.groupby("user", sort=False)["time"].rank(method="min") - 1
+    frame = frame.sort_values("row")
+    values = {
+        EXPOSURE_COLUMNS[0]: frame["impressions"].to_numpy().astype(np.int64),
+        EXPOSURE_COLUMNS[1]: frame["clicks"].to_numpy().astype(np.int64),
+        EXPOSURE_COLUMNS[2]: ((frame["impressions"] + 0.1) / (frame["user_impressions"] + 1.0)).to_numpy(),
+    }
+    for name, column in values.items():
+        both = both.append_column(name, pa.array(column))
+    manifest = dataclasses.replace(rows.manifest, columns=dataclasses.replace(
+        cols, dense=tuple(cols.dense) + EXPOSURE_COLUMNS))
+    n = rows.train.num_rows
+    return Rows(rows.name, both.slice(0, n), both.slice(n), manifest,
+                rows.description + "; plus the benchmark's own user x category exposure columns "
+                f"({', '.join(EXPOSURE_COLUMNS)}: a what-if, not pipeline features)")
 
 
 def metric_for(rows: Rows) -> str:
@@ -286,6 +330,8 @@ def main() -> int:
     parser.add_argument("--taobao-start", metavar="ISO_TIME",
                         help=f"start of the Taobao window (default {REAL['taobao'][1][1]}; it ends at "
                         f"{REAL['taobao'][1][3]})")
+    parser.add_argument("--probe-exposure", action="store_true",
+                        help="add the benchmark's own user x category exposure columns (a what-if)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     OVERRIDES.update(dict(args.set))
@@ -302,6 +348,8 @@ def main() -> int:
                 home = tmp / source
                 rows = (simulator_rows(home, args.impressions) if source == "simulator"
                         else real_rows(source, home, args.taobao_start))
+                if args.probe_exposure:
+                    rows = with_exposure(rows)
                 print(f"{source}: train {rows.train.num_rows}, test {rows.test.num_rows}", flush=True)
                 body += render_source(rows, run_source(rows, args.seeds, args.epochs, home))
     header = [
