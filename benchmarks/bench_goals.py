@@ -211,7 +211,8 @@ def run_source(rows: Rows, seeds: int, epochs: int, home: Path) -> dict[str, Any
             table.setdefault(name, []).append(
                 {"group": metrics[group], "auc": metrics["auc"], "pcoc": metrics["pcoc"],
                  "pcoc_raw": metrics.get("pcoc_raw", float("nan")),
-                 "oracle": metrics.get("oracle_auc", float("nan"))})
+                 "oracle": metrics.get("oracle_auc", float("nan")),
+                 "epoch": metrics.get("best_epoch", float("nan"))})
         print(f"  {rows.name} seed {seed}: served {serve} "
               f"{METRIC_TITLES[group]} {cohort.metrics[serve][group]:.4f} in {time.perf_counter() - t0:.0f}s",
               flush=True)
@@ -240,6 +241,11 @@ def _oracle_pcoc(test: pa.Table, label: str) -> float:
     return float(np.asarray(test.column("p_click").to_numpy(), dtype=float).mean() / labels.mean())
 
 
+def _epochs(values: list[float]) -> str:
+    """Each seed's validation-chosen checkpoint in epochs (0 = the start, before any step)."""
+    return " / ".join(f"{v:.2f}" for v in values) if all(v == v for v in values) else "–"
+
+
 def render_source(rows: Rows, result: dict[str, Any]) -> list[str]:
     group, models = result["group"], result["models"]
     refs: tuple[ReferenceScore, ...] = result["references"]
@@ -248,20 +254,21 @@ def render_source(rows: Rows, result: dict[str, Any]) -> list[str]:
     lines = [f"## {rows.name}", "", f"- data: {rows.description}",
              f"- train {rows.train.num_rows:,} rows, test {rows.test.num_rows:,} rows; metric: {title}",
              f"- served student per seed (chosen on the validation slice): {', '.join(result['served'])}", "",
-             f"| model | {title} |{second} PCOC (calibrated) | PCOC (raw) |",
-             "|---|---|---|---|" + ("" if group == "auc" else "---|")]
+             f"| model | {title} |{second} PCOC (calibrated) | PCOC (raw) | kept at epoch |",
+             "|---|---|---|---|---|" + ("" if group == "auc" else "---|")]
     for name, runs in models.items():
         auc_cell = "" if group == "auc" else f" {_fmt([r['auc'] for r in runs])} |"
         lines.append(f"| {name} | {_fmt([r['group'] for r in runs])} |{auc_cell} "
-                     f"{_fmt([r['pcoc'] for r in runs])} | {_fmt([r['pcoc_raw'] for r in runs])} |")
+                     f"{_fmt([r['pcoc'] for r in runs])} | {_fmt([r['pcoc_raw'] for r in runs])} | "
+                     f"{_epochs([r['epoch'] for r in runs])} |")
     for ref in refs:
         auc_cell = "" if group == "auc" else f" {ref.metrics['auc']:.4f} |"
-        lines.append(f"| {ref.label} | {ref.metrics.get(group, float('nan')):.4f} |{auc_cell} – | – |")
+        lines.append(f"| {ref.label} | {ref.metrics.get(group, float('nan')):.4f} |{auc_cell} – | – | – |")
     oracle = [r["oracle"] for r in models["student alone"]]
     oracle_pcoc = _oracle_pcoc(rows.test, rows.manifest.columns.label)
     if all(o == o for o in oracle):
         lines.append(f"| oracle (true p_click) | – |{'' if group == 'auc' else f' {_fmt(oracle)} |'} "
-                     f"{oracle_pcoc:.4f} | – |")
+                     f"{oracle_pcoc:.4f} | – | – |")
     distilled = [r["group"] for r in models["distilled student (served, chosen by validation)"]]
     alone = [r["group"] for r in models["student alone"]]
     best = next(r for r in refs if r.role == "dense")

@@ -350,7 +350,8 @@ def run_cycle(
         )
         best = history.best.get(name)
         if best is not None:
-            metrics |= {"val_auc": best["auc"], "val_logloss": best["logloss"], "best_step": best["step"]}
+            metrics |= {"val_auc": best["auc"], "val_logloss": best["logloss"], "best_step": best["step"],
+                        "best_epoch": best["step"] / max(1, history.steps_per_epoch)}
             if "request_gauc" in best:
                 metrics["val_request_gauc"] = best["request_gauc"]
         results[name] = {
@@ -406,7 +407,8 @@ def run_cycle(
             f"{config.batch_size}" if workers else "workers: 1 (one process)",
             f"parent version: {parent or 'none (from scratch)'}; warm-started: {', '.join(loaded) or '-'}",
             f"kept checkpoints (validation {METRIC_TITLES[history.select_by]}): " + (", ".join(
-                f"{n} step {b['step']} ({b[history.select_by]:.4f})" for n, b in history.best.items())
+                f"{n} step {b['step']} = epoch {b['step'] / max(1, history.steps_per_epoch):.2f} "
+                f"({b[history.select_by]:.4f})" for n, b in history.best.items())
                 or "last step"),
             f"served student (best validation {METRIC_TITLES[history.select_by]}): {serve or '-'}",
         ]

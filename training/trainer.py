@@ -414,6 +414,7 @@ class TrainHistory:
     select_by: str = "auc"
     stopped: dict[str, int] = field(default_factory=dict)  # model -> step at which patience ran out
     steps: int = 0
+    steps_per_epoch: int = 0  # of the window trained on: a kept step / this is the chosen epoch
     samples: int = 0  # rows of the global batches stepped on
     local_samples: int = 0  # of them, the rows this process stepped on (its share under torchrun)
     seconds: float = 0.0
@@ -672,7 +673,7 @@ def _train_window(
                            val_curve={n: [] for n in names})
     log = _LossLog(history, names, workers)
     schema = next(iter(cohort.models.values())).schema
-    steps_per_epoch = math.ceil(len(data) / config.batch_size)
+    steps_per_epoch = history.steps_per_epoch = math.ceil(len(data) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     period = _eval_period(config, steps_per_epoch)
     for model in cohort.models.values():

@@ -114,6 +114,12 @@ def test_cycle_learns_saves_and_warm_starts(settings, data) -> None:
     for name, result in first.results.items():
         assert result["val_curve"][0]["step"] == 0 and len(result["val_curve"]) >= 2, name
         assert {"pcoc_raw", "ece_raw", "val_auc"} <= set(first.metrics[name])
+        kept = first.metrics[name]
+        # The chosen epoch is the kept step in epochs of the fit rows (800 train rows less the validation
+        # slice, at the cohort's batch size), so 0 is the start and 3 the end of this 3-epoch run.
+        steps_per_epoch = -(-round(800 * (1 - config.val_fraction)) // config.batch_size)
+        assert kept["best_epoch"] == pytest.approx(kept["best_step"] / steps_per_epoch), name
+        assert 0 <= kept["best_epoch"] <= config.epochs, name
     assert first.serve == max(("student_0", "student_1"), key=lambda s: first.metrics[s]["val_auc"])
     saved = artifacts.read_config(settings, first.version)
     # The recorded training rows include the validation slice (both shaped the model); the holdout follows.
