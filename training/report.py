@@ -34,8 +34,8 @@ def _smooth(values: Sequence[float], window: int) -> np.ndarray:
     return np.convolve(v, np.ones(window) / window, mode="valid")
 
 
-def _reference_line(ax: Any, reference: ReferenceScore | None, where: str = "") -> None:
-    value = reference.metrics.get("auc") if reference is not None else None
+def _reference_line(ax: Any, reference: ReferenceScore | None, where: str = "", metric: str = "auc") -> None:
+    value = reference.metrics.get(metric) if reference is not None else None
     if reference is not None and _finite(value):
         ax.axhline(value, color="tab:grey", ls=":", label=f"{reference.label}{where} {value:.4f}")
 
@@ -45,15 +45,19 @@ def plot_learning_curves(
     reference: ReferenceScore | None = None,
 ) -> Path | None:
     """Training BCE per model on one axis; validation AUC and logloss by step on their own panels when
-    the results carry a ``val_curve``. Each model's BCE, not its whole objective: a student's objective adds
-    KD and peer terms (an order of magnitude above a teacher's BCE), which would not compare. The oracle
-    and the ``reference`` (the best single feature) are holdout AUCs, drawn as lines on the AUC panel."""
+    the results carry a ``val_curve``, and validation request gAUC on a panel of its own when it is what
+    chose the checkpoints. Each model's BCE, not its whole objective: a student's objective adds KD and peer
+    terms (an order of magnitude above a teacher's BCE), which would not compare. The oracle and the
+    ``reference`` (the best single feature) are holdout figures, drawn as lines on the panel of their
+    metric. A star marks each model's kept checkpoint (``best_step``) on the choosing metric's panel."""
     curves = {n: (r.get("bce_history") or r.get("loss_history")) for n, r in results.items()}
     curves = {n: c for n, c in curves.items() if c}
     val = {n: r["val_curve"] for n, r in results.items() if r.get("val_curve")}
     if not curves and not val:
         return None
-    panels = (1 if curves else 0) + (2 if val else 0)
+    by_request = any("request_gauc" in p for points in val.values() for p in points)
+    metrics = ["auc", *(["request_gauc"] if by_request else []), "logloss"] if val else []
+    panels = (1 if curves else 0) + len(metrics)
     fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
     axes = list(axes[0])
     if curves:
@@ -67,17 +71,28 @@ def plot_learning_curves(
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     if val:
-        auc_ax, loss_ax = axes
+        panel = dict(zip(metrics, axes, strict=True))
+        chooser = "request_gauc" if by_request else "auc"
         for name, points in val.items():
             steps = [p["step"] for p in points]
-            auc_ax.plot(steps, [p["auc"] for p in points], marker="o", ms=3, label=name)
-            loss_ax.plot(steps, [p["logloss"] for p in points], marker="o", ms=3, label=name)
+            for metric, ax in panel.items():
+                drawn = [(s, p[metric]) for s, p in zip(steps, points, strict=True) if metric in p]
+                (line,) = ax.plot([s for s, _ in drawn], [v for _, v in drawn], marker="o", ms=3, label=name)
+                kept = results[name].get("metrics", {}).get("best_step")
+                if metric == chooser and kept is not None:
+                    value = next((v for s, v in drawn if s == kept), None)
+                    if value is not None:
+                        ax.plot([kept], [value], marker="*", ms=11, color=line.get_color(), ls="none")
         if oracle is not None and _finite(oracle):
-            auc_ax.axhline(oracle, color="tab:red", ls="--", label=f"oracle {oracle:.4f}")
-        _reference_line(auc_ax, reference, ", holdout")
-        for ax, what in ((auc_ax, "AUC"), (loss_ax, "logloss")):
+            panel["auc"].axhline(oracle, color="tab:red", ls="--", label=f"oracle {oracle:.4f}")
+        for metric in ("auc", "request_gauc"):
+            if metric in panel:
+                _reference_line(panel[metric], reference, ", holdout", metric)
+        titles = {"auc": "AUC", "request_gauc": "request gAUC", "logloss": "logloss"}
+        for metric, ax in panel.items():
             ax.set_xlabel("step")
-            ax.set_ylabel(f"validation {what}")
+            chooses = " (chooses; star = kept)" if metric == chooser else ""
+            ax.set_ylabel(f"validation {titles[metric]}{chooses}")
             ax.legend(fontsize=8)
             ax.grid(alpha=0.3)
     return _save(fig, path)

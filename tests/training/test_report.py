@@ -98,3 +98,21 @@ def test_learning_curves_draw_the_best_feature_on_the_auc_panel(monkeypatch) -> 
 def test_learning_curves_without_validation_are_one_panel(monkeypatch) -> None:
     fig = _captured_figure(monkeypatch, {"lr": {"loss_history": [0.5, 0.4], "bce_history": [0.5, 0.4]}})
     assert len(fig.axes) == 1 and "validation" not in fig.axes[0].get_ylabel()
+
+
+def test_learning_curves_show_the_choosing_request_gauc_and_the_kept_checkpoint(monkeypatch) -> None:
+    points = [{"step": 0, "auc": 0.60, "logloss": 0.40, "request_gauc": 0.55},
+              {"step": 10, "auc": 0.66, "logloss": 0.38, "request_gauc": 0.61},
+              {"step": 20, "auc": 0.68, "logloss": 0.37, "request_gauc": 0.59}]
+    results = {"student_0": {"bce_history": [0.5, 0.4], "val_curve": points, "metrics": {"best_step": 10}}}
+    reference = ReferenceScore(DENSE, "item_stats__ctr_24h", 1.0, {"auc": 0.61, "request_gauc": 0.57})
+    fig = _captured_figure(monkeypatch, results, reference=reference)
+    _, auc_ax, gauc_ax, loss_ax = fig.axes
+    assert "chooses" in gauc_ax.get_ylabel() and "chooses" not in auc_ax.get_ylabel()
+    lines = {ln.get_label(): (list(ln.get_xdata()), list(ln.get_ydata())) for ln in gauc_ax.get_lines()}
+    assert lines["student_0"] == ([0, 10, 20], [0.55, 0.61, 0.59])
+    assert lines["ref: best feature (item_stats__ctr_24h), holdout 0.5700"][1] == [0.57, 0.57]
+    # The star sits on the kept step (best request gAUC), not on the best AUC at step 20.
+    stars = [line for line in gauc_ax.get_lines() if line.get_marker() == "*"]
+    assert [(list(s.get_xdata()), list(s.get_ydata())) for s in stars] == [([10], [0.61])]
+    assert not [line for line in auc_ax.get_lines() if line.get_marker() == "*"]
