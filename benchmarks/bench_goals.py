@@ -16,7 +16,8 @@ the same student alone (mean of the seeds, spread shown); calibrated PCOC within
 (the user's earlier impressions and clicks in the candidate's category, and that category's share of the
 user's earlier impressions) to the rows as dense features. They are computed here from the training
 set's own rows, not by the pipeline, so no served model can read them; the run measures what such a
-feature view would be worth before anyone builds it.
+feature view would be worth before anyone builds it. Each source runs twice, without and then with
+the columns, so the comparison is within one run.
 
 ``--part scaling`` instead trains a few models on growing simulated logs and shows test AUC against the
 oracle (the simulator's true click probability), so the gap is seen to shrink with data.
@@ -148,7 +149,7 @@ def with_exposure(rows: Rows) -> Rows:
     manifest = dataclasses.replace(rows.manifest, columns=dataclasses.replace(
         cols, dense=tuple(cols.dense) + EXPOSURE_COLUMNS))
     n = rows.train.num_rows
-    return Rows(rows.name, both.slice(0, n), both.slice(n), manifest,
+    return Rows(f"{rows.name} + exposure probe", both.slice(0, n), both.slice(n), manifest,
                 rows.description + "; plus the benchmark's own user x category exposure columns "
                 f"({', '.join(EXPOSURE_COLUMNS)}: a what-if, not pipeline features)")
 
@@ -201,7 +202,7 @@ def run_source(rows: Rows, seeds: int, epochs: int, home: Path) -> dict[str, Any
                           holdout_table=rows.test, holdout_manifest=rows.manifest, save=False, report=False,
                           progress=False)
         serve = cohort.serve or "student_0"
-        chosen_by = "request gAUC" if "val_request_gauc" in cohort.metrics[serve] else "AUC"
+        chosen_by = METRIC_TITLES["request_gauc" if "val_request_gauc" in cohort.metrics[serve] else "auc"]
         served.append(f"{serve} (by {chosen_by})")
         arms = {kind: cohort.metrics[kind] for kind in BASELINE_KINDS}
         arms |= {"teacher (in cohort)": cohort.metrics["teacher"],
@@ -338,7 +339,8 @@ def main() -> int:
                         help=f"start of the Taobao window (default {REAL['taobao'][1][1]}; it ends at "
                         f"{REAL['taobao'][1][3]})")
     parser.add_argument("--probe-exposure", action="store_true",
-                        help="add the benchmark's own user x category exposure columns (a what-if)")
+                        help="run each source again with the benchmark's own user x category exposure "
+                        "columns (a what-if)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     OVERRIDES.update(dict(args.set))
@@ -355,10 +357,9 @@ def main() -> int:
                 home = tmp / source
                 rows = (simulator_rows(home, args.impressions) if source == "simulator"
                         else real_rows(source, home, args.taobao_start))
-                if args.probe_exposure:
-                    rows = with_exposure(rows)
                 print(f"{source}: train {rows.train.num_rows}, test {rows.test.num_rows}", flush=True)
-                body += render_source(rows, run_source(rows, args.seeds, args.epochs, home))
+                for variant in (rows, with_exposure(rows)) if args.probe_exposure else (rows,):
+                    body += render_source(variant, run_source(variant, args.seeds, args.epochs, home))
     header = [
         "# Model-quality goals: models vs their best input feature" if args.part == "goals"
         else "# Data scaling: test AUC against the oracle",
