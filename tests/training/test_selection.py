@@ -181,12 +181,17 @@ def test_old_checkpoints_without_wide_or_calibration_load_unchanged(data) -> Non
         assert torch.equal(model(batch), fresh(batch))
 
 
-def test_early_stopping_keeps_the_best_checkpoint(data) -> None:
+def _student_and_dnn(data, cut: int, **overrides):
+    """A one-student + DNN config evaluated every 2 steps, its schema, and the rows before/after ``cut``."""
     table, manifest = data
-    config = _config(teacher_grade=None, students=1, baselines=("dnn",), epochs=6, lr=1e-2,
-                     eval_every_steps=2, patience=2, id_dropout=0.0)
+    config = _config(teacher_grade=None, students=1, baselines=("dnn",), lr=1e-2, eval_every_steps=2,
+                     id_dropout=0.0, **overrides)
     schema = schema_for(manifest, config)
-    train, val = encode(table.slice(0, 480), schema), encode(table.slice(480), schema)
+    return config, schema, encode(table.slice(0, cut), schema), encode(table.slice(cut), schema)
+
+
+def test_early_stopping_keeps_the_best_checkpoint(data) -> None:
+    config, schema, train, val = _student_and_dnn(data, 480, epochs=6, patience=2)
     # Flipped training labels: every step away from the start makes the validation AUC worse.
     flipped = dataclasses.replace(train, label=1.0 - train.label)
     cohort = build_cohort(config, schema)
@@ -204,11 +209,7 @@ def test_early_stopping_keeps_the_best_checkpoint(data) -> None:
 
 
 def test_checkpoints_are_chosen_by_request_gauc_where_requests_hold_several_candidates(data) -> None:
-    table, manifest = data
-    config = _config(teacher_grade=None, students=1, baselines=("dnn",), epochs=3, lr=1e-2,
-                     eval_every_steps=2, patience=0, id_dropout=0.0)
-    schema = schema_for(manifest, config)
-    train, val = encode(table.slice(0, 300), schema), encode(table.slice(300), schema)
+    config, schema, train, val = _student_and_dnn(data, 300, epochs=3, patience=0)
     # One impression per request: no request ranks anything, so the choice falls back to AUC.
     single = train_window(build_cohort(config, schema), train, config, CPU, progress=False, validation=val)
     assert single.select_by == "auc" and all("request_gauc" not in p for p in single.val_curve["dnn"])
