@@ -10,7 +10,10 @@ a score (the best one named) and the item's popularity.
 The ranking metric is per-request gAUC where requests hold several candidates (simulator, Taobao's sampled
 negatives) and per-user gAUC where a request is one impression (Avazu). The goals, each checked per source:
 the distilled student above the best single feature and above every baseline; the distilled student above
-the same student alone (mean of the seeds, spread shown); calibrated PCOC within [0.95, 1.05].
+the same student alone (mean of the seeds, spread shown); calibrated PCOC within [0.95, 1.05]. Beside
+the two model-against-model goals stands a 95 % paired-bootstrap interval of the difference, from the
+test rows' exported predictions (``ctrflow evaluate --predictions``'s use case): redrawing the test
+requests (users; rows for AUC) and the seeds, it says whether the gap is larger than this window's noise.
 
 ``--probe-exposure`` is a what-if, not a goal run: it adds user x candidate-category exposure columns
 (the user's earlier impressions and clicks in the candidate's category, and that category's share of the
@@ -43,6 +46,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from benchmarks.ctr_data import simulated_days
@@ -50,9 +54,9 @@ from benchmarks.machine import machine
 from features.manifest import DatasetManifest
 from pipelines.settings import Settings
 from training.config import BASELINE_KINDS
-from training.cycle import run_cycle
+from training.cycle import export_predictions, run_cycle
 from training.inputs import group_ids
-from training.metrics import METRIC_TITLES, MIN_MIXED_GROUPS, mixed_groups
+from training.metrics import METRIC_TITLES, MIN_MIXED_GROUPS, PairedDifference, mixed_groups, paired_bootstrap
 from training.references import ReferenceScore
 from training.trainer import TrainConfig, time_split
 
@@ -60,6 +64,8 @@ RESULTS = Path(__file__).parent / "results"
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TEST_FRACTION = 0.2
 PCOC_BOUNDS = (0.95, 1.05)
+DISTILLED, ALONE = "distilled student (served, chosen by validation)", "student alone"
+BOOTSTRAP_ROUNDS = 1000
 # The real slices and how their rows are built. The Taobao slice is windowed: its whole 2 h with four
 # sampled negatives per view would be ~430k rows, too many for the 2-core budget. Its last 41 minutes
 # (~162k rows, the simulator's size) give ~114 steps per epoch; the 11 minutes used before gave ~30, too
@@ -192,22 +198,29 @@ def run_source(rows: Rows, seeds: int, epochs: int, home: Path) -> dict[str, Any
     group = metric_for(rows)
     table: dict[str, list[dict[str, float]]] = {}
     served: list[str] = []
+    scores: dict[str, list[np.ndarray]] = {}
     for seed in range(seeds):
         t0 = time.perf_counter()
         cohort = run_cycle(settings, rows.train, rows.manifest, config_for(seed, epochs),
-                           holdout_table=rows.test, holdout_manifest=rows.manifest, save=False, report=False,
+                           holdout_table=rows.test, holdout_manifest=rows.manifest, report=False,
                            progress=False)
         alone = run_cycle(settings, rows.train, rows.manifest,
                           config_for(seed, epochs, teacher_grade=None, students=1, baselines=()),
-                          holdout_table=rows.test, holdout_manifest=rows.manifest, save=False, report=False,
+                          holdout_table=rows.test, holdout_manifest=rows.manifest, report=False,
                           progress=False)
         serve = cohort.serve or "student_0"
+        # The test rows' scores, through the prediction export a user would run, for the paired bootstrap.
+        for arm, (result, model) in {DISTILLED: (cohort, serve), ALONE: (alone, "student_0"),
+                                     **{k: (cohort, k) for k in BASELINE_KINDS}}.items():
+            path = home / "predictions" / f"{result.version}.parquet"
+            if not path.exists():
+                export_predictions(settings, result.version, rows.test, path)
+            scores.setdefault(arm, []).append(pq.read_table(path, columns=[model]).column(0).to_numpy())
         chosen_by = METRIC_TITLES["request_gauc" if "val_request_gauc" in cohort.metrics[serve] else "auc"]
         served.append(f"{serve} (by {chosen_by})")
         arms = {kind: cohort.metrics[kind] for kind in BASELINE_KINDS}
-        arms |= {"teacher (in cohort)": cohort.metrics["teacher"],
-                 "distilled student (served, chosen by validation)": cohort.metrics[serve],
-                 "student alone": alone.metrics["student_0"]}
+        arms |= {"teacher (in cohort)": cohort.metrics["teacher"], DISTILLED: cohort.metrics[serve],
+                 ALONE: alone.metrics["student_0"]}
         for name, metrics in arms.items():
             table.setdefault(name, []).append(
                 {"group": metrics[group], "auc": metrics["auc"], "pcoc": metrics["pcoc"],
@@ -217,7 +230,8 @@ def run_source(rows: Rows, seeds: int, epochs: int, home: Path) -> dict[str, Any
         print(f"  {rows.name} seed {seed}: served {serve} "
               f"{METRIC_TITLES[group]} {cohort.metrics[serve][group]:.4f} in {time.perf_counter() - t0:.0f}s",
               flush=True)
-    return {"group": group, "models": table, "references": cohort.references, "served": served}
+    return {"group": group, "models": table, "references": cohort.references, "served": served,
+            "scores": scores}
 
 
 def _fmt(values: list[float]) -> str:
@@ -265,37 +279,71 @@ def render_source(rows: Rows, result: dict[str, Any]) -> list[str]:
     for ref in refs:
         auc_cell = "" if group == "auc" else f" {ref.metrics['auc']:.4f} |"
         lines.append(f"| {ref.label} | {ref.metrics.get(group, float('nan')):.4f} |{auc_cell} – | – | – |")
-    oracle = [r["oracle"] for r in models["student alone"]]
+    oracle = [r["oracle"] for r in models[ALONE]]
     oracle_pcoc = _oracle_pcoc(rows.test, rows.manifest.columns.label)
     if all(o == o for o in oracle):
         lines.append(f"| oracle (true p_click) | – |{'' if group == 'auc' else f' {_fmt(oracle)} |'} "
                      f"{oracle_pcoc:.4f} | – | – |")
-    distilled = [r["group"] for r in models["distilled student (served, chosen by validation)"]]
-    alone = [r["group"] for r in models["student alone"]]
+    distilled = [r["group"] for r in models[DISTILLED]]
+    alone = [r["group"] for r in models[ALONE]]
     best = next(r for r in refs if r.role == "dense")
     best_feature = best.metrics.get(group, float("nan"))
     best_baseline_name = max(BASELINE_KINDS, key=lambda k: _mean([r["group"] for r in models[k]]))
     best_baseline = _mean([r["group"] for r in models[best_baseline_name]])
-    pcocs = [r["pcoc"] for r in models["distilled student (served, chosen by validation)"]]
+    pcocs = [r["pcoc"] for r in models[DISTILLED]]
 
     def verdict(ok: bool) -> str:
         return "met" if ok else "**NOT met**"
 
-    lines += ["", "| goal | measured | verdict |", "|---|---|---|",
+    vs_baseline, vs_alone = (_paired(rows, result, other) for other in (best_baseline_name, ALONE))
+    lines += ["", f"| goal | measured | verdict | {_interval_title(vs_alone)} |", "|---|---|---|---|",
               f"| distilled student > best single feature, {best.column} ({title}) | "
               f"{_mean(distilled):.4f} vs {best_feature:.4f} ({_mean(distilled) - best_feature:+.4f}) | "
-              f"{verdict(_mean(distilled) > best_feature)} |",
+              f"{verdict(_mean(distilled) > best_feature)} | – |",
               f"| distilled student > every baseline ({title}) | {_mean(distilled):.4f} vs best baseline "
               f"{best_baseline_name} {best_baseline:.4f} ({_mean(distilled) - best_baseline:+.4f}) | "
-              f"{verdict(_mean(distilled) > best_baseline)} |",
+              f"{verdict(_mean(distilled) > best_baseline)} | {_interval(vs_baseline)} |",
               f"| distilled student > the same student alone (mean of {len(alone)} seeds) | "
               f"{_fmt(distilled)} vs {_fmt(alone)} ({_mean(distilled) - _mean(alone):+.4f}) | "
-              f"{verdict(_mean(distilled) > _mean(alone))} |",
+              f"{verdict(_mean(distilled) > _mean(alone))} | {_interval(vs_alone)} |",
               f"| calibrated PCOC in [{PCOC_BOUNDS[0]}, {PCOC_BOUNDS[1]}] on the test window | "
               f"{', '.join(f'{p:.3f}' for p in pcocs)}"
               + (f" (the oracle's own: {oracle_pcoc:.3f})" if oracle_pcoc == oracle_pcoc else "") + " | "
-              f"{verdict(all(PCOC_BOUNDS[0] <= p <= PCOC_BOUNDS[1] for p in pcocs))} |", ""]
+              f"{verdict(all(PCOC_BOUNDS[0] <= p <= PCOC_BOUNDS[1] for p in pcocs))} | – |", "",
+              f"The interval is the paired bootstrap of the mean per-seed difference: {BOOTSTRAP_ROUNDS:,} "
+              f"rounds, each redrawing the test {_unit(result)} (one redraw for both models and every seed) "
+              "and the seeds (`training.metrics.paired_bootstrap`), so it holds the test window's sampling "
+              "noise and the seeds' spread. \"tie\": it holds 0; this window and these seeds cannot tell "
+              "the two apart.", ""]
     return lines
+
+
+def _paired(rows: Rows, result: dict[str, Any], other: str) -> PairedDifference:
+    """The distilled student minus ``other`` on the test rows, from the exported predictions."""
+    label = rows.test.column(rows.manifest.columns.label).to_numpy()
+    key = {"request_gauc": "request_id", "gauc": rows.manifest.columns.user}.get(result["group"])
+    groups = group_ids(rows.test.column(key)) if key else None
+    scores = result["scores"]
+    paired = paired_bootstrap(label, scores[DISTILLED], scores[other], groups, BOOTSTRAP_ROUNDS)
+    # The exported scores are the evaluated ones: the bootstrap's point is the table's difference.
+    expected = _mean([r["group"] for r in result["models"][DISTILLED]]) - _mean(
+        [r["group"] for r in result["models"][other]])
+    if abs(paired.mean - expected) > 1e-6:
+        raise RuntimeError(f"exported predictions disagree with the evaluation: {paired.mean} vs {expected}")
+    return paired
+
+
+def _unit(result: dict[str, Any]) -> str:
+    return {"request_gauc": "requests", "gauc": "users"}.get(result["group"], "rows")
+
+
+def _interval_title(paired: PairedDifference) -> str:
+    return f"{paired.level:.0%} interval of the difference (test resampling)"
+
+
+def _interval(paired: PairedDifference) -> str:
+    side = "tie" if not paired.resolved else "above" if paired.low > 0 else "below"
+    return f"{paired.low:+.4f} .. {paired.high:+.4f} ({side})"
 
 
 def scaling(scales: list[int], epochs: int, tmp: Path) -> list[str]:

@@ -10,6 +10,9 @@ constant within a request (user, hour, device), so it isolates candidate-level s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
 
 _EPS = 1e-7
@@ -40,37 +43,115 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
-def gauc(labels: np.ndarray, scores: np.ndarray, users: np.ndarray) -> float:
-    """Impression-weighted mean of per-group AUC over groups that have both a click and a non-click.
+def group_aucs(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The AUC and the impression count of every group (user, request) that has both a click and a
+    non-click, in sorted group-key order: the same groups in the same order for any scores over the same
+    labels and groups, so two models' arrays line up group by group (what a paired bootstrap resamples).
 
-    ``users`` is any group key: user ids for per-user gAUC, request ids for per-request gAUC.
     Vectorised over groups: one sort by (group, score), ranks within each group with ties sharing their
-    mean rank, and per-group rank sums of the clicks (the Mann-Whitney statistic of ``auc``). NaN when no
-    group has both classes (e.g. one impression per request).
+    mean rank, and per-group rank sums of the clicks (the Mann-Whitney statistic of ``auc``).
     """
     y = np.asarray(labels).astype(bool)
     s = np.asarray(scores, dtype=np.float64)
-    u = np.asarray(users)
+    u = np.asarray(groups)
     if len(y) == 0:
-        return float("nan")
+        return np.zeros(0), np.zeros(0, dtype=np.int64)
     order = np.lexsort((s, u))
     y, s, u = y[order], s[order], u[order]
-    new_user = np.r_[True, u[1:] != u[:-1]]
-    group_start = np.maximum.accumulate(np.where(new_user, np.arange(len(u)), 0))
-    # Runs of equal (user, score): each member gets the run's mean 1-based rank within its user.
-    run_starts = np.flatnonzero(new_user | np.r_[True, s[1:] != s[:-1]])
+    new_group = np.r_[True, u[1:] != u[:-1]]
+    group_start = np.maximum.accumulate(np.where(new_group, np.arange(len(u)), 0))
+    # Runs of equal (group, score): each member gets the run's mean 1-based rank within its group.
+    run_starts = np.flatnonzero(new_group | np.r_[True, s[1:] != s[:-1]])
     run_ends = np.r_[run_starts[1:], len(u)]
     mean_rank = np.repeat((run_starts + run_ends + 1) / 2.0, run_ends - run_starts) - group_start
-    starts = np.flatnonzero(new_user)
+    starts = np.flatnonzero(new_group)
     n = np.diff(np.r_[starts, len(u)])
     pos = np.add.reduceat(y.astype(np.int64), starts)
     rank_sum = np.add.reduceat(np.where(y, mean_rank, 0.0), starts)
     both = (pos > 0) & (pos < n)
-    if not both.any():
-        return float("nan")
     p, neg = pos[both], n[both] - pos[both]
-    per_user = (rank_sum[both] - p * (p + 1) / 2.0) / (p * neg)
-    return float(np.sum(per_user * n[both]) / np.sum(n[both]))
+    return (rank_sum[both] - p * (p + 1) / 2.0) / (p * neg), n[both]
+
+
+def gauc(labels: np.ndarray, scores: np.ndarray, users: np.ndarray) -> float:
+    """Impression-weighted mean of per-group AUC over groups that have both a click and a non-click.
+
+    ``users`` is any group key: user ids for per-user gAUC, request ids for per-request gAUC. NaN when no
+    group has both classes (e.g. one impression per request).
+    """
+    per_group, weight = group_aucs(labels, scores, users)
+    if not len(per_group):
+        return float("nan")
+    return float(np.sum(per_group * weight) / np.sum(weight))
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """Model A minus model B on one test window: the mean over seeds of the per-seed difference, and its
+    bootstrap interval from resampling the window's groups (requests or users; rows for plain AUC) and
+    the seeds."""
+
+    mean: float
+    low: float
+    high: float
+    level: float
+    rounds: int
+    unit: str  # what was resampled: "group" or "row"
+
+    @property
+    def resolved(self) -> bool:
+        """The interval excludes 0: the window tells the two models apart."""
+        return self.low > 0 or self.high < 0
+
+
+def paired_bootstrap(
+    labels: np.ndarray,
+    a: Sequence[np.ndarray],
+    b: Sequence[np.ndarray],
+    groups: np.ndarray | None = None,
+    rounds: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> PairedDifference:
+    """How far model A's metric is above model B's, with a percentile interval.
+
+    ``a`` and ``b`` hold one score vector per seed (seed s of A is paired with seed s of B). With
+    ``groups`` the metric is the grouped AUC and each round redraws the mixed groups with replacement;
+    without, it is AUC and each round redraws rows. One redraw serves every seed and both models (the
+    pairing), and each round also redraws the seeds themselves, so the interval holds both the test
+    window's sampling noise and the seed-to-seed spread; two identical models get exactly [0, 0].
+    """
+    if len(a) != len(b) or not len(a):
+        raise ValueError("need the same number (>= 1) of score vectors for A and B, one per seed")
+    if rounds < 1 or not 0 < level < 1:
+        raise ValueError("need rounds >= 1 and 0 < level < 1")
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
+    if groups is not None:
+        per = [group_aucs(labels, s, groups) for s in (*a, *b)]
+        weight = per[0][1].astype(np.float64)
+        if not len(weight):
+            raise ValueError("no group holds both a click and a non-click: a grouped AUC is undefined")
+        diff = np.stack([pa - pb for (pa, _), (pb, _) in zip(per[:len(a)], per[len(a):], strict=True)])
+        point = float(np.mean(diff @ weight) / weight.sum())
+        # A round's per-seed gAUC difference is linear in the per-group AUCs: counts x weight over groups.
+        counts = rng.multinomial(len(weight), np.full(len(weight), 1 / len(weight)), size=rounds) * weight
+        per_seed = counts @ diff.T / counts.sum(1, keepdims=True)  # [rounds, seeds]
+        unit = "group"
+    else:
+        point = float(np.mean([auc(labels, sa) - auc(labels, sb) for sa, sb in zip(a, b, strict=True)]))
+        per_seed = np.empty((rounds, len(a)))
+        for r in range(rounds):
+            idx = rng.integers(0, len(labels), len(labels))
+            y = labels[idx]
+            per_seed[r] = [auc(y, sa[idx]) - auc(y, sb[idx]) for sa, sb in zip(a, b, strict=True)]
+        unit = "row"
+    chosen = rng.integers(0, len(a), (rounds, len(a)))
+    draws = np.take_along_axis(per_seed, chosen, 1).mean(1)
+    draws = draws[np.isfinite(draws)]
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(draws, [tail, 100 - tail])
+    return PairedDifference(point, float(low), float(high), level, rounds, unit)
 
 
 # Groups holding both a click and a non-click below which a grouped AUC is too noisy to rank or choose by.

@@ -104,3 +104,55 @@ def test_request_gauc_groups_by_request_and_ignores_what_is_constant_in_a_reques
     assert out["gauc"] != pytest.approx(metrics.gauc(y, within, users), abs=1e-3)
     assert np.isnan(metrics.gauc(y, s, np.arange(200)))  # one impression per request: undefined,
     assert "request_gauc" not in metrics.evaluate_predictions(y, s / 6, requests=np.arange(200))  # so absent
+
+
+def _two_models(n: int = 2000, seeds: int = 3):
+    """A ranks by a noisy copy of the label; B is A with its signal weakened, per seed."""
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, n)
+    requests = rng.integers(0, 200, n)
+    strong = [y + rng.normal(0, 1.0, n) for _ in range(seeds)]
+    weak = [0.3 * y + rng.normal(0, 1.0, n) for _ in range(seeds)]
+    return y, requests, strong, weak
+
+
+def test_paired_bootstrap_point_is_the_mean_per_seed_difference_and_resolves_a_real_gap() -> None:
+    y, requests, strong, weak = _two_models()
+    grouped = metrics.paired_bootstrap(y, strong, weak, requests, rounds=300)
+    expected = np.mean([metrics.gauc(y, a, requests) - metrics.gauc(y, b, requests)
+                        for a, b in zip(strong, weak, strict=True)])
+    assert grouped.mean == pytest.approx(expected, abs=1e-12)
+    assert grouped.unit == "group" and grouped.resolved and 0 < grouped.low < grouped.mean < grouped.high
+    rows = metrics.paired_bootstrap(y, strong, weak, rounds=300)
+    assert rows.mean == pytest.approx(np.mean([metrics.auc(y, a) - metrics.auc(y, b)
+                                               for a, b in zip(strong, weak, strict=True)]), abs=1e-12)
+    assert rows.unit == "row" and rows.resolved and rows.low > 0
+
+
+def test_paired_bootstrap_cannot_tell_a_model_from_itself_or_from_an_equally_good_one() -> None:
+    y, requests, strong, _ = _two_models()
+    same = metrics.paired_bootstrap(y, strong, strong, requests, rounds=200)
+    assert (same.mean, same.low, same.high, same.resolved) == (0.0, 0.0, 0.0, False)
+    rng = np.random.default_rng(5)
+    jittered = [y + rng.normal(0, 1.0, len(y)) for _ in strong]  # as strong, with its own noise
+    for groups in (requests, None):
+        tie = metrics.paired_bootstrap(y, strong, jittered, groups, rounds=200)
+        assert tie.low < 0 < tie.high and not tie.resolved
+    # The resampling is seeded: the same call gives the same interval.
+    assert metrics.paired_bootstrap(y, strong, jittered, requests, rounds=200) == \
+        metrics.paired_bootstrap(y, strong, jittered, requests, rounds=200)
+    with pytest.raises(ValueError, match="one per seed"):
+        metrics.paired_bootstrap(y, strong, jittered[:2], requests)
+    with pytest.raises(ValueError, match="undefined"):
+        metrics.paired_bootstrap(y, strong, jittered, np.arange(len(y)))
+
+
+def test_paired_bootstrap_interval_holds_the_seeds_spread() -> None:
+    """Two seeds where A is clearly ahead and one where it is clearly behind: each seed alone is resolved
+    by the test window, but the mean over such seeds is not a difference one can rely on."""
+    y, requests, strong, weak = _two_models()
+    a, b = [strong[0], strong[1], weak[2]], [weak[0], weak[1], strong[2]]
+    for s in range(3):
+        assert metrics.paired_bootstrap(y, a[s:s + 1], b[s:s + 1], requests, rounds=200).resolved
+    mixed = metrics.paired_bootstrap(y, a, b, requests, rounds=400)
+    assert mixed.mean > 0 and mixed.low < 0 < mixed.high and not mixed.resolved
