@@ -338,7 +338,7 @@ def _unit(result: dict[str, Any]) -> str:
 
 
 def _interval_title(paired: PairedDifference) -> str:
-    return f"{paired.level:.0%} interval of the difference (test resampling)"
+    return f"{paired.level:.0%} bootstrap interval of the difference"
 
 
 def _interval(paired: PairedDifference) -> str:
