@@ -22,6 +22,11 @@ set's own rows, not by the pipeline, so no served model can read them; the run m
 feature view would be worth before anyone builds it. Each source runs twice, without and then with
 the columns, so the comparison is within one run.
 
+``--probe-privileged`` is the same what-if with the columns given to the teacher alone (privileged-feature
+distillation): every other model reads them as 0, their standardised training mean, so only the teacher
+can use them, and the students can gain from them only through distillation. Each source runs without
+and then with the teacher-only columns.
+
 ``--part scaling`` instead trains a few models on growing simulated logs and shows test AUC against the
 oracle (the simulator's true click probability), so the gap is seen to shrink with data.
 
@@ -40,6 +45,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,8 +62,10 @@ from features.manifest import DatasetManifest
 from pipelines.settings import Settings
 from training.config import BASELINE_KINDS
 from training.cycle import export_predictions, run_cycle
-from training.inputs import group_ids
+from training.inputs import Batch, group_ids
 from training.metrics import METRIC_TITLES, MIN_MIXED_GROUPS, PairedDifference, mixed_groups, paired_bootstrap
+from training.models.baselines import BASELINES as BASELINE_MODELS
+from training.models.student import Student
 from training.references import ReferenceScore
 from training.trainer import TrainConfig, time_split
 
@@ -158,6 +167,38 @@ def with_exposure(rows: Rows) -> Rows:
     return Rows(f"{rows.name} + exposure probe", both.slice(0, n), both.slice(n), manifest,
                 rows.description + "; plus the benchmark's own user x category exposure columns "
                 f"({', '.join(EXPOSURE_COLUMNS)}: a what-if, not pipeline features)")
+
+
+@contextmanager
+def teacher_only(columns: tuple[str, ...]) -> Iterator[None]:
+    """While open, every model but the teacher sees ``columns`` of its dense input as 0 (what-if only: the
+    benchmark swaps the students' and baselines' entry points, and puts them back on leaving)."""
+    hidden = set(columns)
+
+    def masked(method: Callable[..., Any]) -> Callable[..., Any]:
+        def call(self: Any, batch: Batch, *args: Any, **kwargs: Any) -> Any:
+            index = [j for j, name in enumerate(self.schema.dense) if name in hidden]
+            if index:
+                dense = batch.dense.clone()
+                dense[..., index] = 0.0
+                batch = dataclasses.replace(batch, dense=dense)
+            return method(self, batch, *args, **kwargs)
+        return call
+
+    # Every path a student or baseline reads its input through (forward and prepare go through logits).
+    entries = [(Student, name) for name in ("logits", "forward_train", "score_request")]
+    entries += [(kind, "logits") for kind in BASELINE_MODELS.values()]
+    saved = [(cls, name, cls.__dict__.get(name)) for cls, name in entries]
+    for cls, name, _ in saved:
+        setattr(cls, name, masked(getattr(cls, name)))
+    try:
+        yield
+    finally:
+        for cls, name, own in saved:
+            if own is None:
+                delattr(cls, name)
+            else:
+                setattr(cls, name, own)
 
 
 def metric_for(rows: Rows) -> str:
@@ -389,6 +430,9 @@ def main() -> int:
     parser.add_argument("--probe-exposure", action="store_true",
                         help="run each source again with the benchmark's own user x category exposure "
                         "columns (a what-if)")
+    parser.add_argument("--probe-privileged", action="store_true",
+                        help="the same columns for the teacher alone (privileged-feature distillation; a "
+                        "what-if)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     OVERRIDES.update(dict(args.set))
@@ -408,6 +452,15 @@ def main() -> int:
                 print(f"{source}: train {rows.train.num_rows}, test {rows.test.num_rows}", flush=True)
                 for variant in (rows, with_exposure(rows)) if args.probe_exposure else (rows,):
                     body += render_source(variant, run_source(variant, args.seeds, args.epochs, home))
+                if args.probe_privileged:  # beside the plain arm the loop above ran
+                    privileged = with_exposure(rows)
+                    privileged = dataclasses.replace(
+                        privileged, name=f"{rows.name} + teacher-only exposure columns",
+                        description=privileged.description + "; only the teacher reads them (the other "
+                        "models see 0)")
+                    with teacher_only(EXPOSURE_COLUMNS):
+                        result = run_source(privileged, args.seeds, args.epochs, home)
+                    body += render_source(privileged, result)
     header = [
         "# Model-quality goals: models vs their best input feature" if args.part == "goals"
         else "# Data scaling: test AUC against the oracle",
