@@ -207,12 +207,18 @@ def metric_for(rows: Rows) -> str:
     sample: one hour, a device stands in for the user)."""
     table = rows.test
     label = table.column(rows.manifest.columns.label).to_numpy()
-    for metric, column in (("request_gauc", "request_id"), ("gauc", rows.manifest.columns.user)):
+    for metric in ("request_gauc", "gauc"):
+        column = group_column(rows, metric)
         if column not in table.column_names:
             continue
         if mixed_groups(label, group_ids(table.column(column))) >= MIN_MIXED_GROUPS:
             return metric
     return "auc"
+
+
+def group_column(rows: Rows, metric: str) -> str | None:
+    """The column a grouped metric groups by (None for plain AUC)."""
+    return {"request_gauc": "request_id", "gauc": rows.manifest.columns.user}.get(metric)
 
 
 # TrainConfig fields set with --set for every run (the cohort's and the student alone's)
@@ -362,7 +368,7 @@ def render_source(rows: Rows, result: dict[str, Any]) -> list[str]:
 def _paired(rows: Rows, result: dict[str, Any], other: str) -> PairedDifference:
     """The distilled student minus ``other`` on the test rows, from the exported predictions."""
     label = rows.test.column(rows.manifest.columns.label).to_numpy()
-    key = {"request_gauc": "request_id", "gauc": rows.manifest.columns.user}.get(result["group"])
+    key = group_column(rows, result["group"])
     groups = group_ids(rows.test.column(key)) if key else None
     scores = result["scores"]
     paired = paired_bootstrap(label, scores[DISTILLED], scores[other], groups, BOOTSTRAP_ROUNDS)

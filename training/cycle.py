@@ -351,7 +351,7 @@ def run_cycle(
         best = history.best.get(name)
         if best is not None:
             metrics |= {"val_auc": best["auc"], "val_logloss": best["logloss"], "best_step": best["step"],
-                        "best_epoch": best["step"] / max(1, history.steps_per_epoch)}
+                        "best_epoch": history.epoch_of(best["step"])}
             if "request_gauc" in best:
                 metrics["val_request_gauc"] = best["request_gauc"]
         results[name] = {
@@ -407,7 +407,7 @@ def run_cycle(
             f"{config.batch_size}" if workers else "workers: 1 (one process)",
             f"parent version: {parent or 'none (from scratch)'}; warm-started: {', '.join(loaded) or '-'}",
             f"kept checkpoints (validation {METRIC_TITLES[history.select_by]}): " + (", ".join(
-                f"{n} step {b['step']} = epoch {b['step'] / max(1, history.steps_per_epoch):.2f} "
+                f"{n} step {b['step']} = epoch {history.epoch_of(b['step']):.2f} "
                 f"({b[history.select_by]:.4f})" for n, b in history.best.items())
                 or "last step"),
             f"served student (best validation {METRIC_TITLES[history.select_by]}): {serve or '-'}",

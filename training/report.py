@@ -22,6 +22,7 @@ matplotlib.use("Agg")  # headless: the report is written to files, never shown
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from training.metrics import METRIC_TITLES  # noqa: E402
 from training.references import ReferenceScore, best_feature, shortfalls  # noqa: E402
 
 METRIC_COLUMNS = ("auc", "gauc", "request_gauc", "logloss", "pcoc", "ece", "oracle_gap")
@@ -88,7 +89,7 @@ def plot_learning_curves(
         for metric in ("auc", "request_gauc"):
             if metric in panel:
                 _reference_line(panel[metric], reference, ", holdout", metric)
-        titles = {"auc": "AUC", "request_gauc": "request gAUC", "logloss": "logloss"}
+        titles = {**METRIC_TITLES, "logloss": "logloss"}
         for metric, ax in panel.items():
             ax.set_xlabel("step")
             chooses = " (chooses; star = kept)" if metric == chooser else ""

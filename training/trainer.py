@@ -414,7 +414,7 @@ class TrainHistory:
     select_by: str = "auc"
     stopped: dict[str, int] = field(default_factory=dict)  # model -> step at which patience ran out
     steps: int = 0
-    steps_per_epoch: int = 0  # of the window trained on: a kept step / this is the chosen epoch
+    steps_per_epoch: int = 0  # of the window trained on (``epoch_of``)
     samples: int = 0  # rows of the global batches stepped on
     local_samples: int = 0  # of them, the rows this process stepped on (its share under torchrun)
     seconds: float = 0.0
@@ -423,6 +423,10 @@ class TrainHistory:
     @property
     def samples_per_s(self) -> float:
         return self.samples / self.seconds if self.seconds > 0 else float("nan")
+
+    def epoch_of(self, step: float) -> float:
+        """A step in epochs of the window trained on (0 = the start, before any step)."""
+        return step / max(1, self.steps_per_epoch)
 
 
 def _minibatches(batch: Batch, size: int, generator: torch.Generator) -> Iterator[Batch]:
